@@ -1,0 +1,50 @@
+# The two commands a new user needs: `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 5000
+export FLASK_APP := wsgi
+
+.PHONY: run test lint format docs migrate clean services
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall only when the pinned requirements change.
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## run: install, migrate the embedded SQLite database and serve on http://127.0.0.1:5000
+run: $(VENV)/.installed
+	FLASK_ENV=$${FLASK_ENV:-development} $(BIN)/flask db upgrade
+	FLASK_ENV=$${FLASK_ENV:-development} $(BIN)/flask run --host $(HOST) --port $(PORT)
+
+## test: install everything the tests need, then run lint and the whole suite
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check backend tests config.py wsgi.py bench
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check backend tests config.py wsgi.py bench
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format backend tests config.py wsgi.py bench
+	$(BIN)/ruff check --fix backend tests config.py wsgi.py bench
+
+## docs: regenerate docs/errors.md from the error catalog
+docs: $(VENV)/.installed
+	FLASK_ENV=development $(BIN)/flask error-catalog
+
+migrate: $(VENV)/.installed
+	FLASK_ENV=$${FLASK_ENV:-development} $(BIN)/flask db upgrade
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache

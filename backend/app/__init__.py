@@ -1,0 +1,141 @@
+"""The application factory: `create_app(config)` builds and wires everything."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from werkzeug.routing import Map
+
+from config import Config, load_config
+
+from ..logging_config import configure_logging
+from ..redaction import register_secrets
+from .cli import init_cli
+from .errors import init_error_handlers
+from .extensions import db, jwt, limiter, migrate
+from .request_context import init_request_context
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+class ApiMap(Map):
+    """A URL map that never answers with a redirect: `/api/me/` and `//api/me` route or 404."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("strict_slashes", False)
+        kwargs.setdefault("merge_slashes", False)
+        super().__init__(*args, **kwargs)
+
+
+class OrielFlask(Flask):
+    """Flask with the redirect-free URL map."""
+
+    url_map_class = ApiMap
+
+
+def create_app(config: Config | type[Config] | None = None, **overrides: Any) -> Flask:
+    """Build the app from a config object (default: read the environment now)."""
+    cfg = config() if isinstance(config, type) else (config or load_config())
+    app = OrielFlask(__name__)
+    app.config.from_object(cfg)
+    app.config.update(overrides)
+    _derive_settings(app)
+    _init_logging(app)
+    _init_extensions(app)
+    init_request_context(app)
+    init_error_handlers(app)
+    _register_blueprints(app)
+    init_cli(app)
+    return app
+
+
+def _derive_settings(app: Flask) -> None:
+    cfg = app.config
+    os.makedirs(app.instance_path, exist_ok=True)
+    if not cfg.get("SQLALCHEMY_DATABASE_URI"):
+        cfg["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{Path(app.instance_path) / 'oriel.db'}"
+    url = make_url(cfg["SQLALCHEMY_DATABASE_URI"])
+    engine_options = dict(cfg.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+    if url.get_backend_name() == "sqlite":
+        engine_options.setdefault("connect_args", {"timeout": 15})
+    else:
+        engine_options.setdefault("pool_pre_ping", True)
+        engine_options.setdefault("connect_args", {"connect_timeout": 3})
+    cfg["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
+    cfg["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(seconds=cfg["JWT_ACCESS_TOKEN_EXPIRES_SECONDS"])
+    cfg["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(seconds=cfg["JWT_REFRESH_TOKEN_EXPIRES_SECONDS"])
+    cfg["JWT_TOKEN_LOCATION"] = ["headers"]
+    cfg["JWT_ALGORITHM"] = "HS256"
+    cfg["JWT_DECODE_ALGORITHMS"] = ["HS256"]  # never trust the token's own `alg`
+    cfg["RATELIMIT_STORAGE_URI"] = cfg.get("REDIS_URL") or "memory://"
+    cfg["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
+    # Flask-Limiter would stamp Retry-After on every response, 200s included; our 429 sets it.
+    cfg["RATELIMIT_HEADERS_ENABLED"] = False
+    cfg["RATELIMIT_DEFAULTS"] = cfg["RATELIMIT_DEFAULT"]
+    if cfg.get("REDIS_URL"):
+        # Short timeouts and no client retries: a dead Redis must cost milliseconds, not seconds.
+        cfg["RATELIMIT_STORAGE_OPTIONS"] = {
+            "socket_connect_timeout": 0.25,
+            "socket_timeout": 0.25,
+            "retry": None,
+        }
+    register_secrets(
+        [
+            cfg.get("SECRET_KEY"),
+            cfg.get("JWT_SECRET_KEY"),
+            cfg.get("STRIPE_API_KEY"),
+            cfg.get("STRIPE_WEBHOOK_SECRET"),
+            cfg.get("SENDGRID_API_KEY"),
+            url.password,
+        ]
+    )
+
+
+def _init_logging(app: Flask) -> None:
+    cfg = app.config
+    configure_logging(
+        log_dir=cfg["LOG_DIR"],
+        level=cfg["LOG_LEVEL"],
+        console=cfg["LOG_CONSOLE"],
+        max_bytes=cfg["LOG_MAX_BYTES"],
+        backup_count=cfg["LOG_BACKUP_COUNT"],
+    )
+
+
+def _init_extensions(app: Flask) -> None:
+    from . import models  # noqa: F401 - register the tables before Flask-Migrate looks
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
+    jwt.init_app(app)
+    from .auth.tokens import init_jwt_callbacks
+
+    init_jwt_callbacks(jwt)
+    limiter.init_app(app)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL and a busy timeout let web and job processes share one SQLite file."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def _register_blueprints(app: Flask) -> None:
+    from .admin.error_monitoring import bp as monitoring_bp
+    from .api import bp as api_bp
+    from .auth import bp as auth_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(monitoring_bp)

@@ -1,0 +1,1 @@
+"""Admin blueprints: the monitoring API under /admin/api/monitoring."""

@@ -1,0 +1,7 @@
+"""Public API blueprints that are not about one resource: the error API and the OpenAPI document."""
+
+from flask import Blueprint
+
+bp = Blueprint("api", __name__)
+
+from . import docs, errors  # noqa: E402,F401 - registers the views on bp

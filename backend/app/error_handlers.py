@@ -1,0 +1,177 @@
+"""Turn every error into the JSON envelope of SPEC section 3, log it, and announce it.
+
+Handlers are registered on base classes (Flask looks them up along the MRO): `APIError`,
+`HTTPException`, SQLAlchemy's `SQLAlchemyError`, and `InternalServerError` for unhandled
+exceptions (through `original_exception`; there is deliberately no handler for bare `Exception`).
+Listeners (error statistics, metrics) subscribe to `error_occurred` instead of being called here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from blinker import Namespace
+from flask import Flask, Response, current_app, has_request_context, json, request
+from flask_limiter.errors import RateLimitExceeded
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
+
+from ..logging_config import log_security_event
+from .db_errors import translate_db_error
+from .error_catalog import http_code_for, http_recoverable, lookup
+from .errors import APIError, RateLimitError
+from .extensions import limiter
+from .request_context import get_request_id
+
+logger = logging.getLogger(__name__)
+
+_signals = Namespace()
+#: Sent for every error response: sender is the app; kwargs `error` (APIError) and `exception`
+#: (the original exception, or None).
+error_occurred = _signals.signal("error-occurred")
+
+# Messages for generic HTTP errors that are safe to show and more useful than werkzeug's.
+_HTTP_MESSAGES = {
+    400: "The request could not be understood.",
+    401: "Authentication is required.",
+    403: "You do not have permission to do this.",
+    404: "The requested URL was not found on this server.",
+    405: "This method is not allowed for this URL.",
+    413: "The request body is larger than the server accepts.",
+    415: "The request body has a content type this endpoint does not accept.",
+    500: "An unexpected error occurred. Quote the request ID when contacting support.",
+}
+
+
+def utc_timestamp() -> str:
+    """Now, as an ISO 8601 UTC timestamp with a trailing Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def envelope(error: APIError) -> dict[str, Any]:
+    """The JSON body for an error."""
+    body: dict[str, Any] = {
+        "code": error.code,
+        "message": error.message,
+        "details": error.details,
+        "timestamp": utc_timestamp(),
+        "recoverable": bool(error.recoverable),
+        "status": error.status_code,
+        "request_id": get_request_id(),
+        "doc_url": f"/api/errors/catalog#{error.code}",
+    }
+    if error.retry_after is not None:
+        body["retry_after"] = error.retry_after
+    return {"error": body}
+
+
+def error_response(error: APIError, exception: BaseException | None = None) -> Response:
+    """Build the response for an error, log it and tell the listeners."""
+    if lookup(error.code) is None:
+        logger.warning("Error code %s is not in the catalog; register it on its class", error.code)
+    response = current_app.response_class(
+        json.dumps(envelope(error)), status=error.status_code, mimetype="application/json"
+    )
+    response.headers["X-Request-ID"] = get_request_id()
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    if isinstance(exception, MethodNotAllowed) and exception.valid_methods:
+        response.headers["Allow"] = ", ".join(exception.valid_methods)
+    _log_error(error, exception)
+    try:
+        error_occurred.send(current_app._get_current_object(), error=error, exception=exception)  # type: ignore[attr-defined]
+    except Exception:  # monitoring never breaks a response; the failure itself is logged
+        logger.exception("An error_occurred listener failed")
+    return response
+
+
+def _log_error(error: APIError, exception: BaseException | None) -> None:
+    extra = {"error_code": error.code, "status": error.status_code}
+    if exception is not None:
+        extra["exc_type"] = type(exception).__name__
+    if error.status_code >= 500:
+        exc_info = (type(exception), exception, exception.__traceback__) if exception is not None else None
+        logger.error("%s %s: %s", error.status_code, error.code, error.message, exc_info=exc_info, extra=extra)
+    else:
+        logger.info("%s %s: %s", error.status_code, error.code, error.message, extra=extra)
+
+
+def from_http_exception(exc: HTTPException) -> APIError:
+    """Our error for a werkzeug HTTP exception (routing, 413, 415, 405...)."""
+    status = exc.code or 500
+    message = _HTTP_MESSAGES[500] if status >= 500 else _HTTP_MESSAGES.get(status) or exc.name
+    return APIError(message, code=http_code_for(status), status_code=status, recoverable=http_recoverable(status))
+
+
+def handle_api_error(error: APIError) -> Response:
+    """Our own errors carry everything the envelope needs."""
+    return error_response(error, error if error.status_code >= 500 else None)
+
+
+def handle_rate_limit(exc: RateLimitExceeded) -> Response:
+    """Flask-Limiter's breach → 429 RATE_LIMITED with `retry_after`."""
+    current = limiter.current_limit
+    retry_after = max(1, math.ceil(current.reset_at - time.time())) if current is not None else 1
+    log_security_event(
+        "rate_limit_exceeded",
+        "Rate limit exceeded",
+        limit=str(exc.limit.limit) if getattr(exc, "limit", None) else None,
+        endpoint=request.endpoint if has_request_context() else None,
+    )
+    error = RateLimitError(
+        "Too many requests. Retry after the time in `retry_after`.",
+        details={"limit": str(exc.limit.limit)} if getattr(exc, "limit", None) else {},
+        retry_after=retry_after,
+    )
+    return error_response(error)
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    """Any werkzeug HTTP error (404, 405, 413, 415, a bare abort(...)) in our envelope."""
+    if exc.code is not None and exc.code < 400:
+        return exc  # type: ignore[return-value] - redirects are not errors
+    if isinstance(exc, InternalServerError):
+        return handle_internal_error(exc)
+    return error_response(from_http_exception(exc), exc)
+
+
+def handle_database_error(exc: SQLAlchemyError) -> Response:
+    """Roll back so the next request starts clean, then answer with the mapped error."""
+    _rollback()
+    error = translate_db_error(exc)
+    return error_response(error, exc)
+
+
+def handle_internal_error(exc: InternalServerError) -> Response:
+    """Unhandled exceptions: a generic 500 for the client, the full traceback for the log."""
+    original = exc.original_exception or exc
+    if isinstance(original, SQLAlchemyError):
+        return handle_database_error(original)
+    if isinstance(original, APIError):
+        return handle_api_error(original)
+    _rollback()
+    error = APIError(_HTTP_MESSAGES[500], code="INTERNAL_ERROR", status_code=500)
+    return error_response(error, original)
+
+
+def _rollback() -> None:
+    db_ext = current_app.extensions.get("sqlalchemy")
+    if db_ext is None:
+        return
+    try:
+        db_ext.session.rollback()
+    except SQLAlchemyError:
+        logger.warning("Session rollback failed after an error", exc_info=True)
+
+
+def register(app: Flask) -> None:
+    """Install the handlers on `app`."""
+    app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(RateLimitExceeded, handle_rate_limit)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(InternalServerError, handle_internal_error)
+    app.register_error_handler(SQLAlchemyError, handle_database_error)

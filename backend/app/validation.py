@@ -1,0 +1,47 @@
+"""Parse and validate JSON request bodies with pydantic, raising our errors.
+
+Malformed JSON is a 400 `MALFORMED_JSON`, a non-JSON content type a 415, and field problems a 422
+`VALIDATION_ERROR` whose `details.fields` maps each field path to its problem.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+import pydantic
+from flask import request
+
+from .errors import MalformedJSONError, UnsupportedMediaTypeError, ValidationError
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def field_errors(exc: pydantic.ValidationError) -> dict[str, str]:
+    """Map pydantic's errors to `{"field.path": "problem"}`, first problem per field."""
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in err["loc"]) or "body"
+        fields.setdefault(path, err["msg"])
+    return fields
+
+
+def parse_json(model: type[M]) -> M:
+    """The request body as `model`, or the matching 400/415/422 error."""
+    if not request.is_json:
+        raise UnsupportedMediaTypeError(
+            "Send the request body as JSON with Content-Type: application/json.",
+            details={"expected": "application/json", "received": request.mimetype or None},
+        )
+    raw = request.get_data(cache=True)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedJSONError(
+            "The request body is not valid JSON.",
+            details={"position": getattr(exc, "pos", None)},
+        ) from exc
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ValidationError("Some fields are invalid.", details={"fields": field_errors(exc)}) from exc

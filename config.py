@@ -1,0 +1,176 @@
+"""Configuration classes: development, testing and production, read from the environment once.
+
+Nothing here runs at import time: `load_config()` reads an environment mapping and returns an
+instance whose upper-case attributes Flask copies into `app.config`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+# Values that must never serve production; `ProductionConfig.validate` refuses them.
+DEFAULT_SECRET_KEY = "dev-secret-key-change-me"
+DEFAULT_JWT_SECRET_KEY = "dev-jwt-secret-key-change-me"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used (for example a default secret in production)."""
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def normalise_database_url(url: str) -> str:
+    """Use the psycopg 3 driver for plain `postgres://` and `postgresql://` URLs."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Config:
+    """Settings shared by every environment; subclasses override what differs."""
+
+    ENV_NAME: ClassVar[str] = "base"
+    DEBUG = False
+    TESTING = False
+    SECRET_KEY = DEFAULT_SECRET_KEY
+    JWT_SECRET_KEY = DEFAULT_JWT_SECRET_KEY
+    JWT_ACCESS_TOKEN_EXPIRES_SECONDS = 15 * 60
+    JWT_REFRESH_TOKEN_EXPIRES_SECONDS = 30 * 24 * 3600
+    SQLALCHEMY_DATABASE_URI: str | None = None  # None → SQLite in the instance folder
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
+    REDIS_URL: str | None = None
+    LOG_DIR = str(PROJECT_ROOT / "logs")
+    LOG_LEVEL = "INFO"
+    LOG_MAX_BYTES = 10 * 1024 * 1024
+    LOG_BACKUP_COUNT = 10
+    LOG_CONSOLE = False
+    ADMIN_EMAILS: frozenset[str] = frozenset()
+    STRIPE_API_KEY: str | None = None
+    STRIPE_WEBHOOK_SECRET: str | None = None
+    STRIPE_API_BASE: str | None = None
+    GCS_BUCKET: str | None = None
+    STORAGE_EMULATOR_HOST: str | None = None
+    SENDGRID_API_KEY: str | None = None
+    SENDGRID_API_HOST: str | None = None
+    MAX_UPLOAD_MB = 50
+    FREE_RENDER_CREDITS = 1
+    RATELIMIT_ENABLED = True
+    RATELIMIT_DEFAULT = "300 per minute"
+    RATELIMIT_LOGIN = "10 per minute"
+    RATELIMIT_REGISTER = "20 per hour"
+    RATELIMIT_ERROR_REPORT = "30 per minute"
+    PASSWORD_HASH_TIME_COST = 3
+    PASSWORD_HASH_MEMORY_COST = 64 * 1024
+
+    @property
+    def MAX_CONTENT_LENGTH(self) -> int:  # noqa: N802 - Flask reads upper-case names
+        """Largest accepted request body: the upload limit plus room for multipart framing."""
+        return self.MAX_UPLOAD_MB * 1024 * 1024 + 64 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Build an instance from an environment mapping (default: `os.environ`)."""
+        env = os.environ if environ is None else environ
+        cfg = cls()
+        for name in (
+            "SECRET_KEY",
+            "JWT_SECRET_KEY",
+            "REDIS_URL",
+            "LOG_DIR",
+            "STRIPE_API_KEY",
+            "STRIPE_WEBHOOK_SECRET",
+            "STRIPE_API_BASE",
+            "GCS_BUCKET",
+            "STORAGE_EMULATOR_HOST",
+            "SENDGRID_API_KEY",
+            "SENDGRID_API_HOST",
+        ):
+            if env.get(name):
+                setattr(cfg, name, env[name])
+        if env.get("DATABASE_URL"):
+            cfg.SQLALCHEMY_DATABASE_URI = normalise_database_url(env["DATABASE_URL"])
+        if env.get("LOG_LEVEL"):
+            cfg.LOG_LEVEL = env["LOG_LEVEL"].upper()
+        if env.get("ADMIN_EMAILS"):
+            cfg.ADMIN_EMAILS = frozenset(e.strip().lower() for e in env["ADMIN_EMAILS"].split(",") if e.strip())
+        cfg.MAX_UPLOAD_MB = _int(env, "MAX_UPLOAD_MB", cfg.MAX_UPLOAD_MB)
+        cfg.FREE_RENDER_CREDITS = _int(env, "FREE_RENDER_CREDITS", cfg.FREE_RENDER_CREDITS)
+        cfg.RATELIMIT_ENABLED = _bool(env.get("RATELIMIT_ENABLED"), cfg.RATELIMIT_ENABLED)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work; production tightens this."""
+        if self.MAX_UPLOAD_MB <= 0:
+            raise ConfigError("MAX_UPLOAD_MB must be positive")
+
+
+class DevelopmentConfig(Config):
+    """Local development: readable console logs, SQLite in the instance folder."""
+
+    ENV_NAME = "development"
+    DEBUG = False  # the Werkzeug debugger would bypass the JSON error contract
+    LOG_CONSOLE = True
+
+
+class TestingConfig(Config):
+    """Test runs: fast password hashing, rate limits on (tests assert them), no console noise."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+    # Tests assert what clients get: unhandled exceptions must become 500 envelopes, not propagate.
+    PROPAGATE_EXCEPTIONS = False
+    PASSWORD_HASH_TIME_COST = 1
+    PASSWORD_HASH_MEMORY_COST = 8 * 1024
+
+
+class ProductionConfig(Config):
+    """Production: refuses default secrets."""
+
+    ENV_NAME = "production"
+
+    def validate(self) -> None:
+        """Refuse to start with a default or missing secret."""
+        super().validate()
+        if self.SECRET_KEY in ("", DEFAULT_SECRET_KEY):
+            raise ConfigError("SECRET_KEY must be set to a non-default value in production")
+        if self.JWT_SECRET_KEY in ("", DEFAULT_JWT_SECRET_KEY):
+            raise ConfigError("JWT_SECRET_KEY must be set to a non-default value in production")
+
+
+CONFIGS: dict[str, type[Config]] = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Pick the class named by `FLASK_ENV` (default production) and read the environment."""
+    env = os.environ if environ is None else environ
+    name = (env.get("FLASK_ENV") or "production").strip().lower()
+    try:
+        cls = CONFIGS[name]
+    except KeyError as exc:
+        raise ConfigError(f"FLASK_ENV must be one of {sorted(CONFIGS)}, got {name!r}") from exc
+    return cls.from_env(env)

@@ -1,0 +1,65 @@
+"""Configuration is read from the environment once, and production refuses default secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.app import create_app
+from config import (
+    DEFAULT_JWT_SECRET_KEY,
+    DEFAULT_SECRET_KEY,
+    ConfigError,
+    DevelopmentConfig,
+    ProductionConfig,
+    load_config,
+)
+
+
+def test_default_environment_is_production_and_refuses_default_secrets() -> None:
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        load_config({})
+
+
+def test_production_refuses_default_jwt_secret() -> None:
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
+        load_config({"FLASK_ENV": "production", "SECRET_KEY": "a-real-secret-value"})
+
+
+def test_production_accepts_real_secrets_and_reads_every_setting() -> None:
+    cfg = load_config(
+        {
+            "FLASK_ENV": "production",
+            "SECRET_KEY": "s" * 32,
+            "JWT_SECRET_KEY": "j" * 32,
+            "DATABASE_URL": "postgres://u:p@db:5432/app",
+            "ADMIN_EMAILS": " Boss@Example.com, ops@example.com ,",
+            "MAX_UPLOAD_MB": "7",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert isinstance(cfg, ProductionConfig)
+    assert cfg.SQLALCHEMY_DATABASE_URI == "postgresql+psycopg://u:p@db:5432/app"
+    assert cfg.ADMIN_EMAILS == frozenset({"boss@example.com", "ops@example.com"})
+    assert cfg.MAX_UPLOAD_MB == 7 and cfg.MAX_CONTENT_LENGTH > 7 * 1024 * 1024
+    assert cfg.LOG_LEVEL == "DEBUG"
+
+
+def test_development_runs_with_defaults() -> None:
+    cfg = load_config({"FLASK_ENV": "development"})
+    assert isinstance(cfg, DevelopmentConfig)
+    assert cfg.SECRET_KEY == DEFAULT_SECRET_KEY and cfg.JWT_SECRET_KEY == DEFAULT_JWT_SECRET_KEY
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"FLASK_ENV": "staging"}, "FLASK_ENV"), ({"FLASK_ENV": "development", "MAX_UPLOAD_MB": "big"}, "MAX_UPLOAD_MB")],
+)
+def test_bad_settings_fail_clearly(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env)
+
+
+def test_default_database_is_sqlite_in_the_instance_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(DevelopmentConfig, LOG_DIR=str(tmp_path / "logs"))
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    assert uri.startswith("sqlite:///") and uri.endswith("instance/oriel.db")
