@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from flask_migrate import upgrade
 
 from backend.app import create_app
-from backend.app.extensions import db, limiter
+from backend.app.extensions import db
 from backend.logging_config import flush_logs
 from config import TestingConfig
 
@@ -68,14 +68,12 @@ def make_app(tmp_path: Path, migrated_sqlite_template: Path) -> Iterator[Callabl
         built.append(app)
         return app
 
-    limiter.reset()
     yield factory
     for app in built:
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
     flush_logs()
-    limiter.reset()
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from ..logging_config import configure_logging
 from ..redaction import register_secrets
 from .cli import init_cli
 from .errors import init_error_handlers
-from .extensions import db, jwt, limiter, migrate
+from .extensions import db, jwt, migrate
+from .rate_limits import init_rate_limits
 from .request_context import init_request_context
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -51,6 +52,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_request_context(app)
     init_error_handlers(app)
     _register_blueprints(app)
+    init_rate_limits(app)
     init_cli(app)
     return app
 
@@ -73,18 +75,6 @@ def _derive_settings(app: Flask) -> None:
     cfg["JWT_TOKEN_LOCATION"] = ["headers"]
     cfg["JWT_ALGORITHM"] = "HS256"
     cfg["JWT_DECODE_ALGORITHMS"] = ["HS256"]  # never trust the token's own `alg`
-    cfg["RATELIMIT_STORAGE_URI"] = cfg.get("REDIS_URL") or "memory://"
-    cfg["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
-    # Flask-Limiter would stamp Retry-After on every response, 200s included; our 429 sets it.
-    cfg["RATELIMIT_HEADERS_ENABLED"] = False
-    cfg["RATELIMIT_DEFAULTS"] = cfg["RATELIMIT_DEFAULT"]
-    if cfg.get("REDIS_URL"):
-        # Short timeouts and no client retries: a dead Redis must cost milliseconds, not seconds.
-        cfg["RATELIMIT_STORAGE_OPTIONS"] = {
-            "socket_connect_timeout": 0.25,
-            "socket_timeout": 0.25,
-            "retry": None,
-        }
     register_secrets(
         [
             cfg.get("SECRET_KEY"),
@@ -117,7 +107,6 @@ def _init_extensions(app: Flask) -> None:
     from .auth.tokens import init_jwt_callbacks
 
     init_jwt_callbacks(jwt)
-    limiter.init_app(app)
 
 
 @event.listens_for(Engine, "connect")

@@ -24,7 +24,7 @@ from ..logging_config import log_security_event
 from .db_errors import translate_db_error
 from .error_catalog import http_code_for, http_recoverable, lookup
 from .errors import APIError, RateLimitError
-from .extensions import limiter
+from .rate_limits import get_limiter
 from .request_context import get_request_id
 
 logger = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ def handle_api_error(error: APIError) -> Response:
 
 def handle_rate_limit(exc: RateLimitExceeded) -> Response:
     """Flask-Limiter's breach → 429 RATE_LIMITED with `retry_after`."""
-    current = limiter.current_limit
-    retry_after = max(1, math.ceil(current.reset_at - time.time())) if current is not None else 1
+    current = get_limiter().current_limit
+    retry_after = max(1, math.ceil(current.window.reset_time - time.time())) if current is not None else 1
     log_security_event(
         "rate_limit_exceeded",
         "Rate limit exceeded",

@@ -18,9 +18,10 @@ from sqlalchemy.exc import IntegrityError
 
 from ...logging_config import log_security_event
 from ..errors import AuthenticationError, ConflictError
-from ..extensions import db, limiter
+from ..extensions import db
 from ..models import User
 from ..openapi import documented
+from ..rate_limits import rate_limited
 from ..schemas import AccessToken, LoginRequest, Message, RegisterRequest, TokenPair, UserEnvelope
 from ..validation import parse_json
 from . import bp
@@ -29,21 +30,13 @@ from .passwords import hash_password, verify_password
 from .tokens import revoke
 
 
-def _login_limit() -> str:
-    return current_app.config["RATELIMIT_LOGIN"]
-
-
-def _register_limit() -> str:
-    return current_app.config["RATELIMIT_REGISTER"]
-
-
 def _user_body(user: User) -> dict[str, Any]:
     return {"user": user.to_dict(is_admin=is_admin_email(user.email))}
 
 
 @bp.post("/api/auth/register")
 @documented("Create an account", tag="auth", request=RegisterRequest, responses={201: UserEnvelope}, errors=(409,))
-@limiter.limit(_register_limit)
+@rate_limited("RATELIMIT_REGISTER")
 def register() -> tuple[dict[str, Any], int]:
     """Create an account with an email and a password."""
     body = parse_json(RegisterRequest)
@@ -69,7 +62,7 @@ def _expires_in(key: str) -> int:
 
 @bp.post("/api/auth/login")
 @documented("Log in and receive tokens", tag="auth", request=LoginRequest, responses={200: TokenPair})
-@limiter.limit(_login_limit)
+@rate_limited("RATELIMIT_LOGIN")
 def login() -> dict[str, Any]:
     """Exchange an email and password for an access and a refresh token."""
     body = parse_json(LoginRequest)
