@@ -1,15 +1,18 @@
 """Structured, process-safe, non-blocking JSON logging for the app and its workers.
 
 Design, and why not simpler:
-- Request threads never touch the disk: a `ContextQueueHandler` on the root logger captures the
-  log context (request ID, user, path...) and redacts the record, then hands it to a bounded queue.
-  One listener thread per process writes it out. A full queue drops the record and counts it
-  rather than block a request.
-- Files are written by `concurrent-log-handler`, which locks across processes around every write
-  and rotation and reopens a file another process rotated away. The stdlib `RotatingFileHandler`
-  loses and tears lines with several processes (SPEC section 10).
-- Each file sink survives a missing, read-only or full `LOG_DIR`: it records the failure (shown
-  by the health endpoint through `sink_status()`), drops the line and retries later.
+- Request threads never touch the disk: a `ContextQueueHandler` on the root logger renders the
+  message, attaches the log context (request ID, user, path...), redacts and neutralises it, then
+  hands it to a bounded queue. A full queue drops the record and counts it rather than block.
+- One listener thread per process drains the queue in batches and appends each batch to its files
+  under one cross-process lock. The files are `concurrent-log-handler` sinks: it locks around every
+  write and rotation and reopens a file another process rotated away. The stdlib
+  `RotatingFileHandler` loses and tears lines with several processes (SPEC section 10).
+- A thread does not survive `fork()`: gunicorn with `--preload` and forking job runners would get a
+  queue nobody drains. An at-fork hook gives each child a fresh queue and its own listener.
+- Each file sink survives a missing, read-only or full `LOG_DIR`: it records the failure (shown by
+  the health endpoint through `sink_status()`), drops and counts lines, and retries every few
+  seconds; a line torn by a full disk is terminated before the next one is written.
 """
 
 from __future__ import annotations
@@ -19,34 +22,45 @@ import logging
 import logging.config
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
-from logging.handlers import QueueHandler, QueueListener
+from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any
 
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from .redaction import neutralise, redact, redact_value
+from .redaction import clean_text, redact, redact_value
 
 SECURITY_LOGGER = "oriel.security"
 PERFORMANCE_LOGGER = "oriel.performance"
 CONTEXT_FIELDS = ("request_id", "job_id", "trace_id", "user_id", "method", "path", "endpoint", "remote_addr")
+LOG_FILES = ("app.log", "errors.log", "security.log", "performance.log")
 # LogRecord attributes that are not "extra" fields supplied by the caller.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Lines written per lock acquisition at most; a file may pass maxBytes by up to one batch.
+MAX_BATCH = 256
+# A queue drop older than this no longer marks logging as degraded.
+DROP_MEMORY_SECONDS = 60.0
 
 _log_context: ContextVar[dict[str, Any] | None] = ContextVar("log_context", default=None)
+
+
+def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    # Sanitised once at bind time, so every record of a request reuses the cleaned values.
+    return {k: (v if isinstance(v, (int, float, bool)) else clean_text(str(v))) for k, v in fields.items()}
 
 
 def bind_log_context(**fields: Any) -> None:
     """Attach fields (request_id, user_id, job_id...) to every log line of the current context."""
     current = dict(_log_context.get() or {})
-    current.update({k: v for k, v in fields.items() if v is not None})
+    current.update(_clean_fields({k: v for k, v in fields.items() if v is not None}))
     _log_context.set(current)
 
 
@@ -62,8 +76,9 @@ def current_log_context() -> dict[str, Any]:
 
 @contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
-    """Bind fields for the duration of a block (used by job workers for `job_id`)."""
-    token = _log_context.set({**(_log_context.get() or {}), **fields})
+    """Bind fields for the duration of a block (job workers use it for `job_id`)."""
+    added = _clean_fields({k: v for k, v in fields.items() if v is not None})
+    token = _log_context.set({**(_log_context.get() or {}), **added})
     try:
         yield
     finally:
@@ -73,32 +88,35 @@ def log_context(**fields: Any) -> Iterator[None]:
 class ContextQueueHandler(QueueHandler):
     """Enriches and redacts a record on the caller's thread, then queues it without blocking."""
 
-    def __init__(self, log_queue: queue.Queue[logging.LogRecord]) -> None:
+    def __init__(self, log_queue: queue.Queue[Any]) -> None:
         super().__init__(log_queue)
         self.dropped = 0
+        self.last_drop: float | None = None
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """Freeze message, context and traceback into a picklable, redacted copy."""
+        """Freeze message, context and traceback into a redacted copy that owns no live objects."""
         prepared = logging.makeLogRecord(record.__dict__)
-        message = record.getMessage()
-        prepared.msg = neutralise(redact(message))
+        prepared.msg = clean_text(record.getMessage())
         prepared.args = None
         prepared.message = prepared.msg
         if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            prepared.exc_type = type(exc).__name__
+            prepared.exc_type = type(record.exc_info[1]).__name__
             prepared.traceback = redact("".join(traceback.format_exception(*record.exc_info)))
         elif record.exc_text:
             prepared.traceback = redact(record.exc_text)
+        if record.stack_info:
+            prepared.stack = redact(record.stack_info)
         prepared.exc_info = None
         prepared.exc_text = None
         prepared.stack_info = None
         for key, value in record.__dict__.items():
-            if key not in _RESERVED:
+            if key not in _RESERVED and key not in ("exc_type", "traceback"):
                 setattr(prepared, key, redact_value(key, value))
-        for key, value in (_log_context.get() or {}).items():
-            if getattr(prepared, key, None) is None:
-                setattr(prepared, key, neutralise(redact(str(value))))
+        context = _log_context.get()
+        if context:
+            for key, value in context.items():
+                if getattr(prepared, key, None) is None:
+                    setattr(prepared, key, value)
         return prepared
 
     def enqueue(self, record: logging.LogRecord) -> None:
@@ -107,76 +125,91 @@ class ContextQueueHandler(QueueHandler):
             self.queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
+            self.last_drop = time.time()
 
 
 class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
-    """A process-safe rotating file that degrades instead of failing when the disk does."""
+    """A process-safe rotating file that writes batches and degrades instead of failing."""
 
-    retry_after_seconds = 5.0
-
-    def __init__(self, filename: str, **kwargs: Any) -> None:
+    def __init__(self, filename: str, *, max_bytes: int, backup_count: int, retry_seconds: float = 2.0) -> None:
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
         self.sink_name = Path(filename).name
+        self.retry_seconds = retry_seconds
         self.failed_since: float | None = None
         self.last_error: str | None = None
         self.dropped = 0
         self.written = 0
         self._next_attempt = 0.0
-        self._init_kwargs = kwargs
-        self._ready = False
-        logging.Handler.__init__(self)
-        self.baseFilename = os.path.abspath(filename)
-        self._try_open()
+        self._maybe_torn = False
 
-    def _try_open(self) -> bool:
+    def write_lines(self, lines: list[str]) -> None:
+        """Append whole lines under one cross-process lock, rotating first when the file is full."""
+        if self.failed_since is not None and time.monotonic() < self._next_attempt:
+            self.dropped += len(lines)
+            return
         try:
-            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-            level, formatter = self.level, self.formatter
-            filters = list(self.filters)
-            ConcurrentRotatingFileHandler.__init__(self, self.baseFilename, **self._init_kwargs)
-            self.setLevel(level)
-            self.setFormatter(formatter)
-            self.filters = filters
-            self._ready = True
-            return True
-        except OSError as exc:
-            self._record_failure(exc)
+            if self.failed_since is not None:
+                # A removed LOG_DIR comes back by itself; a file in its place keeps failing here.
+                Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            self._do_lock()
+            try:
+                self._check_stream()
+                if self._should_rotate():
+                    self.doRollover()
+                prefix = "\n" if self._maybe_torn and self._ends_mid_line() else ""
+                self.do_write(prefix + "\n".join(lines))
+            finally:
+                self._do_unlock()
+        except (OSError, RuntimeError, ValueError) as exc:
+            # OSError: disk full, directory gone or replaced; RuntimeError: lock not acquired;
+            # ValueError: a stream closed under us. All mean "cannot write now", never "crash".
+            self._fail(exc, len(lines))
+            return
+        self.written += len(lines)
+        self._maybe_torn = False
+        self.failed_since = None
+
+    def _should_rotate(self) -> bool:
+        try:
+            return self.shouldRollover(None)  # type: ignore[arg-type] - the record is unused
+        except OSError:
             return False
 
-    def _record_failure(self, exc: BaseException) -> None:
+    def _ends_mid_line(self) -> bool:
+        try:
+            with open(self.baseFilename, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() == 0:
+                    return False
+                fh.seek(-1, os.SEEK_END)
+                return fh.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
+
+    def _fail(self, exc: BaseException, lost: int) -> None:
+        self.dropped += lost
         if self.failed_since is None:
             self.failed_since = time.time()
         self.last_error = f"{type(exc).__name__}: {exc}"
-        self._next_attempt = time.monotonic() + self.retry_after_seconds
+        self._next_attempt = time.monotonic() + self.retry_seconds
+        self._maybe_torn = True
+        # Reopen both the file and the lock file by path next time: the directory may have been
+        # replaced, and writers locking different lock files would no longer exclude each other.
+        for attr in ("stream", "stream_lock"):
+            stream = getattr(self, attr)
+            if stream is not None:
+                with suppress(OSError, ValueError):
+                    stream.close()
+            setattr(self, attr, None)
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Write the record, or drop and count it while the sink is failing."""
-        if not self._ready and (time.monotonic() < self._next_attempt or not self._try_open()):
-            self.dropped += 1
-            return
-        failures_before = self.dropped
-        super().emit(record)
-        if self.dropped == failures_before:
-            self.written += 1
-            if self.failed_since is not None and self._still_writable():
-                self.failed_since = None
-                self.last_error = None
-
-    def _still_writable(self) -> bool:
-        return os.access(self.baseFilename, os.W_OK)
+        """Format and write one record (the listener normally calls `write_lines` with batches)."""
+        self.write_lines([self.format(record)])
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API name
         """Record the failure for the health endpoint instead of printing to stderr."""
-        self.dropped += 1
-        import sys
-
         exc = sys.exc_info()[1]
-        self._record_failure(exc if exc is not None else OSError("unknown write failure"))
-        try:
-            if self.stream is not None:
-                self.stream.close()
-        except OSError:
-            pass
-        self.stream = None  # type: ignore[assignment] - reopen on the next attempt
+        self._fail(exc if exc is not None else OSError("unknown write failure"), 1)
 
     def status(self) -> dict[str, Any]:
         """This sink's health for monitoring."""
@@ -233,31 +266,107 @@ class ConsoleFormatter(logging.Formatter):
         return f"{line}\n{tb.rstrip()}" if tb else line
 
 
+_STOP = object()
+
+
+class BatchingListener:
+    """Drains the queue on one thread and writes each batch to the file sinks in one go per file."""
+
+    def __init__(
+        self, log_queue: queue.Queue[Any], sinks: list[SafeRotatingFileHandler], others: list[logging.Handler]
+    ) -> None:
+        self.queue = log_queue
+        self.sinks = sinks
+        self.others = others
+        self.formatter = JsonFormatter()
+        self.errors = 0
+        self.last_error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the writer thread (a daemon: it must never keep a process alive)."""
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write everything queued so far, then stop the thread."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        self.queue.put(_STOP)  # blocking on purpose: shutdown must not lose the stop marker
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            try:
+                self.write_batch([r for r in batch if r is not _STOP])
+            except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any bad record
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+            if stop:
+                return
+
+    def write_batch(self, records: list[logging.LogRecord]) -> None:
+        """Format each record once and hand every sink the lines meant for it."""
+        lines: dict[int, str] = {}
+        for sink in self.sinks:
+            chosen = [r for r in records if r.levelno >= sink.level and sink.filter(r)]
+            if not chosen:
+                continue
+            out = []
+            for record in chosen:
+                line = lines.get(id(record))
+                if line is None:
+                    line = lines[id(record)] = self.formatter.format(record)
+                out.append(line)
+            sink.write_lines(out)
+        for handler in self.others:
+            for record in records:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+
 class _LoggingState:
     def __init__(self) -> None:
-        self.listener: QueueListener | None = None
+        self.listener: BatchingListener | None = None
         self.queue_handler: ContextQueueHandler | None = None
-        self.sinks: list[SafeRotatingFileHandler] = []
         self.lock = threading.Lock()
+        self.fork_hook_installed = False
+        # Streams inherited over fork: kept referenced so garbage collection never flushes a
+        # parent's half-written buffer into the file a second time.
+        self.inherited: list[Any] = []
 
 
 _state = _LoggingState()
 
 
-def _file_sinks(log_dir: Path, max_bytes: int, backup_count: int) -> list[SafeRotatingFileHandler]:
-    kwargs = {"maxBytes": max_bytes, "backupCount": backup_count, "encoding": "utf-8"}
+def _file_sinks(
+    log_dir: Path, max_bytes: int, backup_count: int, retry_seconds: float
+) -> list[SafeRotatingFileHandler]:
     specs: list[tuple[str, int, logging.Filter]] = [
         ("app.log", logging.DEBUG, _LoggerFilter(exclude=(SECURITY_LOGGER, PERFORMANCE_LOGGER))),
         ("errors.log", logging.ERROR, _LoggerFilter()),
         ("security.log", logging.DEBUG, _LoggerFilter(include=(SECURITY_LOGGER,))),
         ("performance.log", logging.DEBUG, _LoggerFilter(include=(PERFORMANCE_LOGGER,))),
     ]
-    formatter = JsonFormatter()
+    with suppress(OSError):  # a missing or unusable directory degrades the sinks, it does not stop the app
+        log_dir.mkdir(parents=True, exist_ok=True)
     sinks = []
     for name, level, log_filter in specs:
-        sink = SafeRotatingFileHandler(str(log_dir / name), **kwargs)
+        sink = SafeRotatingFileHandler(
+            str(log_dir / name), max_bytes=max_bytes, backup_count=backup_count, retry_seconds=retry_seconds
+        )
         sink.setLevel(level)
-        sink.setFormatter(formatter)
+        sink.setFormatter(JsonFormatter())
         sink.addFilter(log_filter)
         sinks.append(sink)
     return sinks
@@ -270,11 +379,12 @@ def configure_logging(
     max_bytes: int = 10 * 1024 * 1024,
     backup_count: int = 10,
     queue_size: int = 100_000,
+    retry_seconds: float = 2.0,
 ) -> None:
     """Set up the four JSON log files behind one queue; safe to call again (reconfigures)."""
     with _state.lock:
         shutdown_logging()
-        log_queue: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=queue_size)
+        log_queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         logging.config.dictConfig(
             {
                 "version": 1,
@@ -291,28 +401,53 @@ def configure_logging(
             }
         )
         qh = next(h for h in logging.getLogger().handlers if isinstance(h, ContextQueueHandler))
-        sinks = _file_sinks(Path(log_dir), max_bytes, backup_count)
-        targets: list[logging.Handler] = list(sinks)
+        others: list[logging.Handler] = []
         if console:
             # The console gets the prepared (redacted, context-bearing) record, like the files.
             console_handler = logging.StreamHandler()
             console_handler.setFormatter(ConsoleFormatter())
-            targets.append(console_handler)
-        listener = QueueListener(log_queue, *targets, respect_handler_level=True)
+            others.append(console_handler)
+        listener = BatchingListener(
+            log_queue, _file_sinks(Path(log_dir), max_bytes, backup_count, retry_seconds), others
+        )
         listener.start()
-        _state.listener, _state.queue_handler, _state.sinks = listener, qh, sinks
+        _state.listener, _state.queue_handler = listener, qh
+        if not _state.fork_hook_installed:
+            os.register_at_fork(after_in_child=_restart_after_fork)
+            _state.fork_hook_installed = True
+
+
+def _restart_after_fork() -> None:
+    """In a forked child: a fresh queue and a writer thread of its own (the parent's did not survive)."""
+    _state.lock = threading.Lock()
+    old, qh = _state.listener, _state.queue_handler
+    if old is None or qh is None:
+        return
+    for sink in old.sinks:
+        if sink.stream is not None:
+            _state.inherited.append(sink.stream)
+            sink.stream = None  # type: ignore[assignment] - reopened on the next write
+    fresh: queue.Queue[Any] = queue.Queue(maxsize=old.queue.maxsize)
+    qh.queue = fresh
+    qh.dropped, qh.last_drop = 0, None
+    _state.listener = BatchingListener(fresh, old.sinks, old.others)
+    _state.listener.start()
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        # multiprocessing children leave through os._exit, skipping atexit: flush on its own exit path.
+        mp_util.Finalize(None, shutdown_logging, exitpriority=-100)
 
 
 def shutdown_logging() -> None:
     """Flush the queue and close the files (at exit, and before reconfiguring)."""
     listener = _state.listener
     if listener is not None:
-        listener.stop()  # drains what is queued before returning
-        for handler in listener.handlers:
+        listener.stop()
+        for handler in [*listener.sinks, *listener.others]:
             handler.close()
     if _state.queue_handler is not None:
         logging.getLogger().removeHandler(_state.queue_handler)
-    _state.listener, _state.queue_handler, _state.sinks = None, None, []
+    _state.listener, _state.queue_handler = None, None
 
 
 def flush_logs(timeout: float = 5.0) -> None:
@@ -327,12 +462,19 @@ def flush_logs(timeout: float = 5.0) -> None:
 
 def sink_status() -> dict[str, Any]:
     """The state of every log sink (for the health endpoints)."""
-    sinks = [sink.status() for sink in _state.sinks]
-    queue_dropped = _state.queue_handler.dropped if _state.queue_handler else 0
-    degraded = any(s["state"] != "ok" for s in sinks) or queue_dropped > 0
+    listener, qh = _state.listener, _state.queue_handler
+    if listener is None or qh is None:
+        return {"state": "not_configured", "queue_dropped": 0, "queue_depth": 0, "sinks": []}
+    sinks = [sink.status() for sink in listener.sinks]
+    recent_drop = qh.last_drop is not None and time.time() - qh.last_drop < DROP_MEMORY_SECONDS
+    writer_alive = listener._thread is not None and listener._thread.is_alive()
+    degraded = any(s["state"] != "ok" for s in sinks) or recent_drop or not writer_alive
     return {
-        "state": "not_configured" if not sinks else ("degraded" if degraded else "ok"),
-        "queue_dropped": queue_dropped,
+        "state": "degraded" if degraded else "ok",
+        "queue_dropped": qh.dropped,
+        "queue_depth": qh.queue.qsize(),
+        "writer_alive": writer_alive,
+        "writer_errors": listener.errors,
         "sinks": sinks,
     }
 
@@ -345,18 +487,23 @@ _performance_logger = logging.getLogger(PERFORMANCE_LOGGER)
 
 def log_security_event(event_type: str, message: str, *, level: int = logging.WARNING, **fields: Any) -> None:
     """Write a security event (login, token failure, denial, admin action) to `security.log`."""
-    _security_logger.log(level, message, extra={"event_type": event_type, **_safe_extra(fields)})
+    if _security_logger.isEnabledFor(level):
+        _security_logger.log(level, message, extra={"event_type": event_type, **_safe_extra(fields)})
 
 
-def log_performance_metric(metric_name: str, value: float, *, unit: str = "ms", **fields: Any) -> None:
+def log_performance_metric(
+    metric_name: str, value: float, *, unit: str = "ms", level: int = logging.INFO, **fields: Any
+) -> None:
     """Write a performance metric (request duration, outbound call...) to `performance.log`."""
-    _performance_logger.info(
-        "%s=%s%s",
-        metric_name,
-        value,
-        unit,
-        extra={"metric": metric_name, "value": value, "unit": unit, **_safe_extra(fields)},
-    )
+    if _performance_logger.isEnabledFor(level):
+        _performance_logger.log(
+            level,
+            "%s=%s%s",
+            metric_name,
+            value,
+            unit,
+            extra={"metric": metric_name, "value": value, "unit": unit, **_safe_extra(fields)},
+        )
 
 
 def _safe_extra(fields: Mapping[str, Any]) -> dict[str, Any]:

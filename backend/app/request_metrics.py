@@ -1,0 +1,52 @@
+"""One `performance.log` line per request, and a warning for slow ones.
+
+The line carries the duration, status and endpoint (method, path, request ID come from the log
+context); error responses also carry the query string and the request headers, redacted, because
+that is what a reader needs to reproduce a failure. `REQUEST_LOGGING_ENABLED=False` keeps only the
+slow-request warning (the benchmark's "logging off" baseline); `SLOW_REQUEST_MS` sets the threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, current_app, request
+
+from ..logging_config import log_performance_metric
+from .request_context import request_started
+
+# Headers worth having next to a failed request; everything else is noise in the log.
+_ERROR_HEADERS = ("Authorization", "Cookie", "User-Agent", "Content-Type", "Content-Length", "Referer", "Origin")
+
+
+def _record_request(response: Response) -> Response:
+    started = request_started.get()
+    if started is None:
+        return response
+    duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
+    cfg = current_app.config
+    slow = duration_ms >= cfg["SLOW_REQUEST_MS"]
+    if not (cfg["REQUEST_LOGGING_ENABLED"] or slow):
+        return response
+    status = response.status_code
+    fields: dict[str, object] = {"status": status, "endpoint": request.endpoint}
+    query = request.query_string
+    if query:
+        fields["query"] = query.decode("latin-1")  # redacted by the log handler like every field
+    if status >= 400:
+        fields["headers"] = {name: request.headers[name] for name in _ERROR_HEADERS if name in request.headers}
+    if cfg["REQUEST_LOGGING_ENABLED"]:
+        log_performance_metric("request", duration_ms, **fields)
+    if slow:
+        log_performance_metric(
+            "slow_request", duration_ms, level=logging.WARNING, threshold_ms=cfg["SLOW_REQUEST_MS"], **fields
+        )
+    return response
+
+
+def init_request_metrics(app: Flask) -> None:
+    """Log every request's duration to `performance.log` (after the response is built)."""
+    app.config.setdefault("REQUEST_LOGGING_ENABLED", True)
+    app.config.setdefault("SLOW_REQUEST_MS", 1000)
+    app.after_request(_record_request)
