@@ -64,6 +64,8 @@ class Config:
     LOG_MAX_BYTES = 10 * 1024 * 1024
     LOG_BACKUP_COUNT = 10
     LOG_CONSOLE = False
+    REQUEST_LOGGING_ENABLED = True  # one performance.log line per request
+    SLOW_REQUEST_MS = 1000  # requests slower than this also log a slow_request warning
     ADMIN_EMAILS: frozenset[str] = frozenset()
     STRIPE_API_KEY: str | None = None
     STRIPE_WEBHOOK_SECRET: str | None = None
@@ -116,6 +118,11 @@ class Config:
         cfg.MAX_UPLOAD_MB = _int(env, "MAX_UPLOAD_MB", cfg.MAX_UPLOAD_MB)
         cfg.FREE_RENDER_CREDITS = _int(env, "FREE_RENDER_CREDITS", cfg.FREE_RENDER_CREDITS)
         cfg.RATELIMIT_ENABLED = _bool(env.get("RATELIMIT_ENABLED"), cfg.RATELIMIT_ENABLED)
+        cfg.LOG_MAX_BYTES = _int(env, "LOG_MAX_BYTES", cfg.LOG_MAX_BYTES)
+        cfg.LOG_BACKUP_COUNT = _int(env, "LOG_BACKUP_COUNT", cfg.LOG_BACKUP_COUNT)
+        cfg.SLOW_REQUEST_MS = _int(env, "SLOW_REQUEST_MS", cfg.SLOW_REQUEST_MS)
+        cfg.REQUEST_LOGGING_ENABLED = _bool(env.get("REQUEST_LOGGING_ENABLED"), cfg.REQUEST_LOGGING_ENABLED)
+        cfg.ERROR_STATS_ENABLED = _bool(env.get("ERROR_STATS_ENABLED"), getattr(cfg, "ERROR_STATS_ENABLED", True))
         cfg.validate()
         return cfg
 

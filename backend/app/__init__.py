@@ -21,6 +21,7 @@ from .errors import init_error_handlers
 from .extensions import db, jwt, migrate
 from .rate_limits import init_rate_limits
 from .request_context import init_request_context
+from .request_metrics import init_request_metrics
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -50,6 +51,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     _init_logging(app)
     _init_extensions(app)
     init_request_context(app)
+    init_request_metrics(app)
     init_error_handlers(app)
     _register_blueprints(app)
     init_rate_limits(app)
