@@ -1,0 +1,269 @@
+"""`@with_error_recovery`: classification, circuit breaker, retries, retry budget and fallback in one decorator.
+
+    @with_error_recovery("storage", "upload", max_retries=2, idempotent=True, fallback=save_locally)
+    def upload(path: str, data: bytes) -> str: ...
+
+Per call: the service's retry budget counts it; each attempt asks the service's breaker for
+admission (an open breaker fails fast with 503 `CIRCUIT_OPEN` and `Retry-After`) and reports its
+outcome; failures are classified once; TRANSIENT and THROTTLED ones are retried (full jitter,
+`Retry-After` honoured, within `timeout` seconds in total) when the call is idempotent, as long
+as the budget allows. When all that fails:
+
+- with a `fallback`, it is called as `fallback(exc, *args, **kwargs)` with the original exception;
+  the request is marked degraded (`degraded_services()`), a WARNING is logged and the event counted.
+  Fallbacks must be real (a local copy, an outbox), never sample data.
+- without one, the error propagates as an `APIError`: our own errors unchanged, others through
+  `translate(exc)` (adapters pass their own table) or, by default, `ExternalServiceError`, raised
+  `from` the original. Builtin programming errors (TypeError, KeyError...) propagate unchanged:
+  they are bugs and must reach the 500 handler with their traceback.
+
+Idempotency: `idempotent=True` allows retries; `idempotent=None` (the default) allows them only
+when the call passes a truthy `idempotency_key=` keyword argument, so a POST without a key is tried
+once. The guarded function must not retry by itself: set the SDK's own retries to 0.
+
+Every call is written to performance.log (service, operation, duration, attempts, outcome).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, ParamSpec, TypeVar
+
+from ...logging_config import log_performance_metric
+from ..errors import APIError, ExternalServiceError
+from .breaker_store import BreakerConfig, BreakerState, Outcome
+from .circuit_breaker import (
+    KNOWN_SERVICES,
+    BreakerListener,
+    BreakerRegistry,
+    CircuitBreaker,
+    CircuitOpenError,
+    LoggingListener,
+)
+from .classifier import Classification, ErrorKind, classify, is_breaker_failure, parse_retry_after
+from .resilience import (
+    RecoveryEvent,
+    Resilience,
+    all_breakers,
+    current_resilience,
+    degraded_services,
+    get_breaker,
+    init_resilience,
+    mark_degraded,
+)
+from .retry import RetryPolicy, RetryRecord, call_with_retry
+from .retry_budget import BudgetConfig, RetryBudget
+
+__all__ = [
+    "KNOWN_SERVICES",
+    "BreakerConfig",
+    "BreakerListener",
+    "BreakerRegistry",
+    "BreakerState",
+    "BudgetConfig",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Classification",
+    "ErrorKind",
+    "LoggingListener",
+    "Outcome",
+    "RecoveryEvent",
+    "Resilience",
+    "RetryBudget",
+    "RetryPolicy",
+    "all_breakers",
+    "call_with_recovery",
+    "classify",
+    "current_resilience",
+    "default_translate",
+    "degraded_services",
+    "get_breaker",
+    "init_resilience",
+    "is_breaker_failure",
+    "mark_degraded",
+    "parse_retry_after",
+    "with_error_recovery",
+]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Translator = Callable[[BaseException], APIError]
+Fallback = Callable[..., Any]
+
+
+def default_translate(exc: BaseException, service: str, operation: str) -> BaseException:
+    """Our error for a failure no adapter translated: `ExternalServiceError`, or the bug itself."""
+    if isinstance(exc, APIError):
+        return exc
+    verdict = classify(exc)
+    if type(exc).__module__ == "builtins" and not isinstance(exc, OSError):
+        return exc  # TypeError, KeyError...: a bug, not an outage
+    retry_after = math.ceil(verdict.retry_after) if verdict.retry_after is not None else None
+    return ExternalServiceError(
+        f"The {service} service could not complete the request. Retry later.",
+        details={"service": service, "operation": operation, "reason": verdict.kind.value},
+        recoverable=verdict.retryable,
+        retry_after=retry_after,
+    )
+
+
+def call_with_recovery(
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    service: str,
+    operation: str,
+    max_retries: int = 3,
+    fallback: Fallback | None = None,
+    idempotent: bool | None = None,
+    timeout: float | None = None,
+    translate: Translator | None = None,
+) -> T:
+    """Run `fn(*args, **kwargs)` with the full recovery stack (what the decorator does per call)."""
+    res = current_resilience()
+    breaker = res.breakers.get(service)
+    budget = res.budgets.get(service)
+    allowed = idempotent if idempotent is not None else bool(kwargs.get("idempotency_key"))
+    policy = replace(
+        res.retry_defaults,
+        max_retries=max_retries,
+        idempotent=allowed,
+        deadline=timeout if timeout is not None else res.retry_defaults.deadline,
+    )
+    record = RetryRecord()
+    budget.record_call()
+    started = time.perf_counter()
+    try:
+        result = call_with_retry(
+            lambda: breaker.call(fn, *args, **kwargs),
+            policy=policy,
+            sleep=res.sleep,
+            clock=res.clock,
+            rng=res.rng,
+            may_retry=lambda _exc, _verdict: budget.try_spend(),
+            record=record,
+        )
+    except Exception as exc:
+        duration = time.perf_counter() - started
+        rejected = isinstance(exc, CircuitOpenError)
+        if record.stop_reason == "budget_exhausted":
+            res.count(service, "budget_exhausted")
+        if rejected:
+            res.count(service, "rejected")
+        if fallback is not None:
+            return _serve_fallback(res, fallback, exc, args, kwargs, service, operation, record, duration, translate)
+        _report(res, service, operation, "rejected" if rejected else "error", record, duration, exc)
+        translated = translate(exc) if translate is not None and not isinstance(exc, APIError) else None
+        final = translated if translated is not None else default_translate(exc, service, operation)
+        if final is exc:
+            raise
+        raise final from exc
+    _report(res, service, operation, "ok", record, time.perf_counter() - started, None)
+    return result
+
+
+def _serve_fallback(
+    res: Resilience,
+    fallback: Fallback,
+    exc: Exception,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    service: str,
+    operation: str,
+    record: RetryRecord,
+    duration: float,
+    translate: Translator | None,
+) -> Any:
+    mark_degraded(service)
+    res.count(service, "fallback")
+    logger.warning(
+        "Fallback serves %s.%s after %s attempt(s): %s (%s)",
+        service,
+        operation,
+        record.attempts,
+        type(exc).__name__,
+        record.classification.reason if record.classification else "",
+        extra={"service": service, "operation": operation, "degraded": True},
+    )
+    _report(res, service, operation, "fallback", record, duration, exc)
+    try:
+        return fallback(exc, *args, **kwargs)
+    except Exception as fallback_exc:
+        logger.error("Fallback for %s.%s failed too: %s", service, operation, type(fallback_exc).__name__)
+        if isinstance(fallback_exc, APIError):
+            raise
+        if translate is not None:
+            final: BaseException = translate(fallback_exc)
+        else:
+            final = default_translate(fallback_exc, service, operation)
+        if final is fallback_exc:
+            raise
+        raise final from fallback_exc
+
+
+def _report(
+    res: Resilience,
+    service: str,
+    operation: str,
+    outcome: str,
+    record: RetryRecord,
+    duration: float,
+    exc: BaseException | None,
+) -> None:
+    verdict = record.classification
+    log_performance_metric(
+        "outbound_call",
+        round(duration * 1000, 3),
+        service=service,
+        operation=operation,
+        attempts=record.attempts,
+        outcome=outcome,
+        error_kind=verdict.kind.value if exc is not None and verdict is not None else None,
+        exc_type=type(exc).__name__ if exc is not None else None,
+        stop_reason=record.stop_reason if exc is not None else None,
+    )
+    res.notify(RecoveryEvent(service, operation, outcome, record.attempts, duration, exc))
+
+
+def with_error_recovery(
+    service: str,
+    operation: str,
+    max_retries: int = 3,
+    fallback: Fallback | None = None,
+    idempotent: bool | None = None,
+    timeout: float | None = None,
+    translate: Translator | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Guard a function with breaker, retries, retry budget and an optional fallback (module docstring)."""
+    if max_retries < 0:
+        raise ValueError("max_retries must be >= 0")
+
+    def decorate(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            return call_with_recovery(
+                fn,
+                args,
+                kwargs,
+                service=service,
+                operation=operation,
+                max_retries=max_retries,
+                fallback=fallback,
+                idempotent=idempotent,
+                timeout=timeout,
+                translate=translate,
+            )
+
+        guarded.recovery = {"service": service, "operation": operation}  # type: ignore[attr-defined]
+        return guarded
+
+    return decorate
