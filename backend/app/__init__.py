@@ -22,6 +22,7 @@ from .extensions import db, jwt, migrate
 from .rate_limits import init_rate_limits
 from .request_context import init_request_context
 from .request_metrics import init_request_metrics
+from .utils.resilience import init_resilience
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -53,6 +54,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_request_context(app)
     init_request_metrics(app)
     init_error_handlers(app)
+    init_resilience(app)
     _register_blueprints(app)
     init_rate_limits(app)
     init_cli(app)
