@@ -81,6 +81,15 @@ class Config:
     RATELIMIT_LOGIN = "10 per minute"
     RATELIMIT_REGISTER = "20 per hour"
     RATELIMIT_ERROR_REPORT = "30 per minute"
+    # Error statistics: events are buffered per process and written in batches off the request path.
+    ERROR_STATS_ENABLED = True
+    ERROR_STATS_FLUSH_MS = 500
+    ERROR_STATS_BATCH_SIZE = 500
+    ERROR_STATS_BUFFER_SIZE = 10_000
+    ERROR_EVENT_RETENTION_DAYS = 14
+    ERROR_EVENT_MAX_ROWS: int | None = 2_000_000
+    ERROR_ROLLUP_RETENTION_DAYS = 90
+    ERROR_REPORT_MAX_BYTES = 16 * 1024
     PASSWORD_HASH_TIME_COST = 3
     PASSWORD_HASH_MEMORY_COST = 64 * 1024
 
@@ -123,6 +132,7 @@ class Config:
         cfg.SLOW_REQUEST_MS = _int(env, "SLOW_REQUEST_MS", cfg.SLOW_REQUEST_MS)
         cfg.REQUEST_LOGGING_ENABLED = _bool(env.get("REQUEST_LOGGING_ENABLED"), cfg.REQUEST_LOGGING_ENABLED)
         cfg.ERROR_STATS_ENABLED = _bool(env.get("ERROR_STATS_ENABLED"), getattr(cfg, "ERROR_STATS_ENABLED", True))
+        cfg.ERROR_EVENT_RETENTION_DAYS = _int(env, "ERROR_EVENT_RETENTION_DAYS", cfg.ERROR_EVENT_RETENTION_DAYS)
         cfg.validate()
         return cfg
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 
@@ -84,3 +86,169 @@ class HealthCheckOut(BaseModel):
     status: str
     timestamp: str
     checks: dict[str, str]
+
+
+# --- Error statistics (monitoring) ---------------------------------------------------------------
+
+ContextValue = Annotated[str, Field(max_length=500)] | int | float | bool | None
+
+
+class ClientErrorReport(StrictModel):
+    """An error a browser client reports (sanitised before it is stored)."""
+
+    message: str = Field(min_length=1, max_length=4000)
+    error_type: str | None = Field(default=None, max_length=128, description="e.g. TypeError")
+    code: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    status: int | None = Field(default=None, ge=100, le=599, description="HTTP status of a failed API call")
+    request_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    stack: str | None = Field(default=None, max_length=8000)
+    url: str | None = Field(default=None, max_length=2048)
+    user_agent: str | None = Field(default=None, max_length=512)
+    release: str | None = Field(default=None, max_length=64)
+    context: dict[Annotated[str, Field(max_length=64)], ContextValue] = Field(default_factory=dict, max_length=20)
+
+
+class ErrorReportAccepted(BaseModel):
+    """A client report was accepted for recording."""
+
+    status: str = "accepted"
+    event_id: str
+
+
+class GroupStatusRequest(StrictModel):
+    """The new triage status of an error group."""
+
+    status: Literal["acknowledged", "resolved", "unresolved"] = "acknowledged"
+
+
+class ErrorGroupOut(BaseModel):
+    """One error group (every event with the same fingerprint)."""
+
+    id: int
+    fingerprint: str
+    source: str
+    code: str
+    title: str
+    exc_type: str | None
+    endpoint: str | None
+    frames: list[str]
+    category: str
+    severity: str
+    status_code: int | None
+    count: int
+    count_24h: int | None
+    first_seen: str | None
+    last_seen: str | None
+    status: str
+    regressed: bool
+
+
+class ErrorGroupEnvelope(BaseModel):
+    """A group wrapped in `group`."""
+
+    status: str = "success"
+    group: ErrorGroupOut
+
+
+class ErrorEventOut(BaseModel):
+    """One recorded error event."""
+
+    event_id: str
+    group_id: int
+    occurred_at: str | None
+    source: str
+    code: str
+    status_code: int | None
+    category: str
+    severity: str
+    message: str
+    exc_type: str | None
+    endpoint: str | None
+    method: str | None
+    path: str | None
+    request_id: str | None
+    user_id: int | None
+
+
+class RecentErrorsOut(BaseModel):
+    """A page of events, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    events: list[ErrorEventOut]
+    next_cursor: str | None
+
+
+class ErrorTotalsOut(BaseModel):
+    """All-time totals over every group."""
+
+    errors: int
+    groups: int
+    unresolved: int
+    acknowledged: int
+    resolved: int
+    regressed: int
+
+
+class CodeCountOut(BaseModel):
+    """Events of one code: all time and in the last 24 hours."""
+
+    total: int
+    last_24h: int
+
+
+class RateWindowOut(BaseModel):
+    """Errors (and requests) over a trailing window."""
+
+    minutes: int
+    errors: int
+    requests: int
+    errors_per_minute: float
+    error_ratio: float | None
+
+
+class WriterStatusOut(BaseModel):
+    """The answering process's event writer."""
+
+    pending: int
+    dropped: int
+    failed_flushes: int
+
+
+class ErrorStatsOut(BaseModel):
+    """Error statistics from the groups and rollups."""
+
+    generated_at: str | None
+    totals: ErrorTotalsOut
+    by_code: dict[str, CodeCountOut]
+    by_category: dict[str, int]
+    by_severity: dict[str, int]
+    rates: dict[str, RateWindowOut]
+    top_groups: list[ErrorGroupOut]
+    writer: WriterStatusOut | None
+
+
+class ErrorSummaryItemOut(BaseModel):
+    """One recent error in the summary."""
+
+    error_id: str
+    group_id: int
+    code: str
+    message: str
+    category: str
+    severity: str
+    timestamp: str | None
+
+
+class ErrorSummaryDataOut(BaseModel):
+    """Seed 004's summary fields."""
+
+    total_errors: int
+    error_counts: dict[str, int]
+    recent_errors: list[ErrorSummaryItemOut]
+
+
+class ErrorSummaryOut(BaseModel):
+    """The error summary, wrapped as seed 004 shows."""
+
+    status: str
+    data: ErrorSummaryDataOut
+    timestamp: str

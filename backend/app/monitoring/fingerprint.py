@@ -1,0 +1,78 @@
+"""Group errors like an error tracker: a fingerprint that ignores what varies between occurrences.
+
+Two occurrences of the same bug (same exception type, code, endpoint and in-app call path, same
+message once numbers, hex ids, UUIDs and emails are masked) share a fingerprint; the same message
+raised from a different in-app function does not. Line numbers are left out on purpose so that an
+unrelated edit above a function does not split its group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+#: The in-app code: frames under this folder are ours, everything else is a library.
+BACKEND_ROOT = Path(__file__).resolve().parents[2]
+#: Frames of the monitoring and error-handling machinery say nothing about where the bug is.
+_IGNORED_IN_APP = ("app/monitoring/", "app/error_handlers.py")
+MAX_FRAMES = 12
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\b")
+_HEX = re.compile(r"\b(?:0x)?(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b")
+_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+(?:[.,:]\d+)*")
+
+
+def normalise_message(message: str) -> str:
+    """The message with emails, UUIDs, hex ids and numbers masked (the part that groups)."""
+    text = _EMAIL.sub("<email>", message)
+    text = _UUID.sub("<uuid>", text)
+    text = _HEX.sub("<hex>", text)
+    text = _NUMBER.sub("<n>", text)
+    return " ".join(text.split())[:300]
+
+
+def in_app_frames(tb: TracebackType | None, root: Path = BACKEND_ROOT) -> list[str]:
+    """`relative/path.py:function` for each traceback frame under `root`, innermost last."""
+    prefix = str(root) + "/"
+    frames: list[str] = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        filename = code.co_filename
+        if filename.startswith(prefix):
+            relative = filename[len(prefix) :]
+            if not relative.startswith(_IGNORED_IN_APP):
+                frames.append(f"{relative}:{code.co_name}")
+        tb = tb.tb_next
+    return frames[-MAX_FRAMES:]
+
+
+def exception_frames(exc: BaseException | None, root: Path = BACKEND_ROOT) -> list[str]:
+    """The in-app frames of `exc`, following `raise ... from` causes to the innermost in-app code."""
+    seen: set[int] = set()
+    frames: list[str] = []
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        frames = in_app_frames(exc.__traceback__, root) + frames
+        exc = exc.__cause__ or exc.__context__
+    # Deduplicate consecutive repeats (the same view appears in the cause and in the wrapper).
+    compact = [f for i, f in enumerate(frames) if i == 0 or frames[i - 1] != f]
+    return compact[-MAX_FRAMES:]
+
+
+def fingerprint(
+    *,
+    source: str,
+    exc_type: str | None,
+    code: str,
+    endpoint: str | None,
+    frames: Sequence[str],
+    message: str,
+    extra: Iterable[str] = (),
+) -> str:
+    """A stable 40-character hex id of the group this occurrence belongs to."""
+    parts = [source, exc_type or "-", code, endpoint or "-", "|".join(frames), normalise_message(message), *extra]
+    return hashlib.sha1("\x1f".join(parts).encode("utf-8"), usedforsecurity=False).hexdigest()

@@ -1,0 +1,227 @@
+"""Buffer error events and request counts per app, and write them off the request path in batches.
+
+Recording appends to a bounded in-memory buffer (a full buffer drops and counts the event rather
+than block or grow without limit). One background thread per process flushes every recorder
+every `ERROR_STATS_FLUSH_MS` or as soon as one holds `ERROR_STATS_BATCH_SIZE` events. The thread
+starts lazily in the process that records, and a forked child (a gunicorn worker) starts with an
+empty buffer and no thread, so the parent's pending events are never written twice. `flush()`
+writes synchronously (tests, shutdown); an `atexit` hook flushes what is left.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..extensions import db
+from .store import ErrorEventData, write_batch
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3  # a batch the database keeps refusing is dropped (and logged) after this many
+
+
+class ErrorRecorder:
+    """The per-app buffer of error events and per-minute request counts."""
+
+    def __init__(self, app: Flask, *, batch_size: int = 500, interval: float = 0.5, capacity: int = 10_000) -> None:
+        self._app = app
+        self.batch_size = max(1, batch_size)
+        self.interval = max(0.01, interval)
+        self.capacity = max(self.batch_size, capacity)
+        self._engine: Engine | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._buffer: deque[ErrorEventData] = deque()
+        self._requests: dict[int, int] = {}
+        self._retry: tuple[list[ErrorEventData], dict[int, int], int] | None = None
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self.dropped = 0
+        self.written = 0
+        self.failed_flushes = 0
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pending data (the parent writes it) and its locks."""
+        self._engine = None
+        self._reset_state()
+
+    @property
+    def pending(self) -> int:
+        """Events waiting to be written by this process."""
+        return len(self._buffer) + (len(self._retry[0]) if self._retry else 0)
+
+    def submit(self, event: ErrorEventData) -> bool:
+        """Queue an event; False (and counted as dropped) when the buffer is full."""
+        if len(self._buffer) >= self.capacity:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning("Error statistics buffer full: %s events dropped so far", self.dropped)
+            return False
+        self._buffer.append(event)
+        _writer.ensure_started()
+        if len(self._buffer) >= self.batch_size:
+            _writer.wake()
+        return True
+
+    def count_request(self) -> None:
+        """Count one served request in the current UTC minute (for error-per-request ratios)."""
+        minute = int(time.time() // 60)
+        with self._lock:
+            self._requests[minute] = self._requests.get(minute, 0) + 1
+        _writer.ensure_started()
+
+    def due(self) -> bool:
+        """Whether the writer thread should flush this recorder now."""
+        if len(self._buffer) >= self.batch_size:
+            return True
+        has_data = bool(self._buffer or self._requests or self._retry)
+        return has_data and time.monotonic() - self._last_flush >= self.interval
+
+    def _engine_for_app(self) -> Engine:
+        if self._engine is None:
+            with self._app.app_context():
+                self._engine = db.engine
+        return self._engine
+
+    def _take(self) -> tuple[list[ErrorEventData], dict[int, int], int]:
+        if self._retry is not None:
+            batch, self._retry = self._retry, None
+            return batch
+        events: list[ErrorEventData] = []
+        buffer = self._buffer
+        while buffer and len(events) < self.batch_size * 4:
+            events.append(buffer.popleft())
+        with self._lock:
+            requests, self._requests = self._requests, {}
+        return events, requests, 0
+
+    def flush(self) -> int:
+        """Write everything pending now; the number of events written."""
+        total = 0
+        with self._flush_lock:
+            while True:
+                events, requests, attempts = self._take()
+                if not events and not requests:
+                    break
+                if not self._write(events, requests, attempts):
+                    break
+                total += len(events)
+            self._last_flush = time.monotonic()
+        return total
+
+    def _write(self, events: list[ErrorEventData], requests: dict[int, int], attempts: int) -> bool:
+        try:
+            write_batch(self._engine_for_app(), events, requests)
+        except SQLAlchemyError:
+            self.failed_flushes += 1
+            if attempts + 1 >= MAX_ATTEMPTS:
+                self.dropped += len(events)
+                logger.error(
+                    "Error statistics: dropped a batch of %s events after %s attempts", len(events), MAX_ATTEMPTS
+                )
+            else:
+                self._retry = (events, requests, attempts + 1)
+                logger.warning("Error statistics: writing %s events failed; retrying later", len(events), exc_info=True)
+            return False
+        self.written += len(events)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """This process's writer counters (not shared: each process reports its own)."""
+        return {"pending": self.pending, "dropped": self.dropped, "failed_flushes": self.failed_flushes}
+
+
+class _Writer:
+    """The one background thread per process that flushes every live recorder."""
+
+    def __init__(self) -> None:
+        self._recorders: weakref.WeakSet[ErrorRecorder] = weakref.WeakSet()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, recorder: ErrorRecorder) -> None:
+        """Flush `recorder` from the thread for as long as it is alive."""
+        self._recorders.add(recorder)
+
+    def ensure_started(self) -> None:
+        """Start the thread in this process on first use."""
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None and not self._stop.is_set():
+                thread = threading.Thread(target=self._run, name="error-stats-writer", daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def wake(self) -> None:
+        """Flush soon (a recorder reached its batch size)."""
+        self._wake.set()
+
+    def _interval(self) -> float:
+        return min((r.interval for r in list(self._recorders)), default=0.5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval())
+            self._wake.clear()
+            for recorder in list(self._recorders):
+                if recorder.due():
+                    try:
+                        recorder.flush()
+                    except Exception:  # the writer must outlive one bad batch; the failure is logged
+                        logger.exception("Error statistics writer failed to flush")
+
+    def flush_all(self) -> None:
+        """Flush every recorder of this process synchronously."""
+        for recorder in list(self._recorders):
+            recorder.flush()
+
+    def close(self) -> None:
+        """Stop the thread and write what is left (process exit)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        try:
+            self.flush_all()
+        except Exception:  # at exit there is nobody left to raise to; say what was lost
+            logger.exception("Error statistics: final flush failed")
+
+    def after_fork(self) -> None:
+        """In a forked child: no thread yet (threads do not survive fork), empty buffers."""
+        self._reset()
+        for recorder in list(self._recorders):
+            recorder.after_fork()
+
+
+_writer = _Writer()
+os.register_at_fork(after_in_child=_writer.after_fork)
+atexit.register(_writer.close)
+
+
+def register_recorder(recorder: ErrorRecorder) -> None:
+    """Have the process's writer thread flush `recorder`."""
+    _writer.add(recorder)
+
+
+def flush_all() -> None:
+    """Write every pending event of this process now (tests, gunicorn `worker_exit`)."""
+    _writer.flush_all()

@@ -1,0 +1,196 @@
+"""Write a batch of error events and request counts in one transaction, with portable upserts.
+
+Counters are added with `INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n`, which SQLite
+and PostgreSQL both support, so concurrent writers in different processes never lose an increment
+and never need a read-modify-write. Rows are pre-aggregated per key because PostgreSQL refuses to
+update the same row twice in one statement.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, and_, case, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..models import ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+
+
+@dataclass(slots=True)
+class ErrorEventData:
+    """One error occurrence, captured on the recording thread and written later by the writer."""
+
+    event_id: str
+    occurred_at: datetime
+    fingerprint: str
+    source: str
+    code: str
+    status_code: int | None
+    category: str
+    severity: str
+    title: str
+    message: str
+    exc_type: str | None = None
+    endpoint: str | None = None
+    method: str | None = None
+    path: str | None = None
+    request_id: str | None = None
+    user_id: int | None = None
+    frames: str | None = None
+    context: str | None = None
+
+
+def floor_minute(moment: datetime) -> datetime:
+    """The start of `moment`'s UTC minute."""
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def floor_hour(moment: datetime) -> datetime:
+    """The start of `moment`'s UTC hour."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def minute_from_epoch(minute: int) -> datetime:
+    """A minute number (seconds since the epoch // 60) as an aware UTC datetime."""
+    return datetime.fromtimestamp(minute * 60, UTC)
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"error statistics need SQLite or PostgreSQL, not {conn.dialect.name}")
+
+
+def upsert_add(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str], add: Iterable[str]
+) -> None:
+    """Insert rows, or add their counter columns to the existing rows with the same keys."""
+    if not rows:
+        return
+    stmt = _insert(conn, table)
+    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in add})
+    conn.execute(stmt, list(rows))
+
+
+def _group_rows(events: Sequence[ErrorEventData]) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for ev in events:
+        row = rows.get(ev.fingerprint)
+        if row is None:
+            rows[ev.fingerprint] = {
+                "fingerprint": ev.fingerprint,
+                "source": ev.source,
+                "code": ev.code,
+                "exc_type": ev.exc_type,
+                "endpoint": ev.endpoint,
+                "title": ev.title[:300],
+                "frames": ev.frames,
+                "category": ev.category,
+                "severity": ev.severity,
+                "status_code": ev.status_code,
+                "count": 1,
+                "first_seen": ev.occurred_at,
+                "last_seen": ev.occurred_at,
+                "status": "unresolved",
+                "regressed": False,
+            }
+        else:
+            row["count"] += 1
+            row["first_seen"] = min(row["first_seen"], ev.occurred_at)
+            row["last_seen"] = max(row["last_seen"], ev.occurred_at)
+    # A fixed order means concurrent writers lock rows in the same order and cannot deadlock.
+    return sorted(rows.values(), key=lambda row: row["fingerprint"])
+
+
+def upsert_groups(conn: Connection, events: Sequence[ErrorEventData]) -> dict[str, int]:
+    """Create or update the groups of `events` (regressing resolved ones); fingerprint → group id."""
+    rows = _group_rows(events)
+    if not rows:
+        return {}
+    table = ErrorGroup.__table__
+    stmt = _insert(conn, table)
+    new = stmt.excluded
+    # A resolved group that happens again after it was resolved is a regression.
+    regression = and_(
+        table.c.status == "resolved", table.c.resolved_at.is_not(None), new.last_seen > table.c.resolved_at
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["fingerprint"],
+        set_={
+            "count": table.c.count + new.count,
+            "first_seen": case((new.first_seen < table.c.first_seen, new.first_seen), else_=table.c.first_seen),
+            "last_seen": case((new.last_seen > table.c.last_seen, new.last_seen), else_=table.c.last_seen),
+            "status": case((regression, literal("unresolved")), else_=table.c.status),
+            "regressed": case((regression, literal(True)), else_=table.c.regressed),
+        },
+    )
+    conn.execute(stmt, rows)
+    fingerprints = [row["fingerprint"] for row in rows]
+    found = conn.execute(select(table.c.fingerprint, table.c.id).where(table.c.fingerprint.in_(fingerprints)))
+    return {fp: gid for fp, gid in found}
+
+
+def write_batch(engine: Engine, events: Sequence[ErrorEventData], requests: Mapping[int, int]) -> None:
+    """Write events (raw rows, groups, rollups) and per-minute request counts in one transaction."""
+    with engine.begin() as conn:
+        group_ids = upsert_groups(conn, events)
+        if events:
+            conn.execute(
+                ErrorEvent.__table__.insert(),
+                [
+                    {
+                        "event_id": ev.event_id,
+                        "group_id": group_ids[ev.fingerprint],
+                        "occurred_at": ev.occurred_at,
+                        "source": ev.source,
+                        "code": ev.code,
+                        "status_code": ev.status_code,
+                        "category": ev.category,
+                        "severity": ev.severity,
+                        "message": ev.message[:1000],
+                        "exc_type": ev.exc_type,
+                        "endpoint": ev.endpoint,
+                        "method": ev.method,
+                        "path": (ev.path or "")[:500] or None,
+                        "request_id": ev.request_id,
+                        "user_id": ev.user_id,
+                        "context": ev.context,
+                    }
+                    for ev in events
+                ],
+            )
+        errors_per_minute = Counter(floor_minute(ev.occurred_at) for ev in events)
+        requests_per_minute = Counter({minute_from_epoch(m): n for m, n in requests.items()})
+        minutes = set(errors_per_minute) | set(requests_per_minute)
+        upsert_add(
+            conn,
+            ErrorMinute.__table__,
+            [
+                {"minute": m, "errors": errors_per_minute[m], "requests": requests_per_minute[m]}
+                for m in sorted(minutes)
+            ],
+            ["minute"],
+            ["errors", "requests"],
+        )
+        per_code = Counter((floor_minute(ev.occurred_at), ev.code) for ev in events)
+        upsert_add(
+            conn,
+            ErrorCodeMinute.__table__,
+            [{"minute": m, "code": c, "count": n} for (m, c), n in sorted(per_code.items())],
+            ["minute", "code"],
+            ["count"],
+        )
+        per_group_hour = Counter((floor_hour(ev.occurred_at), group_ids[ev.fingerprint]) for ev in events)
+        upsert_add(
+            conn,
+            ErrorGroupHour.__table__,
+            [{"hour": h, "group_id": g, "count": n} for (h, g), n in sorted(per_group_hour.items())],
+            ["hour", "group_id"],
+            ["count"],
+        )
