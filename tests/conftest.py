@@ -19,6 +19,9 @@ from backend.app.extensions import db
 from backend.logging_config import flush_logs
 from config import TestingConfig
 
+# The local peers (Stripe, Cloud Storage, SendGrid, webhooks, audio, fault proxy): see tests/peers/README.md.
+pytest_plugins = ["tests.peers.fixtures"]
+
 ADMIN_EMAIL = "admin@example.com"
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 TEST_JWT_SECRET_KEY = "test-jwt-secret-key-0123456789abcdef"

@@ -43,7 +43,7 @@ class _QuietHandler(WSGIRequestHandler):
         """Log at DEBUG through our logger instead of werkzeug's stderr handler."""
         logger.debug("%s %s -> %s", self.command, self.path, code)
 
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_error(self, format: str, *args: Any) -> None:
         """Route werkzeug's error lines to our logger."""
         logger.debug(format, *args)
 

@@ -360,7 +360,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: FaultProxy  # type: ignore[assignment]  # BaseRequestHandler stores its third argument here
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: debug log instead of stderr."""
         logger.debug(format, *args)
 
@@ -440,4 +440,5 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         self.wfile.flush()
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
+    # BaseHTTPRequestHandler looks handlers up by these names.
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch  # noqa: N815

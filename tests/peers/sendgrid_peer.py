@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sendgrid import SendGridAPIClient
 from werkzeug.wrappers import Request, Response
 
 from tests.peers._net import LocalWSGIServer
@@ -244,3 +245,10 @@ def validate_mail(body: dict[str, Any]) -> list[tuple[str, str | None]]:
     errors.extend(_string_map_errors(body.get("custom_args"), "custom_args", "custom_args"))
     errors.extend(_string_map_errors(body.get("headers"), "headers", "headers"))
     return errors
+
+
+def sdk_client(base_url: str, api_key: str = DEFAULT_API_KEY, *, timeout: float = 2.0) -> SendGridAPIClient:
+    """The real sendgrid SDK pointed at a local peer, with the timeout it lacks by default (SPEC section 10)."""
+    client = SendGridAPIClient(api_key, host=base_url)
+    client.client.timeout = timeout
+    return client

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import stripe
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
@@ -53,7 +54,7 @@ class StripeAPIError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - Stripe's field name
+        type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
         decline_code: str | None = None,
@@ -77,7 +78,7 @@ def stripe_error_body(
     *,
     type: str = "api_error",
     code: str | None = None,
-    param: str | None = None,  # noqa: A002
+    param: str | None = None,
 ) -> dict[str, Any]:
     """A Stripe error JSON body, e.g. for `FaultProxy.status(402, body=stripe_error_body(...))`."""
     return {"error": StripeAPIError(0, message, type=type, code=code, param=param).error}
@@ -177,7 +178,7 @@ class StripePeer:
         status: int,
         message: str = "An error occurred with our connection to Stripe.",
         *,
-        type: str = "api_error",  # noqa: A002 - Stripe's field name
+        type: str = "api_error",
         code: str | None = None,
         param: str | None = None,
         decline_code: str | None = None,
@@ -308,9 +309,8 @@ class StripePeer:
             unit_amount, item_currency = self._line_item(index, item)
             currency = currency or item_currency
             if item_currency != currency:
-                raise StripeAPIError(
-                    400, "All line items must use the same currency.", param=f"line_items[{index}][price_data][currency]"
-                )  # fmt: skip
+                where = f"line_items[{index}][price_data][currency]"
+                raise StripeAPIError(400, "All line items must use the same currency.", param=where)
             amount += unit_amount * int(item.get("quantity", 1))
         metadata = params.get("metadata") or {}
         if not isinstance(metadata, dict):
@@ -365,6 +365,16 @@ class StripePeer:
                 param=f"{where}[price_data][product_data][name]",
             )  # fmt: skip
         return int(data["unit_amount"]), str(data["currency"]).lower()
+
+
+def sdk_client(base_url: str, api_key: str = DEFAULT_API_KEY, *, timeout: float = 2.0) -> stripe.StripeClient:
+    """The real stripe SDK pointed at a local peer: explicit timeout, no SDK retries (SPEC section 10)."""
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": base_url},
+        http_client=stripe.RequestsClient(timeout=timeout),
+        max_network_retries=0,
+    )
 
 
 # -- webhooks ---------------------------------------------------------------------------------------------------
