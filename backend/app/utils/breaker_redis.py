@@ -195,16 +195,19 @@ class RedisBreakerStore:
 
     def _run(self, remote: Callable[[], T], local: Callable[[], T]) -> T:
         """Run against Redis; on a Redis failure (or during an outage, between probes) run locally."""
-        if self._down_since is not None and time.monotonic() < self._next_probe:
-            return local()
+        if self._down_since is not None:
+            if time.monotonic() < self._next_probe:
+                return local()
+            try:
+                self._came_back()  # re-sync first, so this very call is answered from the merged state
+            except redis.RedisError as exc:
+                self._went_down(exc)
+                return local()
         try:
-            result = remote()
+            return remote()
         except redis.RedisError as exc:
             self._went_down(exc)
             return local()
-        if self._down_since is not None:
-            self._came_back()
-        return result
 
     def _went_down(self, exc: BaseException) -> None:
         with self._lock:
@@ -225,21 +228,22 @@ class RedisBreakerStore:
         )
 
     def _came_back(self) -> None:
+        """Probe Redis; if it answers, write locally opened breakers back and share state again."""
+        self.client.ping()  # raises while Redis is still unreachable
         with self._lock:
             if self._down_since is None:
                 return
             outage = time.monotonic() - self._down_since
-            self._down_since = None
             pending = [(n, self.local.snapshot(n, BreakerConfig(), time.time())) for n in self.local.names()]
-        synced = []
-        for name, snap in pending:
-            if snap["state"] in (BreakerState.OPEN.value, BreakerState.FORCED_OPEN.value):
-                try:
-                    if self._resync(keys=self._keys(name)[:1], args=[snap["state"], snap["opened_at"] or ""]):
+            synced = []
+            for name, snap in pending:
+                # The pessimistic state wins: a breaker that opened during the outage stays open everywhere.
+                if snap["state"] in (BreakerState.OPEN.value, BreakerState.FORCED_OPEN.value):
+                    args = [snap["state"], snap["opened_at"] or ""]
+                    if self._resync(keys=self._keys(name)[:1], args=args):
                         synced.append(name)
-                except redis.RedisError:
-                    logger.debug("Re-sync of breaker %s failed; Redis state stands", name)
-        self.local.clear()
+            self._down_since = None
+            self.local.clear()
         logger.warning(
             "Redis reachable again after %.1fs; breaker state is shared again (re-synced locally opened: %s)",
             outage,
