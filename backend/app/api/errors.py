@@ -138,7 +138,11 @@ def report_error() -> tuple[dict[str, Any], int]:
     limit = int(current_app.config.get("ERROR_REPORT_MAX_BYTES", DEFAULT_REPORT_MAX_BYTES))
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
-    request.max_content_length = limit  # also bounds chunked bodies that send no Content-Length
+    # A chunked body has no Content-Length: werkzeug stops reading at the maximum and hands back a
+    # truncated body, so read one byte past the limit and refuse what overflows.
+    request.max_content_length = limit + 1
+    if len(request.get_data(cache=True)) > limit:
+        raise RequestEntityTooLarge()
     body = parse_json(ClientErrorReport)
     recorder = get_recorder()
     if recorder is None:

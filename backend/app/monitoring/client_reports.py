@@ -18,7 +18,7 @@ from .events import from_client_report
 from .store import ErrorEventData
 
 _SCRIPT = re.compile(r"<\s*(script|style)\b[^>]*>.*?(<\s*/\s*\1\s*>|$)", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"<\s*/?\s*[A-Za-z!?][^>]*>?")
+_TAG = re.compile(r"</?[A-Za-z!?][^>]*>?")
 _SCHEME = re.compile(r"(?i)\b(javascript|vbscript|data)\s*:")
 # Chrome: "at fn (file:1:2)"; Firefox/Safari: "fn@file:1:2".
 _STACK_FUNCTION = re.compile(r"^\s*(?:at\s+([\w$.<>\[\] ]+?)\s+\(|([\w$.<>]+)@)", re.MULTILINE)
