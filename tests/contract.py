@@ -25,7 +25,7 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
     assert response.status_code == status, (response.status_code, response.get_data(as_text=True)[:500])
     assert response.mimetype == "application/json", response.mimetype
     rid = response.headers.get("X-Request-ID")
-    assert rid and REQUEST_ID_PATTERN.match(rid)
+    assert rid and REQUEST_ID_PATTERN.fullmatch(rid)
     body = response.get_json()
     assert isinstance(body, dict) and set(body) == {"error"}, body
     error = body["error"]

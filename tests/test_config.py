@@ -39,7 +39,7 @@ def test_production_accepts_real_secrets_and_reads_every_setting() -> None:
     )
     assert isinstance(cfg, ProductionConfig)
     assert cfg.SQLALCHEMY_DATABASE_URI == "postgresql+psycopg://u:p@db:5432/app"
-    assert cfg.ADMIN_EMAILS == frozenset({"boss@example.com", "ops@example.com"})
+    assert frozenset({"boss@example.com", "ops@example.com"}) == cfg.ADMIN_EMAILS
     assert cfg.MAX_UPLOAD_MB == 7 and cfg.MAX_CONTENT_LENGTH > 7 * 1024 * 1024
     assert cfg.LOG_LEVEL == "DEBUG"
 

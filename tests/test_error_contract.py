@@ -87,7 +87,9 @@ def boom_app(make_app: Callable[..., Flask]) -> Flask:
     def raises(kind: str) -> None:
         errors = {
             "validation": ValidationError("Email is required", field="email"),
-            "payment": PaymentError("Payment declined", "PAYMENT_DECLINED", {"reason": "insufficient_funds"}, recoverable=True),
+            "payment": PaymentError(
+                "Payment declined", "PAYMENT_DECLINED", {"reason": "insufficient_funds"}, recoverable=True
+            ),
             "rendering": RenderingError("FFmpeg encoding failed", "FFMPEG_ERROR", {"exit_code": 1, "duration": "30s"}),
             "external": ExternalServiceError("Storage is down", retry_after=30),
             "database": DatabaseError(),

@@ -15,7 +15,7 @@ def test_valid_incoming_request_id_is_reused(client: FlaskClient) -> None:
     assert assert_error(response, 404)["request_id"] == "client-abc:123.4_5"
 
 
-@pytest.mark.parametrize("bad", ["has space", "x" * 129, "new\nline", "<script>", "semi;colon", ""])
+@pytest.mark.parametrize("bad", ["has space", "x" * 129, "new\nline", "trailing-newline\n", "<script>", "semi;colon", ""])
 def test_invalid_incoming_request_id_is_replaced_and_reported(app: Flask, bad: str) -> None:
     response = app.test_client().get("/nope", environ_overrides={"HTTP_X_REQUEST_ID": bad})
     rid = assert_error(response, 404)["request_id"]
@@ -34,7 +34,8 @@ def test_traceparent_trace_id_is_logged_beside_request_id(app: Flask) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01"]
+    "bad",
+    ["garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01"],
 )
 def test_invalid_traceparent_is_ignored(app: Flask, bad: str) -> None:
     rid = assert_error(app.test_client().get("/nope", headers={"traceparent": bad}), 404)["request_id"]

@@ -19,7 +19,7 @@ from flask import Flask, g, has_request_context, request
 from ..logging_config import bind_log_context, clear_log_context, log_security_event
 
 REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 TRACEPARENT_PATTERN = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 request_started: ContextVar[float | None] = ContextVar("request_started", default=None)
@@ -55,7 +55,7 @@ def get_request_id() -> str:
 
 def _assign_request_id() -> str:
     incoming = request.headers.get(REQUEST_ID_HEADER)
-    if incoming is not None and REQUEST_ID_PATTERN.match(incoming):
+    if incoming is not None and REQUEST_ID_PATTERN.fullmatch(incoming):  # `$` would accept a trailing \n
         rid = incoming
     else:
         rid = new_request_id()
