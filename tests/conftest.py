@@ -145,7 +145,9 @@ def register(client: FlaskClient, email: str = "user@example.com", password: str
     return client.post("/api/auth/register", json={"email": email, "password": password})
 
 
-def login(client: FlaskClient, email: str = "user@example.com", password: str = "correct-horse-battery") -> dict[str, Any]:
+def login(
+    client: FlaskClient, email: str = "user@example.com", password: str = "correct-horse-battery"
+) -> dict[str, Any]:
     """Register (if needed) and log in; returns the token pair."""
     register(client, email, password)
     response = client.post("/api/auth/login", json={"email": email, "password": password})

@@ -15,7 +15,9 @@ def test_valid_incoming_request_id_is_reused(client: FlaskClient) -> None:
     assert assert_error(response, 404)["request_id"] == "client-abc:123.4_5"
 
 
-@pytest.mark.parametrize("bad", ["has space", "x" * 129, "new\nline", "trailing-newline\n", "<script>", "semi;colon", ""])
+@pytest.mark.parametrize(
+    "bad", ["has space", "x" * 129, "new\nline", "trailing-newline\n", "<script>", "semi;colon", ""]
+)
 def test_invalid_incoming_request_id_is_replaced_and_reported(app: Flask, bad: str) -> None:
     response = app.test_client().get("/nope", environ_overrides={"HTTP_X_REQUEST_ID": bad})
     rid = assert_error(response, 404)["request_id"]
