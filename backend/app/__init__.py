@@ -127,10 +127,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
+    from .admin.dead_letters import bp as dead_letters_bp
     from .admin.error_monitoring import bp as monitoring_bp
     from .api import bp as api_bp
     from .auth import bp as auth_bp
+    from .jobs import init_jobs
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(monitoring_bp)
+    app.register_blueprint(dead_letters_bp)
+    init_jobs(app)

@@ -252,3 +252,76 @@ class ErrorSummaryOut(BaseModel):
     status: str
     data: ErrorSummaryDataOut
     timestamp: str
+
+
+class DeadLetterOut(BaseModel):
+    """A dead letter in a list: the job, why it died and what to do about it."""
+
+    id: int
+    kind: str
+    queue: str
+    status: str
+    attempts: int
+    max_attempts: int
+    failure_analysis: str
+    recommended_action: str
+    last_error_code: str | None
+    last_error_message: str | None
+    created_at: str | None
+    dead_at: str | None
+    archived_at: str | None
+
+
+class DeadLetterPage(BaseModel):
+    """One page of dead letters."""
+
+    items: list[DeadLetterOut]
+    total: int
+    page: int
+    per_page: int
+
+
+class JobErrorOut(BaseModel):
+    """One entry of a job's error history (the real, redacted message)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    attempt: int
+    code: str
+    kind: str
+    message: str
+    time: str | None
+
+
+class DeadLetterDetailOut(DeadLetterOut):
+    """A dead letter with its payload, full error history, completed steps and compensations."""
+
+    idempotency_key: str | None
+    payload: dict[str, object]
+    errors: list[JobErrorOut]
+    steps: list[dict[str, object]]
+    compensations: list[dict[str, object]]
+    updated_at: str | None
+    finished_at: str | None
+
+
+class DeadLetterEnvelope(BaseModel):
+    """A dead letter wrapped in `dead_letter`."""
+
+    dead_letter: DeadLetterDetailOut
+
+
+class DeadLetterRequeueRequest(StrictModel):
+    """Which dead letters to requeue: at least one filter."""
+
+    kind: str | None = Field(default=None, max_length=100)
+    analysis: str | None = Field(default=None, pattern="^(transient|data_issue|system_issue|permanent)$")
+    since: str | None = Field(default=None, max_length=40, description="ISO-8601 time: died at or after")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class DeadLetterActionOut(BaseModel):
+    """The jobs a dead-letter action changed."""
+
+    message: str
+    job_ids: list[int]

@@ -1,6 +1,7 @@
 """Database models; importing this package registers every table with the metadata."""
 
 from .error_event import ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+from .job import Job, JobStep, JobWorker
 from .user import RevokedToken, User
 
 __all__ = [
@@ -9,6 +10,9 @@ __all__ = [
     "ErrorGroup",
     "ErrorGroupHour",
     "ErrorMinute",
+    "Job",
+    "JobStep",
+    "JobWorker",
     "RevokedToken",
     "User",
 ]

@@ -1,0 +1,65 @@
+"""`flask jobs ...`: run a worker, enqueue a job, show queue depth and worker heartbeats."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+logger = logging.getLogger(__name__)
+
+
+def register_commands(app: Flask) -> None:
+    """Add the `jobs` command group to `app`."""
+    group = AppGroup("jobs", help="Background jobs: workers, queue depth, enqueueing.")
+
+    @group.command("worker")
+    @click.option("--concurrency", "-c", type=int, default=None, help="Jobs run at once (threads).")
+    @click.option("--queues", "-q", default=None, help="Comma-separated queues (default: all).")
+    @click.option("--burst", is_flag=True, help="Exit when no job is due.")
+    @click.option("--once", is_flag=True, help="Run at most one job, then exit.")
+    @click.option("--no-schedule", is_flag=True, help="Do not enqueue periodic jobs from this worker.")
+    def worker(concurrency: int | None, queues: str | None, burst: bool, once: bool, no_schedule: bool) -> None:
+        """Run a worker until SIGTERM (graceful) or, with --burst/--once, until the work is done."""
+        from .worker import Worker, options_from_app
+
+        app_obj = current_app._get_current_object()  # type: ignore[attr-defined]
+        options = options_from_app(
+            app_obj,
+            concurrency=concurrency,
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+            burst=burst or once,
+            max_jobs=1 if once else None,
+            schedule=not (no_schedule or burst or once),
+        )
+        processed = Worker(app_obj, options).run()
+        click.echo(f"worker stopped after {processed} jobs")
+
+    @group.command("enqueue")
+    @click.argument("kind")
+    @click.option("--payload", default="{}", help="JSON object.")
+    @click.option("--key", default=None, help="Idempotency key (one job per kind and key).")
+    def enqueue_command(kind: str, payload: str, key: str | None) -> None:
+        """Enqueue one job of KIND."""
+        from .records import enqueue
+
+        try:
+            body = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
+        if not isinstance(body, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--payload")
+        job = enqueue(kind, body, idempotency_key=key)
+        click.echo(json.dumps({"id": job.id, "kind": job.kind, "status": job.status}))
+
+    @group.command("status")
+    def status() -> None:
+        """Print queue depth and worker heartbeats as JSON."""
+        from . import queue_depth, worker_heartbeats
+
+        click.echo(json.dumps({"queue": queue_depth(), "workers": worker_heartbeats()}, indent=2))
+
+    app.cli.add_command(group)

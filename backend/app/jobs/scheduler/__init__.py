@@ -1,0 +1,1 @@
+"""Periodic scheduling of job kinds."""
