@@ -74,10 +74,12 @@ def test_proxy_forwards_requests_and_counts_them(upstream: WebhookReceiver, make
         for n in range(3):
             response = http.post(proxy.url + "/hook?x=1", json={"n": n}, headers={"X-Trace": "t"}, timeout=2)
             assert response.status_code == 200 and response.json() == {"ok": True}
-    assert upstream.bodies == [{"n": 0}, {"n": 1}, {"n": 2}]
+        chunked = http.post(proxy.url + "/chunked", data=iter([b'{"n": ', b"3}"]), timeout=2)  # no Content-Length
+        assert chunked.status_code == 200
+    assert upstream.bodies == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}]
     assert upstream.deliveries[0].path == "/hook" and upstream.deliveries[0].headers["X-Trace"] == "t"
-    assert proxy.counts == {"pass": 3}
-    assert [seen.path for seen in proxy.seen] == ["/hook?x=1"] * 3
+    assert proxy.counts == {"pass": 4}
+    assert [seen.path for seen in proxy.seen] == ["/hook?x=1"] * 3 + ["/chunked"]
 
 
 def test_proxy_down_refuses_connections_even_on_pooled_keepalive_and_recovers_on_the_same_url(
