@@ -201,10 +201,8 @@ class FaultProxy:
 
         With `after_upstream=True` the request reaches the peer first (it did the work; the reply is lost).
         """
-        self._set_rule(
-            Rule(HANG, times, rate, path, max_hold=self.max_hold if max_hold is None else max_hold,
-                 after_upstream=after_upstream)
-        )  # fmt: skip
+        hold = self.max_hold if max_hold is None else max_hold
+        self._set_rule(Rule(HANG, times, rate, path, max_hold=hold, after_upstream=after_upstream))
 
     def status(
         self,
@@ -227,10 +225,10 @@ class FaultProxy:
             body = json.dumps(body).encode()
         elif isinstance(body, str):
             body = body.encode()
-        self._set_rule(
-            Rule(STATUS, times, rate, path, code=code, retry_after=retry_after, body=body,
-                 headers=dict(headers or {}), after_upstream=after_upstream)
-        )  # fmt: skip
+        rule = Rule(STATUS, times, rate, path, code=code, retry_after=retry_after, body=body)
+        rule.headers.update(headers or {})
+        rule.after_upstream = after_upstream
+        self._set_rule(rule)
 
     def slow(
         self, delay: float, *, times: int | None = None, rate: float | None = None, path: str | None = None
