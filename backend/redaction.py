@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 MASK = "[REDACTED]"
@@ -61,6 +62,7 @@ SECRET_SUFFIXES = ("password", "passwd", "secret", "_token", "api_key", "apikey"
 _KEY_HINTS = ("pass", "pwd", "secret", "token", "key", "auth", "cookie", "jwt", "card", "cvc", "cvv", "database_url")
 
 
+@lru_cache(maxsize=2048)
 def is_secret_key(name: str) -> bool:
     """Whether a field, header or parameter called `name` holds a secret."""
     normal = name.lower().replace("-", "_")
@@ -147,6 +149,10 @@ _RULES: list[tuple[Screen, re.Pattern[str], str | Callable[[re.Match[str]], str]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 _known_secrets: set[str] = set()
+# Log values repeat (paths, endpoints, messages, codes): remember the cleaned form of short ones.
+_clean_cache: dict[str, str] = {}
+_CACHE_MAX_ENTRIES = 4096
+_CACHE_MAX_LENGTH = 256
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -154,6 +160,7 @@ def register_secrets(values: Iterable[str | None]) -> None:
     for value in values:
         if value and len(value) >= 6:
             _known_secrets.add(value)
+    _clean_cache.clear()  # cached results predate the new secrets
 
 
 def redact(text: str) -> str:
@@ -180,7 +187,15 @@ def neutralise(text: str) -> str:
 
 def clean_text(text: str) -> str:
     """Redact, then neutralise: what every free-text log value goes through."""
-    return neutralise(redact(text))
+    cached = _clean_cache.get(text)
+    if cached is not None:
+        return cached
+    cleaned = neutralise(redact(text))
+    if len(text) <= _CACHE_MAX_LENGTH:
+        if len(_clean_cache) >= _CACHE_MAX_ENTRIES:
+            _clean_cache.clear()  # cheaper than LRU bookkeeping on every hit
+        _clean_cache[text] = cleaned
+    return cleaned
 
 
 def redact_value(key: str, value: Any, _depth: int = 0) -> Any:

@@ -1,0 +1,92 @@
+"""Requests/s with the full logging and statistics stack on versus off, under gunicorn, same run.
+
+ON  = the production defaults: LOG_LEVEL=INFO, one performance.log line per request, error stats.
+OFF = LOG_LEVEL=CRITICAL, REQUEST_LOGGING_ENABLED=false, ERROR_STATS_ENABLED=false.
+
+Both servers run side by side on loopback (2 gthread workers each); wrk loads one at a time,
+alternating ON/OFF rounds so drift on a shared machine hits both equally. The ratio is
+median(ON) / median(OFF) per endpoint. Usage: `python -m bench.bench_logging [--seconds 5 --rounds 5]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.harness import base_env, gunicorn, median, migrate, run_wrk, workdir, wrk_available
+
+ENDPOINTS = {
+    "200 GET /api/errors/catalog": ("/api/errors/catalog", 0.90),
+    "401 GET /api/me (no token)": ("/api/me", 0.85),
+}
+MODES = {
+    "on": {"LOG_LEVEL": "INFO", "REQUEST_LOGGING_ENABLED": "true", "ERROR_STATS_ENABLED": "true"},
+    "off": {"LOG_LEVEL": "CRITICAL", "REQUEST_LOGGING_ENABLED": "false", "ERROR_STATS_ENABLED": "false"},
+}
+# With --breakdown: each half of the stack alone, to see which one costs what.
+BREAKDOWN = {
+    "logs only": {"LOG_LEVEL": "INFO", "REQUEST_LOGGING_ENABLED": "true", "ERROR_STATS_ENABLED": "false"},
+    "stats only": {"LOG_LEVEL": "CRITICAL", "REQUEST_LOGGING_ENABLED": "false", "ERROR_STATS_ENABLED": "true"},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a Markdown table; exit 1 when a target ratio is missed."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per mode and endpoint")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--breakdown", action="store_true", help="also run logs-only and stats-only servers")
+    args = parser.parse_args(argv)
+    if not wrk_available():
+        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    modes = {**MODES, **(BREAKDOWN if args.breakdown else {})}
+    names = list(modes)
+    results: dict[str, dict[str, list[float]]] = {ep: {m: [] for m in names} for ep in ENDPOINTS}
+    with ExitStack() as stack:
+        servers = {}
+        for mode, settings in modes.items():
+            env = base_env(stack.enter_context(workdir(f"bench-log-{mode.replace(' ', '-')}-")), settings)
+            migrate(env)
+            servers[mode] = stack.enter_context(gunicorn(env))
+        for endpoint, (path, _target) in ENDPOINTS.items():
+            for mode in names:  # warm every server up (imports, first-request caches)
+                run_wrk(servers[mode].url(path), seconds=1, connections=args.connections)
+            for rnd in range(args.rounds):
+                order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
+                for mode in order:
+                    res = run_wrk(servers[mode].url(path), seconds=args.seconds, connections=args.connections)
+                    results[endpoint][mode].append(res.rps)
+                    print(f"{endpoint:30} {mode:10} round {rnd + 1}: {res.rps:8.1f} req/s", file=sys.stderr)
+        log_lines = _count_lines(servers["on"].log_dir)
+
+    print(f"\n{args.rounds} rounds x {args.seconds:g} s per mode, wrk -c{args.connections}, 2 gthread workers\n")
+    extra_cols = [m for m in names if m not in ("on", "off")]
+    head = "| endpoint | ON req/s | OFF req/s | " + "".join(f"{m} req/s | " for m in extra_cols)
+    print(head + "ratio ON/OFF | target | met |")
+    print("| --- " + "| ---: " * (4 + len(extra_cols)) + "| --- |")
+    missed = False
+    for endpoint, (_path, target) in ENDPOINTS.items():
+        med = {m: median(results[endpoint][m]) for m in names}
+        ratio = med["on"] / med["off"] if med["off"] else 0.0
+        missed |= ratio < target
+        cols = "".join(f"{med[m]:.0f} | " for m in extra_cols)
+        met = "yes" if ratio >= target else "NO"
+        print(f"| {endpoint} | {med['on']:.0f} | {med['off']:.0f} | {cols}{ratio:.3f} | {target:.2f} | {met} |")
+    print(f"\nLines written by the ON server: {log_lines}")
+    return 1 if missed else 0
+
+
+def _count_lines(log_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path in sorted(log_dir.glob("*.log*")):
+        with path.open("rb") as fh:
+            counts[path.name] = sum(1 for _ in fh)
+    return counts
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Reusable benchmark harness: gunicorn on loopback with a given environment, wrk against it.
+
+Every server binds 127.0.0.1 on a free port, every load run is bounded by its duration, and the
+servers are stopped (by their own process group) when the `with` block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+BENCH_SECRETS = {
+    "SECRET_KEY": "bench-secret-key-0123456789abcdef",
+    "JWT_SECRET_KEY": "bench-jwt-secret-key-0123456789abcdef",
+}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A production-like environment with its own SQLite file and log folder under `workdir`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "LOG_", "DATABASE_URL"))}
+    env.update(BENCH_SECRETS)
+    env.update(
+        {
+            "FLASK_ENV": "production",
+            "DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
+            "LOG_DIR": str(workdir / "logs"),
+            "RATELIMIT_ENABLED": "false",  # the benchmark measures logging, not 429s
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def migrate(env: Mapping[str, str]) -> None:
+    """Create the schema with the real migrations."""
+    subprocess.run(
+        [str(VENV_BIN / "flask"), "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=dict(env),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@dataclass
+class Server:
+    """A running gunicorn."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_dir = Path(self.env["LOG_DIR"])
+
+    def url(self, path: str) -> str:
+        """The loopback URL of `path` on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def _wait_ready(server: Server, path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {server.process.returncode}")
+        try:
+            with urllib.request.urlopen(server.url(path), timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means the app is up
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError("gunicorn did not answer in time")
+
+
+@contextmanager
+def gunicorn(
+    env: Mapping[str, str],
+    *,
+    workers: int = 2,
+    threads: int = 4,
+    preload: bool = False,
+    ready_path: str = "/api/errors/catalog",
+) -> Iterator[Server]:
+    """Run `gunicorn wsgi:app` (gthread) on a free loopback port until the block ends."""
+    port = free_port()
+    args = [
+        str(VENV_BIN / "gunicorn"),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(threads),
+        "--graceful-timeout",
+        "10",
+        "--log-level",
+        "warning",
+    ]
+    if preload:
+        args.append("--preload")
+    args.append("wsgi:app")
+    process = subprocess.Popen(args, cwd=ROOT, env=dict(env), start_new_session=True)
+    server = Server(port=port, process=process, env=dict(env))
+    try:
+        _wait_ready(server, ready_path)
+        yield server
+    finally:
+        stop(server)
+
+
+def stop(server: Server, timeout: float = 15.0) -> None:
+    """Stop gunicorn gracefully (its workers flush their logs at exit), then hard if it hangs."""
+    if server.process.poll() is not None:
+        return
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(5)
+
+
+def wrk_available() -> bool:
+    """Whether the wrk load generator is installed."""
+    return shutil.which("wrk") is not None
+
+
+_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_TOTAL = re.compile(r"(\d+) requests in")
+
+
+@dataclass
+class LoadResult:
+    """One wrk run."""
+
+    rps: float
+    requests: int
+    non_2xx: int
+
+
+def run_wrk(url: str, *, seconds: float, connections: int = 16, threads: int = 1) -> LoadResult:
+    """Run wrk against a loopback URL for a bounded time and parse requests/s."""
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError("load is only ever sent to loopback")
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+    rps = _RPS.search(out)
+    total = _TOTAL.search(out)
+    non2xx = _NON2XX.search(out)
+    if rps is None or total is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    return LoadResult(float(rps.group(1)), int(total.group(1)), int(non2xx.group(1)) if non2xx else 0)
+
+
+@contextmanager
+def workdir(prefix: str) -> Iterator[Path]:
+    """A temporary folder for one benchmark's databases and logs."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def median(values: list[float]) -> float:
+    """The median (0 for no values)."""
+    return statistics.median(values) if values else 0.0
