@@ -48,3 +48,8 @@ migrate: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache
+
+.PHONY: bench-breaker
+## bench-breaker: circuit-breaker overhead, concurrency and fail-fast figures (docs/BENCHMARKS.md)
+bench-breaker: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_breaker.py
