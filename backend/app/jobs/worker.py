@@ -104,10 +104,19 @@ class Worker:
 
         import_job_modules(self.app)
         self._dispatcher = runtime(self.app).dispatcher
+        self._backend = runtime(self.app).backend
         self._wait_queues = self._queues or REGISTRY.queues()
+        previous: dict[int, Any] = {}
         if self.options.install_signals and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            return self._run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _run(self) -> int:
         started = time.monotonic()
         with self.app.app_context():
             self._register()
@@ -122,7 +131,7 @@ class Worker:
                 self.worker_id,
                 ",".join(self._wait_queues),
                 self.options.concurrency,
-                runtime(self.app).backend,
+                self._backend,
             )
             next_beat = 0.0
             stop_requested_at: float | None = None
