@@ -162,7 +162,7 @@ class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
                 if self._should_rotate():
                     self.doRollover()
                 prefix = "\n" if self._maybe_torn and self._ends_mid_line() else ""
-                self.do_write(prefix + "\n".join(lines))
+                self._append(prefix + "\n".join(lines))
             finally:
                 self._do_unlock()
         except (OSError, RuntimeError, ValueError) as exc:
@@ -173,6 +173,25 @@ class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
         self.written += len(lines)
         self._maybe_torn = False
         self.failed_since = None
+
+    def _append(self, text: str) -> None:
+        """Write under the lock; on failure cut the file back so no partial line stays behind."""
+        try:
+            size = os.stat(self.baseFilename).st_size
+        except FileNotFoundError:
+            size = 0
+        try:
+            self.do_write(text)
+        except OSError:
+            # A full disk (ENOSPC, EFBIG) can take part of the batch. Close first (closing flushes
+            # what is still buffered), then truncate: we still hold the lock, nobody else wrote.
+            stream, self.stream = self.stream, None  # type: ignore[assignment]
+            if stream is not None:
+                with suppress(OSError, ValueError):
+                    stream.close()
+            with suppress(OSError):
+                os.truncate(self.baseFilename, size)
+            raise
 
     def _should_rotate(self) -> bool:
         try:
@@ -207,6 +226,13 @@ class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
                     stream.close()
             setattr(self, attr, None)
 
+    def _probe(self) -> bool:
+        try:
+            with open(self.baseFilename, "a", encoding="utf-8"):
+                return True
+        except OSError:
+            return False
+
     def emit(self, record: logging.LogRecord) -> None:
         """Format and write one record (the listener normally calls `write_lines` with batches)."""
         self.write_lines([self.format(record)])
@@ -217,7 +243,9 @@ class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
         self._fail(exc if exc is not None else OSError("unknown write failure"), 1)
 
     def status(self) -> dict[str, Any]:
-        """This sink's health for monitoring."""
+        """This sink's health for monitoring (a failed sink with no traffic is probed, not trusted)."""
+        if self.failed_since is not None and time.monotonic() >= self._next_attempt and self._probe():
+            self.failed_since = None
         return {
             "file": self.sink_name,
             "state": "ok" if self.failed_since is None else "degraded",
@@ -443,8 +471,15 @@ def _restart_after_fork() -> None:
     _state.listener.start()
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
-        # multiprocessing children leave through os._exit, skipping atexit: flush on its own exit path.
-        mp_util.Finalize(None, shutdown_logging, exitpriority=-100)
+        # multiprocessing children leave through os._exit, skipping atexit, and clear their exit
+        # finalizers right after fork: register ours from its after-fork callbacks, which run later.
+        mp_util.register_after_fork(_state, _flush_on_multiprocessing_exit)
+
+
+def _flush_on_multiprocessing_exit(_state_obj: object) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, shutdown_logging, exitpriority=-100)
 
 
 def shutdown_logging() -> None:
