@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..models import ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
@@ -105,15 +105,17 @@ def _group_breakdown(session: Session) -> dict[str, Any]:
 
 def _rates(session: Session, now: datetime) -> dict[str, dict[str, Any]]:
     current = floor_minute(now)
-    start = current - timedelta(minutes=max(WINDOWS.values()) - 1)
-    rows = session.execute(
-        select(ErrorMinute.minute, ErrorMinute.errors, ErrorMinute.requests).where(ErrorMinute.minute >= start)
-    ).all()
+    starts = {name: current - timedelta(minutes=minutes - 1) for name, minutes in WINDOWS.items()}
+    # One pass over at most 1,440 rows, every window summed in the database.
+    columns = []
+    for name in WINDOWS:
+        inside = ErrorMinute.minute >= starts[name]
+        columns.append(func.coalesce(func.sum(case((inside, ErrorMinute.errors), else_=0)), 0))
+        columns.append(func.coalesce(func.sum(case((inside, ErrorMinute.requests), else_=0)), 0))
+    row = session.execute(select(*columns).where(ErrorMinute.minute >= min(starts.values()))).one()
     rates: dict[str, dict[str, Any]] = {}
-    for name, minutes in WINDOWS.items():
-        since = current - timedelta(minutes=minutes - 1)
-        errors = sum(e for m, e, _ in rows if as_utc(m) >= since)
-        requests = sum(r for m, _, r in rows if as_utc(m) >= since)
+    for i, (name, minutes) in enumerate(WINDOWS.items()):
+        errors, requests = int(row[2 * i]), int(row[2 * i + 1])
         rates[name] = {
             "minutes": minutes,
             "errors": errors,
