@@ -23,6 +23,7 @@ from .monitoring import init_error_stats
 from .rate_limits import init_rate_limits
 from .request_context import init_request_context
 from .request_metrics import init_request_metrics
+from .services import init_services
 from .utils.resilience import init_resilience
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -57,6 +58,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_error_handlers(app)
     init_resilience(app)
     _register_blueprints(app)
+    init_services(app)
     init_rate_limits(app)
     init_error_stats(app)
     init_cli(app)

@@ -325,3 +325,31 @@ class DeadLetterActionOut(BaseModel):
 
     message: str
     job_ids: list[int]
+
+
+class CheckoutRequest(StrictModel):
+    """Which render-credit pack to buy."""
+
+    pack: str = Field(min_length=1, max_length=50, examples=["starter"])
+
+
+class CheckoutOut(BaseModel):
+    """Where to send the user to pay: Stripe Checkout's URL and the session id."""
+
+    checkout_url: str
+    session_id: str
+
+
+class WebhookAck(BaseModel):
+    """The webhook's acknowledgement: whether the event was new and what it granted."""
+
+    received: bool
+    duplicate: bool | None = None
+    credits_granted: int | None = None
+    ignored: str | None = None
+
+
+class CreditsOut(BaseModel):
+    """The user's render credits."""
+
+    balance: int

@@ -1,10 +1,15 @@
 """Database models; importing this package registers every table with the metadata."""
 
+from .billing import CreditAccount, CreditEntry, ProcessedStripeEvent
 from .error_event import ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
 from .job import Job, JobStep, JobWorker
+from .outbox import EmailOutbox, PendingSync
 from .user import RevokedToken, User
 
 __all__ = [
+    "CreditAccount",
+    "CreditEntry",
+    "EmailOutbox",
     "ErrorCodeMinute",
     "ErrorEvent",
     "ErrorGroup",
@@ -13,6 +18,8 @@ __all__ = [
     "Job",
     "JobStep",
     "JobWorker",
+    "PendingSync",
+    "ProcessedStripeEvent",
     "RevokedToken",
     "User",
 ]

@@ -1,0 +1,9 @@
+"""Payments: buy render-credit packs through Stripe Checkout, the Stripe webhook, the credit balance."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("payments", __name__)
+
+from . import routes  # noqa: E402,F401 - registers the views on the blueprint

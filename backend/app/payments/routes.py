@@ -1,0 +1,67 @@
+"""Payments views: start a Checkout, receive Stripe's webhook, read the credit balance."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from flask import request
+from flask_jwt_extended import current_user
+
+from .. import credits
+from ..auth.decorators import login_required
+from ..errors import ValidationError
+from ..openapi import documented
+from ..schemas import CheckoutOut, CheckoutRequest, CreditsOut, WebhookAck
+from ..services import get_payments
+from ..validation import parse_json
+from . import bp
+from .events import process_event
+
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,100}$")
+
+
+@bp.post("/api/payments/checkout")
+@documented(
+    "Start a Stripe Checkout for a render-credit pack",
+    tag="payments",
+    request=CheckoutRequest,
+    responses={201: CheckoutOut},
+    auth="user",
+    errors=(402, 422, 503),
+    headers=(("Idempotency-Key", "optional: repeat a request safely; the same key returns the same session"),),
+)
+@login_required
+def checkout() -> tuple[dict[str, Any], int]:
+    """Create a Checkout Session; the key (client's or fresh) is reused by every retry of this request."""
+    body = parse_json(CheckoutRequest)
+    client_key = request.headers.get("Idempotency-Key")
+    if client_key is not None and not _IDEMPOTENCY_KEY.fullmatch(client_key):
+        raise ValidationError("Idempotency-Key must be 8-100 letters, digits or . _ : -", field="Idempotency-Key")
+    key = f"checkout:{current_user.id}:{client_key or uuid.uuid4().hex}"  # per user: keys never collide
+    session = get_payments().create_checkout_session(current_user, body.pack, idempotency_key=key)
+    return {"checkout_url": session.checkout_url, "session_id": session.session_id}, 201
+
+
+@bp.post("/api/payments/webhook")
+@documented(
+    "Stripe webhook: verified by signature, each event processed once",
+    tag="payments",
+    request_content="application/json",
+    responses={200: WebhookAck},
+    errors=(400, 503),
+    headers=(("Stripe-Signature", "Stripe's signature of the raw body"),),
+)
+def webhook() -> dict[str, Any]:
+    """Verify the event and process it once (grants credits for paid Checkout Sessions)."""
+    event = get_payments().construct_event(request.get_data(cache=False), request.headers.get("Stripe-Signature"))
+    return process_event(event)
+
+
+@bp.get("/api/payments/credits")
+@documented("The current user's render credits", tag="payments", responses={200: CreditsOut}, auth="user")
+@login_required
+def credit_balance() -> dict[str, int]:
+    """How many renders the user can still start."""
+    return {"balance": credits.balance(current_user.id)}

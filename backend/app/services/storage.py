@@ -1,0 +1,398 @@
+"""File storage: Google Cloud Storage with a local fallback that is synced back, or plain local storage.
+
+Backends (`STORAGE_BACKEND`, default "gcs" when `GCS_BUCKET` is set, else "local"):
+
+- "gcs": google-cloud-storage with an explicit `timeout=` (GCS_TIMEOUT) and `retry=None` on every
+  call: the SDK's default retry hangs 110-120 s against a dead server (SPEC section 10), so the
+  `storage` breaker and our retry layer decide instead. When the bucket fails (breaker open, or
+  retries exhausted) `save` writes the file to local fallback storage, records it in
+  `storage_pending_sync`, and says `degraded=True`; `sync_pending()` uploads those files when the
+  bucket is back (idempotently: an object upload of the same bytes to the same key is a no-op).
+- "local": the files live in `LOCAL_STORAGE_DIR` (default `<instance>/storage`). This is the
+  embedded mode for one machine and `make run`: configured on purpose, reported by `status()` as
+  backend "local", never as degraded. It is not a pretend bucket: files are really stored and served.
+
+Downloads: a v4 signed URL for objects in the bucket (signed offline with the service-account key
+in `GCS_SIGNING_CREDENTIALS_FILE`, or the client's own credentials when they can sign), or an
+app-signed, expiring URL (`/api/files/<token>`) for local files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import current_app, has_request_context, url_for
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import APIError, NotFoundError, StorageError, ValidationError
+from ..extensions import db
+from ..models.outbox import PendingSync
+from ..models.user import utcnow
+from ..utils.classifier import classify
+from ..utils.error_recovery import call_with_recovery, get_breaker
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "storage"
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+_TOKEN_SALT = "oriel-storage-download"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """Where `save` put a file: `location` is "bucket" or "local"; `degraded` when a fallback served."""
+
+    key: str
+    location: str
+    degraded: bool
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON view (what upload responses embed)."""
+        return {"key": self.key, "location": self.location, "degraded": self.degraded, "size": self.size}
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a safe relative object name (no `..`, no absolute path), else a 422."""
+    if len(key) > 512 or not _KEY.fullmatch(key) or any(part in {".", ".."} for part in key.split("/")):
+        raise ValidationError("Invalid storage key.", field="key")
+    return key
+
+
+def translate_storage_error(exc: BaseException) -> APIError:
+    """Our error for a failed bucket call (the adapter's one translation table)."""
+    verdict = classify(exc)
+    return StorageError(
+        "File storage is unavailable right now. Retry later.",
+        details={"service": SERVICE, "reason": verdict.kind.value},
+        recoverable=verdict.retryable,
+    )
+
+
+class StorageService:
+    """Save, read and link files; see the module docstring for the backends and the fallback."""
+
+    def __init__(
+        self,
+        *,
+        backend: str,
+        local_dir: str | os.PathLike[str],
+        bucket: str | None = None,
+        endpoint: str | None = None,
+        project: str | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 2,
+        signing_credentials_file: str | None = None,
+        signing_credentials: Any = None,
+        client: Any = None,
+    ) -> None:
+        if backend not in {"gcs", "local"}:
+            raise ValueError(f"STORAGE_BACKEND must be 'gcs' or 'local', got {backend!r}")
+        self.backend = backend
+        self.local_dir = Path(local_dir)
+        self.bucket_name = bucket
+        self.endpoint = endpoint
+        self.project = project
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._signing_file = signing_credentials_file
+        self._signing = signing_credentials
+        self._client = client
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, instance_path: str) -> StorageService:
+        """Build from app config (nothing connects until the first call)."""
+        bucket = config.get("GCS_BUCKET") or None
+        backend = (config.get("STORAGE_BACKEND") or ("gcs" if bucket else "local")).lower()
+        return cls(
+            backend=backend,
+            local_dir=config.get("LOCAL_STORAGE_DIR") or os.path.join(instance_path, "storage"),
+            bucket=bucket,
+            endpoint=config.get("GCS_ENDPOINT") or config.get("STORAGE_EMULATOR_HOST") or None,
+            project=config.get("GCS_PROJECT") or None,
+            timeout=float(config.get("GCS_TIMEOUT", 10.0)),
+            max_retries=int(config.get("GCS_MAX_RETRIES", 2)),
+            signing_credentials_file=config.get("GCS_SIGNING_CREDENTIALS_FILE") or None,
+            signing_credentials=config.get("GCS_SIGNING_CREDENTIALS"),
+        )
+
+    # -- public API -------------------------------------------------------------------------------------------
+
+    @property
+    def configured(self) -> bool:
+        """Whether the configured backend can work (the gcs backend needs a bucket)."""
+        return self.backend == "local" or bool(self.bucket_name)
+
+    def save(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        """Store `data` under `key`: in the bucket, or locally (configured, or as a degraded fallback)."""
+        check_key(key)
+        if self.backend == "local":
+            self._write_local(key, data)
+            return StoredObject(key, "local", False, len(data))
+        self._require_bucket()
+        return call_with_recovery(
+            self._upload,
+            (key, data, content_type),
+            {},
+            service=SERVICE,
+            operation="upload",
+            max_retries=self.max_retries,
+            idempotent=True,  # the same bytes to the same key: repeating it changes nothing
+            fallback=self._save_fallback,
+            translate=translate_storage_error,
+        )
+
+    def download_url(self, key: str, expires_in: int = 3600) -> str:
+        """A URL that downloads `key` for `expires_in` seconds: GCS signed URL, or an app-signed local one."""
+        check_key(key)
+        if self.backend == "local" or self._pending(key):
+            if not self._local_path(key).is_file():
+                raise NotFoundError("No such file.", details={"key": key})
+            return self._local_url(key, expires_in)
+        self._require_bucket()
+        blob = self._bucket().blob(key)
+        options: dict[str, Any] = {
+            "version": "v4",
+            "expiration": dt.timedelta(seconds=expires_in),
+            "method": "GET",
+            "credentials": self._signing_credentials(),
+        }
+        if self.endpoint:
+            options["api_access_endpoint"] = self.endpoint
+        return blob.generate_signed_url(**options)  # signed offline: no network call
+
+    def read(self, key: str) -> bytes:
+        """The bytes stored under `key` (local copy first, then the bucket)."""
+        check_key(key)
+        path = self._local_path(key)
+        if self.backend == "local" or self._pending(key):
+            if not path.is_file():
+                raise NotFoundError("No such file.", details={"key": key})
+            return path.read_bytes()
+        self._require_bucket()
+        data = call_with_recovery(
+            self._download,
+            (key,),
+            {},
+            service=SERVICE,
+            operation="download",
+            max_retries=self.max_retries,
+            idempotent=True,
+            translate=translate_storage_error,
+        )
+        if data is None:
+            raise NotFoundError("No such file.", details={"key": key})
+        return data
+
+    def exists(self, key: str) -> bool:
+        """Whether `key` is stored (locally or in the bucket)."""
+        check_key(key)
+        if self.backend == "local" or self._pending(key):
+            return self._local_path(key).is_file()
+        self._require_bucket()
+        return call_with_recovery(
+            lambda: self._bucket().blob(key).exists(timeout=self.timeout, retry=None),
+            (),
+            {},
+            service=SERVICE,
+            operation="exists",
+            max_retries=self.max_retries,
+            idempotent=True,
+            translate=translate_storage_error,
+        )
+
+    def sync_pending(self, limit: int = 100) -> int:
+        """Upload up to `limit` fallback files to the bucket; the number uploaded (stops at the first outage)."""
+        if self.backend != "gcs" or not self.bucket_name:
+            return 0
+        rows = db.session.scalars(
+            select(PendingSync).where(PendingSync.synced_at.is_(None)).order_by(PendingSync.id).limit(limit)
+        ).all()
+        uploaded = 0
+        for row in rows:
+            path = self._local_path(row.key)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                # The row outlived its file (removed by hand): nothing left to upload, say so loudly.
+                logger.error("Pending storage sync for %s has no local file; marking it done", row.key)
+                self._mark_synced(row.id)
+                continue
+            try:
+                call_with_recovery(
+                    self._upload,
+                    (row.key, data, row.content_type),
+                    {},
+                    service=SERVICE,
+                    operation="sync_upload",
+                    max_retries=self.max_retries,
+                    idempotent=True,
+                    translate=translate_storage_error,
+                )
+            except APIError as exc:
+                db.session.execute(
+                    update(PendingSync)
+                    .where(PendingSync.id == row.id)
+                    .values(attempts=PendingSync.attempts + 1, last_error=f"{exc.code}: {exc.message}"[:500])
+                )
+                db.session.commit()
+                logger.warning("Storage sync stopped after %s upload(s): %s", uploaded, exc.code)
+                break
+            self._mark_synced(row.id)
+            path.unlink(missing_ok=True)  # the bucket has it now; the row keeps the history
+            uploaded += 1
+        if uploaded:
+            logger.info("Storage sync uploaded %s fallback file(s) to the bucket", uploaded)
+        return uploaded
+
+    def pending_sync_count(self) -> int:
+        """Files in local fallback storage not yet uploaded to the bucket."""
+        return int(db.session.scalar(select(func.count()).where(PendingSync.synced_at.is_(None))) or 0)
+
+    def status(self) -> dict[str, Any]:
+        """Backend, configured or not, bucket, breaker state and pending sync count (no network call)."""
+        info: dict[str, Any] = {
+            "service": SERVICE,
+            "backend": self.backend,
+            "configured": self.configured,
+            "location": "bucket" if self.backend == "gcs" else "local",
+            "bucket": self.bucket_name,
+            "breaker": get_breaker(SERVICE).state.value,
+        }
+        if not self.configured:
+            info["reason"] = "STORAGE_BACKEND is gcs but GCS_BUCKET is not set"
+        if self.backend == "gcs":
+            info["pending_sync"] = self.pending_sync_count()
+        return info
+
+    # -- the bucket -------------------------------------------------------------------------------------------
+
+    def _require_bucket(self) -> None:
+        if not self.bucket_name:
+            raise StorageError(
+                "File storage is not configured on this server (GCS_BUCKET is not set).",
+                code="SERVICE_NOT_CONFIGURED",
+                details={"service": SERVICE},
+            )
+
+    def _client_instance(self) -> Any:
+        if self._client is None:
+            from google.cloud import storage  # the SDK only when the bucket is used
+
+            options: dict[str, Any] = {}
+            if self.endpoint:
+                from google.auth.credentials import AnonymousCredentials
+
+                # An emulator (or a local endpoint) takes no credentials; real GCS uses ADC.
+                options = {"credentials": AnonymousCredentials(), "client_options": {"api_endpoint": self.endpoint}}
+            client = storage.Client(project=self.project or "oriel-local", **options)
+            # google-cloud-storage 3.17 starts a tracing thread per bucket that GETs its metadata with the
+            # default ~2 minute retry (SPEC section 10); it only feeds trace attributes, so switch it off.
+            client._bucket_metadata_cache = None
+            self._client = client
+        return self._client
+
+    def _bucket(self) -> Any:
+        return self._client_instance().bucket(self.bucket_name)
+
+    def _upload(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        self._bucket().blob(key).upload_from_string(data, content_type=content_type, timeout=self.timeout, retry=None)
+        return StoredObject(key, "bucket", False, len(data))
+
+    def _download(self, key: str) -> bytes | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return self._bucket().blob(key).download_as_bytes(timeout=self.timeout, retry=None)
+        except NotFound:
+            return None  # an answer, not an outage: the breaker must not count it
+
+    def _signing_credentials(self) -> Any:
+        if self._signing is None and self._signing_file:
+            from google.oauth2 import service_account
+
+            self._signing = service_account.Credentials.from_service_account_file(self._signing_file)
+        return self._signing  # None: the client's own credentials sign (real GCS service accounts)
+
+    # -- local files ------------------------------------------------------------------------------------------
+
+    def _local_path(self, key: str) -> Path:
+        return self.local_dir.joinpath(*check_key(key).split("/"))
+
+    def _write_local(self, key: str, data: bytes) -> None:
+        path = self._local_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader never sees half a file, a crash leaves no truncated one.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _save_fallback(self, exc: BaseException, key: str, data: bytes, content_type: str) -> StoredObject:
+        """The fallback: keep the file locally and queue it for the bucket (nothing is lost)."""
+        self._write_local(key, data)
+        row = db.session.scalar(select(PendingSync).where(PendingSync.key == key))
+        reason = f"{type(exc).__name__}: {classify(exc).reason}"[:500]
+        if row is None:
+            db.session.add(PendingSync(key=key, content_type=content_type, size=len(data), last_error=reason))
+        else:  # saved again while still pending (or after a sync): upload the new bytes next time
+            row.synced_at, row.content_type, row.size, row.last_error = None, content_type, len(data), reason
+        try:
+            db.session.commit()
+        except IntegrityError:  # a concurrent save of the same key queued it first: it will upload the file
+            db.session.rollback()
+        logger.warning("Stored %s locally (bucket unavailable: %s); queued for sync", key, reason)
+        return StoredObject(key, "local", True, len(data))
+
+    def _pending(self, key: str) -> bool:
+        row = db.session.scalar(select(PendingSync.id).where(PendingSync.key == key, PendingSync.synced_at.is_(None)))
+        return row is not None
+
+    def _mark_synced(self, row_id: int) -> None:
+        db.session.execute(update(PendingSync).where(PendingSync.id == row_id).values(synced_at=utcnow()))
+        db.session.commit()
+
+    def _local_url(self, key: str, expires_in: int) -> str:
+        token = self._serializer().dumps({"k": key, "e": int(time.time()) + int(expires_in)})
+        if has_request_context():
+            return url_for("downloads.download_file", token=token, _external=True)
+        base = current_app.config.get("PUBLIC_BASE_URL") or ""
+        return f"{base.rstrip('/')}/api/files/{token}"
+
+    @staticmethod
+    def _serializer() -> URLSafeSerializer:
+        return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=_TOKEN_SALT)
+
+    def open_download(self, token: str) -> tuple[Path, str]:
+        """The local file an app-signed token grants, and its key; 404 when invalid or expired."""
+        try:
+            claims = self._serializer().loads(token)
+        except BadSignature as exc:
+            raise NotFoundError("This download link is invalid.", code="NOT_FOUND") from exc
+        key = claims.get("k") if isinstance(claims, dict) else None
+        expires = claims.get("e") if isinstance(claims, dict) else None
+        if not isinstance(key, str) or not isinstance(expires, int):
+            raise NotFoundError("This download link is invalid.")
+        if expires < time.time():
+            raise NotFoundError("This download link has expired; ask for a new one.", details={"expired": True})
+        path = self._local_path(key)
+        if not path.is_file():
+            raise NotFoundError("No such file.", details={"key": key})
+        return path, key
