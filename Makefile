@@ -53,3 +53,12 @@ clean:
 ## bench-breaker: circuit-breaker overhead, concurrency and fail-fast figures (docs/BENCHMARKS.md)
 bench-breaker: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_breaker.py
+
+.PHONY: bench bench-logging
+## bench: run every benchmark (figures belong in docs/BENCHMARKS.md)
+bench: bench-logging bench-breaker
+
+## bench-logging: requests/s under gunicorn with logging + error statistics on vs off (installs wrk)
+bench-logging: $(VENV)/.installed-dev
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.bench_logging $(BENCH_ARGS)
