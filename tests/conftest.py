@@ -16,6 +16,7 @@ from flask_migrate import upgrade
 
 from backend.app import create_app
 from backend.app.extensions import db
+from backend.app.monitoring import flush_error_stats
 from backend.logging_config import flush_logs
 from config import TestingConfig
 
@@ -73,6 +74,7 @@ def make_app(tmp_path: Path, migrated_sqlite_template: Path) -> Iterator[Callabl
 
     yield factory
     for app in built:
+        flush_error_stats(app)  # nothing of this test may be written after it ends
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
@@ -119,6 +121,7 @@ def pg_app(make_app: Callable[..., Flask], _postgres_migrated: str) -> Iterator[
     """An app on the session's PostgreSQL database; every table is emptied afterwards."""
     app = make_app(SQLALCHEMY_DATABASE_URI=_postgres_migrated)
     yield app
+    flush_error_stats(app)  # pending error events land before the tables are emptied, not after
     with app.app_context():
         db.session.remove()
         tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)

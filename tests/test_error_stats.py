@@ -36,6 +36,10 @@ REPORT = "/api/errors/report"
 def stats_app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Flask:
     """The app on SQLite, then on PostgreSQL, with a route that fails like a real bug would."""
     app = make_app() if request.param == "sqlite" else request.getfixturevalue("pg_app")
+    with app.app_context(), db.engine.begin() as conn:
+        # The session's PostgreSQL database is shared: start from empty statistics whatever ran before.
+        for table in ("error_group_hours", "error_code_minutes", "error_minutes", "error_events", "error_groups"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")
     _add_failing_route(app)
     return app
 
