@@ -49,6 +49,11 @@ migrate: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache
 
+.PHONY: bench-stats
+## bench-stats: GET .../errors/stats latency (p50/p95) with 1,000,000 error events on SQLite and PostgreSQL
+bench-stats: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_stats.py $(BENCH_STATS_ARGS)
+
 .PHONY: bench-breaker
 ## bench-breaker: circuit-breaker overhead, concurrency and fail-fast figures (docs/BENCHMARKS.md)
 bench-breaker: $(VENV)/.installed-dev
@@ -56,7 +61,7 @@ bench-breaker: $(VENV)/.installed-dev
 
 .PHONY: bench bench-logging
 ## bench: run every benchmark (figures belong in docs/BENCHMARKS.md)
-bench: bench-logging bench-breaker
+bench: bench-logging bench-breaker bench-stats
 
 ## bench-logging: requests/s under gunicorn with logging + error statistics on vs off (installs wrk)
 bench-logging: $(VENV)/.installed-dev
