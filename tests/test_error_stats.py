@@ -335,6 +335,17 @@ def test_client_report_rejects_oversized_malformed_and_invalid_bodies(app: Flask
     assert {"message", "admin"} <= set(fields["details"]["fields"])
 
 
+def test_client_report_of_exactly_16_kb_is_accepted(app: Flask) -> None:
+    context = {f"k{i}": "c" * 500 for i in range(10)}
+    base = len(json.dumps({"message": "m" * 4000, "stack": "", "context": context}).encode())
+    body = json.dumps({"message": "m" * 4000, "stack": "s" * (16 * 1024 - base), "context": context}).encode()
+    assert len(body) == 16 * 1024
+    response = app.test_client().post(REPORT, data=body, content_type="application/json")
+    assert response.status_code == 202, response.get_json()
+    too_big = body.replace(b'"stack": "', b'"stack": "s', 1)
+    assert_error(app.test_client().post(REPORT, data=too_big, content_type="application/json"), 413)
+
+
 def test_client_report_chunked_body_over_the_limit_is_413(app: Flask) -> None:
     body = b'{"message": "' + b"x" * 40_000 + b'"}'
     response = app.test_client().post(
