@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from ...logging_config import current_log_context
 from ...redaction import neutralise, redact, redact_value
 from ..errors import APIError
+from ..request_context import get_request_id
 from .classify import Category, categorise, categorise_client, severity_for
 from .fingerprint import exception_frames, fingerprint, normalise_message
 from .store import ErrorEventData
@@ -38,7 +39,8 @@ def _request_fields() -> dict[str, Any]:
 
 def _context_ids() -> tuple[str | None, int | None]:
     context = current_log_context()
-    request_id = context.get("request_id") or context.get("job_id")
+    # In a request the ID exists even before the log context is bound (an error in an early hook).
+    request_id = get_request_id() if has_request_context() else context.get("request_id") or context.get("job_id")
     user_id = context.get("user_id")
     return (str(request_id) if request_id else None), (int(user_id) if isinstance(user_id, int) else None)
 
