@@ -38,8 +38,14 @@ def _insert_ignore(values: dict[str, object]) -> int:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise RuntimeError(f"credits: unsupported database dialect {dialect}")
-    statement = dialect_insert(CreditAccount).values(**values).on_conflict_do_nothing(index_elements=["user_id"])
-    return db.session.execute(statement).rowcount
+    statement = (
+        dialect_insert(CreditAccount.__table__)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["user_id"])
+        .returning(CreditAccount.__table__.c.user_id)
+    )
+    # RETURNING, not rowcount: psycopg reports -1 (truthy) for a conflicting ORM-level insert.
+    return len(db.session.execute(statement).all())
 
 
 def _ensure_account(user_id: int) -> None:

@@ -85,8 +85,9 @@ def translate_stripe_error(exc: BaseException) -> APIError:
     if isinstance(exc, stripe.CardError):
         reason = getattr(exc, "code", None) or "card_declined"
         details: dict[str, Any] = {"reason": reason}
-        if getattr(exc, "decline_code", None):
-            details["decline_code"] = exc.decline_code  # type: ignore[attr-defined]
+        decline_code = getattr(getattr(exc, "error", None), "decline_code", None)
+        if decline_code:
+            details["decline_code"] = str(decline_code)
         return PaymentError("Your payment was declined. Try another card.", "PAYMENT_DECLINED", details, True)
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         # An operator problem (wrong or revoked key): page someone, tell the user only that payments are down.
