@@ -20,6 +20,7 @@ from .cli import init_cli
 from .errors import init_error_handlers
 from .extensions import db, jwt, migrate
 from .monitoring import init_error_stats
+from .observability import init_observability
 from .rate_limits import init_rate_limits
 from .request_context import init_request_context
 from .request_metrics import init_request_metrics
@@ -57,6 +58,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_request_metrics(app)
     init_error_handlers(app)
     init_resilience(app)
+    init_observability(app)
     _register_blueprints(app)
     init_services(app)
     init_rate_limits(app)

@@ -353,3 +353,157 @@ class CreditsOut(BaseModel):
     """The user's render credits."""
 
     balance: int
+
+
+# --- Health, breakers, degradation (monitoring) ------------------------------------------------------
+
+
+class ProbeOut(BaseModel):
+    """A live probe's result: ok, degraded, error, timeout, not_configured or unknown."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str
+    latency_ms: float | None
+    detail: str | None
+
+
+class BreakerViewOut(BaseModel):
+    """A breaker's state as the health report shows it."""
+
+    state: str
+    failure_rate: float | None
+    calls_in_window: int | None
+    failures_in_window: int | None
+    retry_after: float | None
+    storage: str | None
+    opened_at: str | None
+
+
+class ServiceHealthOut(BaseModel):
+    """One dependency: configured, live probe, breaker, last success and failure seen by this process."""
+
+    configured: bool
+    probe: ProbeOut
+    breaker: BreakerViewOut | None
+    last_success: str | None
+    last_failure: str | None
+
+
+class ServicesHealthOut(BaseModel):
+    """Every dependency, the queue, the fallback backlogs and the log sinks."""
+
+    status: Literal["ok", "degraded", "down"]
+    timestamp: str
+    deadline_seconds: float
+    elapsed_ms: float
+    services: dict[str, ServiceHealthOut]
+    queue: dict[str, object]
+    backlog: dict[str, object]
+    logs: dict[str, object]
+    breaker_storage: str
+
+
+class LivenessOut(BaseModel):
+    """The process is up."""
+
+    status: Literal["alive"]
+
+
+class ReadinessOut(BaseModel):
+    """The process can serve: the database answers."""
+
+    status: Literal["ready"]
+
+
+class BreakerSnapshotOut(BaseModel):
+    """A breaker's full snapshot: state, window counts, retry_after, storage and tuning."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    state: str
+    failure_rate: float
+    calls_in_window: int
+    failures_in_window: int
+    opened_at: float | None
+    retry_after: float | None
+    storage: str
+    config: dict[str, float | int | None]
+
+
+class BreakerListOut(BaseModel):
+    """Every breaker and where their state lives."""
+
+    storage: str
+    breakers: dict[str, BreakerSnapshotOut]
+
+
+class BreakerActionOut(BaseModel):
+    """The result of an admin action on breakers."""
+
+    status: Literal["success"]
+    action: str
+    breakers: dict[str, BreakerSnapshotOut]
+
+
+class DegradedServiceOut(BaseModel):
+    """One failing dependency from a user's point of view."""
+
+    service: str
+    state: str
+    features: list[str]
+    fallback_active: bool
+    fallback: str | None
+    user_impact: str
+    retry_after: int | None
+
+
+class DegradationOut(BaseModel):
+    """Open breakers → affected features, whether a fallback serves, what users should expect."""
+
+    degraded: bool
+    level: Literal["ok", "degraded", "down"]
+    services: list[DegradedServiceOut]
+
+
+class SystemHealthOut(BaseModel):
+    """The public health level and the degraded features only."""
+
+    status: Literal["ok", "degraded", "down"]
+    degraded_features: list[str]
+
+
+class RateLimitOut(BaseModel):
+    """One limit that applies to the caller and what is left of it."""
+
+    endpoint: str
+    limit: str
+    remaining: int | None
+    reset_at: str | None
+
+
+class RateLimitStatusOut(BaseModel):
+    """The caller's own limits (by client address) and what is left, read without consuming."""
+
+    enabled: bool
+    limits: list[RateLimitOut]
+
+
+class NotificationOut(BaseModel):
+    """An error that hit the caller (or a system alert, for admins) with the action to take."""
+
+    id: str
+    kind: Literal["error", "system"]
+    severity: str
+    code: str
+    title: str
+    action: str
+    occurred_at: str | None
+    request_id: str | None
+
+
+class NotificationsOut(BaseModel):
+    """The caller's notifications, newest first."""
+
+    notifications: list[NotificationOut]

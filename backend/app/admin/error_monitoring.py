@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
+from flask_jwt_extended import current_user
 from sqlalchemy import text
 
 from ...logging_config import sink_status
 from ..auth.decorators import admin_required
 from ..error_handlers import utc_timestamp
-from ..errors import ValidationError
+from ..errors import NotFoundError, ValidationError
 from ..extensions import db
 from ..monitoring import get_recorder
+from ..monitoring.health import service_health
 from ..monitoring.queries import RecentErrorsQuery, StatsQuery, parse_query
 from ..monitoring.stats import decode_cursor, error_stats, recent_events
 from ..openapi import documented
-from ..schemas import ErrorStatsOut, HealthCheckOut, RecentErrorsOut
+from ..schemas import (
+    BreakerActionOut,
+    BreakerListOut,
+    ErrorStatsOut,
+    HealthCheckOut,
+    RecentErrorsOut,
+    ServicesHealthOut,
+)
+from ..utils.circuit_breaker import BreakerRegistry, CircuitBreaker
 
 bp = Blueprint("monitoring", __name__, url_prefix="/admin/api/monitoring")
 
@@ -87,3 +97,114 @@ def recent_errors() -> dict[str, Any]:
         cursor=cursor,
     )
     return {"events": events, "next_cursor": next_cursor}
+
+
+@bp.get("/health/services")
+@documented(
+    "Every dependency: configured, live probe (parallel, short deadline), breaker, last success and failure, "
+    "queue depth, worker heartbeats, dead letters, fallback backlogs, log sinks",
+    tag="monitoring",
+    responses={200: ServicesHealthOut},
+    auth="admin",
+)
+@admin_required
+def health_services() -> dict[str, Any]:
+    """The incident view of every dependency; a hung probe reports "timeout" within the deadline."""
+    return service_health(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def _breakers() -> BreakerRegistry:
+    return current_app.extensions["breakers"]  # type: ignore[no-any-return]
+
+
+def _breaker(service: str) -> CircuitBreaker:
+    registry = _breakers()
+    breaker = registry.all().get(service)
+    if breaker is None:
+        # Never create a breaker from a URL: an unknown name is a 404, not a new entry.
+        raise NotFoundError("No circuit breaker has this name.", details={"service": service[:64]})
+    return breaker
+
+
+def _actor() -> str:
+    return f"admin user {current_user.id}"
+
+
+@bp.get("/circuit-breakers")
+@documented("Every circuit breaker with its snapshot", tag="monitoring", responses={200: BreakerListOut}, auth="admin")
+@admin_required
+def list_breakers() -> dict[str, Any]:
+    """Every breaker's state, window counts and tuning."""
+    registry = _breakers()
+    return {"storage": registry.storage, "breakers": registry.snapshot()}
+
+
+def _action(action: str, breakers: list[CircuitBreaker]) -> dict[str, Any]:
+    # The breaker layer writes each admin action to security.log with the actor: not logged again here.
+    for breaker in breakers:
+        getattr(breaker, action)(_actor())
+    return {"status": "success", "action": action, "breakers": {b.name: b.snapshot() for b in breakers}}
+
+
+@bp.post("/circuit-breakers/reset/<service>")
+@documented(
+    "Reset one breaker (closed, fresh window)",
+    tag="monitoring",
+    responses={200: BreakerActionOut},
+    auth="admin",
+    errors=(404,),
+)
+@admin_required
+def reset_breaker(service: str) -> dict[str, Any]:
+    """Close one breaker with a fresh window, in every process."""
+    return _action("reset", [_breaker(service)])
+
+
+@bp.post("/circuit-breakers/reset-all")
+@documented("Reset every breaker", tag="monitoring", responses={200: BreakerActionOut}, auth="admin")
+@admin_required
+def reset_all_breakers() -> dict[str, Any]:
+    """Close every breaker."""
+    return _action("reset", list(_breakers().all().values()))
+
+
+@bp.post("/circuit-breakers/<service>/force-open")
+@documented(
+    "Force a breaker open: every call is rejected until reset",
+    tag="monitoring",
+    responses={200: BreakerActionOut},
+    auth="admin",
+    errors=(404,),
+)
+@admin_required
+def force_open_breaker(service: str) -> dict[str, Any]:
+    """Reject every call to the service until an admin resets the breaker."""
+    return _action("force_open", [_breaker(service)])
+
+
+@bp.post("/circuit-breakers/<service>/disable")
+@documented(
+    "Disable a breaker: every call goes through, nothing is counted, until enabled",
+    tag="monitoring",
+    responses={200: BreakerActionOut},
+    auth="admin",
+    errors=(404,),
+)
+@admin_required
+def disable_breaker(service: str) -> dict[str, Any]:
+    """Let every call through uncounted until the breaker is enabled again."""
+    return _action("disable", [_breaker(service)])
+
+
+@bp.post("/circuit-breakers/<service>/enable")
+@documented(
+    "Enable a disabled (or forced) breaker again: closed with a fresh window",
+    tag="monitoring",
+    responses={200: BreakerActionOut},
+    auth="admin",
+    errors=(404,),
+)
+@admin_required
+def enable_breaker(service: str) -> dict[str, Any]:
+    """Return the breaker to normal operation (a reset)."""
+    return _action("reset", [_breaker(service)])

@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__)
 
-from . import docs, errors  # noqa: E402,F401 - registers the views on bp
+from . import docs, error_status, errors  # noqa: E402,F401 - registers the views on bp

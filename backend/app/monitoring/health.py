@@ -1,0 +1,385 @@
+"""Dependency health for the admin: live probes run in parallel under one short deadline.
+
+`service_health(app)` answers "what is broken, since when" in one call: for every dependency
+(database, Redis, storage, email, Stripe, rendering, the job queue) whether it is configured, its
+breaker state, the last success and failure this process saw through the breaker, and a live
+probe. Probes run on a small per-app thread pool; the endpoint waits for them together at most
+`HEALTH_PROBE_DEADLINE` seconds (default 2). A probe still running then is reported as "timeout"
+and keeps its thread: the next request does not start a second probe of the same dependency
+while the first hangs, so a dead service cannot pile up threads.
+
+Service adapters are found in `app.extensions` under their service name (or `<name>_service`);
+an adapter with a `probe()` method is probed live, one with only `status()` is asked for it.
+A service with neither an adapter nor configuration is "not_configured"; configured but with no
+adapter to ask, "unknown". Nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import text
+
+from ..utils.breaker_store import Outcome
+from ..utils.circuit_breaker import BreakerListener, CircuitBreaker
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "service_health"
+DEFAULT_DEADLINE = 2.0
+
+#: Config keys that say a service is configured (any one set is enough).
+SERVICE_CONFIG: dict[str, tuple[str, ...]] = {
+    "storage": ("GCS_BUCKET",),
+    "email": ("SENDGRID_API_KEY",),
+    "stripe": ("STRIPE_API_KEY",),
+}
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+class CallHistory(BreakerListener):
+    """Last success and last failure of each breaker's calls, as seen by this process."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, dict[str, float]] = {}
+
+    def call_recorded(self, breaker: CircuitBreaker, outcome: Outcome, duration: float) -> None:
+        """Remember when the call ended and how."""
+        key = "success" if outcome is Outcome.SUCCESS else "failure"
+        with self._lock:
+            self._last.setdefault(breaker.name, {})[key] = self._clock()
+
+    def last(self, service: str) -> dict[str, str | None]:
+        """ISO times of the last success and failure of `service` (None when never seen)."""
+        with self._lock:
+            seen = dict(self._last.get(service, {}))
+        return {"last_success": _iso(seen.get("success")), "last_failure": _iso(seen.get("failure"))}
+
+
+@dataclass
+class ProbeResult:
+    """What a live probe found: ok, error, timeout, not_configured or unknown."""
+
+    status: str
+    latency_ms: float | None = None
+    detail: str | None = None
+    extra: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out: dict[str, Any] = {"status": self.status, "latency_ms": self.latency_ms, "detail": self.detail}
+        if self.extra:
+            out.update(self.extra)
+        return out
+
+
+Probe = Callable[[], ProbeResult]
+
+
+#: The name of each service's adapter on the `Services` holder (`app.extensions["services"]`).
+ADAPTER_NAMES = {"storage": "storage", "email": "email", "stripe": "payments"}
+
+
+def find_adapter(app: Flask, service: str) -> Any | None:
+    """The service adapter (built lazily by `backend.app.services`; building it connects nowhere), if any."""
+    holder = app.extensions.get("services")
+    if holder is not None and service in ADAPTER_NAMES:
+        return getattr(holder, ADAPTER_NAMES[service], None)
+    adapter = app.extensions.get(service)
+    return adapter if adapter is not None and (hasattr(adapter, "probe") or hasattr(adapter, "status")) else None
+
+
+def is_configured(app: Flask, service: str) -> bool:
+    """Whether the service is configured (database, queue and rendering always are)."""
+    if service == "redis":
+        return bool(app.config.get("REDIS_URL"))
+    keys = SERVICE_CONFIG.get(service)
+    if keys is None:
+        return True
+    adapter = find_adapter(app, service)
+    if adapter is not None and hasattr(adapter, "configured"):
+        return bool(adapter.configured)
+    return any(app.config.get(key) for key in keys)
+
+
+def _timed(fn: Callable[[], ProbeResult | dict[str, Any] | None]) -> ProbeResult:
+    started = time.perf_counter()
+    try:
+        result = fn()
+    except Exception as exc:  # a failing probe is the answer, reported with its type (never its text)
+        logger.info("Health probe failed: %s", type(exc).__name__, exc_info=True)
+        return ProbeResult("error", round((time.perf_counter() - started) * 1000, 1), type(exc).__name__)
+    latency = round((time.perf_counter() - started) * 1000, 1)
+    if isinstance(result, ProbeResult):
+        result.latency_ms = result.latency_ms if result.latency_ms is not None else latency
+        return result
+    data = dict(result or {})
+    status = str(data.pop("status", "ok"))
+    if status in ("healthy", "up", "available"):
+        status = "ok"
+    return ProbeResult(status, latency, None, data or None)
+
+
+def _database_probe(app: Flask) -> ProbeResult:
+    with app.app_context():
+        from ..extensions import db
+
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    return ProbeResult("ok")
+
+
+def _redis_probe(app: Flask) -> ProbeResult:
+    import redis  # only when configured
+
+    client = redis.Redis.from_url(app.config["REDIS_URL"], socket_connect_timeout=0.5, socket_timeout=0.5, retry=None)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return ProbeResult("ok")
+
+
+def _rendering_probe(app: Flask) -> ProbeResult:
+    exe = app.config.get("FFMPEG_BINARY")
+    if not exe:
+        try:
+            import imageio_ffmpeg
+
+            exe = imageio_ffmpeg.get_ffmpeg_exe()
+        except RuntimeError:
+            exe = shutil.which("ffmpeg")
+    if not exe:
+        return ProbeResult("error", detail="ffmpeg not found")
+    completed = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, timeout=1.5, check=False)
+    if completed.returncode != 0:
+        return ProbeResult("error", detail=f"ffmpeg exited with {completed.returncode}")
+    version = completed.stdout.decode("utf-8", "replace").split("\n", 1)[0][:80]
+    return ProbeResult("ok", extra={"version": version})
+
+
+def _queue_probe(app: Flask) -> ProbeResult:
+    with app.app_context():
+        from ..jobs import queue_depth, worker_heartbeats
+
+        depth = queue_depth()
+        workers = worker_heartbeats()
+    alive = [w for w in workers if w["alive"]]
+    youngest = min((w["age_seconds"] for w in workers), default=None)
+    extra = {
+        "depth": {k: depth[k] for k in ("ready", "scheduled", "running")},
+        "dead_letters": depth["dead"],
+        "workers_alive": len(alive),
+        "heartbeat_age_seconds": youngest,
+    }
+    # No live worker with jobs waiting: the queue is not being served.
+    status = "ok" if alive or depth["ready"] == 0 else "degraded"
+    return ProbeResult(status, detail=None if status == "ok" else "no live worker", extra=extra)
+
+
+def _adapter_probe(app: Flask, adapter: Any) -> Callable[[], ProbeResult]:
+    def probe() -> ProbeResult:
+        with app.app_context():
+            live = getattr(adapter, "probe", None)
+            if live is not None:
+                return _as_result(live(), live=True)
+            return _as_result(adapter.status(), live=False)
+
+    return probe
+
+
+def _as_result(data: ProbeResult | dict[str, Any] | None, *, live: bool) -> ProbeResult:
+    if isinstance(data, ProbeResult):
+        return data
+    info = dict(data or {})
+    configured = info.pop("configured", True)
+    reported = str(info.pop("status", "ok" if live else "unknown"))
+    info.pop("breaker", None)  # shown from the breaker itself
+    info.pop("service", None)
+    if not configured:
+        status = "not_configured"
+    elif live:
+        status = "ok" if reported in ("ok", "healthy", "up", "available") else reported
+    else:
+        # The adapter only reports its configuration: say so rather than claim it answered.
+        status = "unknown"
+    detail = None if live else "status only: the adapter has no live probe"
+    return ProbeResult(status, detail=detail, extra={"live": live, **info})
+
+
+class HealthProber:
+    """Runs probes on a bounded pool; never two at once for one dependency."""
+
+    def __init__(self, workers: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="health-probe")
+        self._inflight: dict[str, Future[ProbeResult]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, probes: dict[str, Probe], deadline: float) -> dict[str, ProbeResult]:
+        """Every probe's result within `deadline` seconds in total ("timeout" for the late ones)."""
+        futures: dict[str, Future[ProbeResult]] = {}
+        with self._lock:
+            for name, probe in probes.items():
+                running = self._inflight.get(name)
+                if running is not None and not running.done():
+                    futures[name] = running  # still hung from an earlier request: wait on it, do not pile up
+                    continue
+                future = self._pool.submit(_timed, probe)
+                self._inflight[name] = future
+                futures[name] = future
+        wait_futures(list(futures.values()), timeout=deadline)
+        results: dict[str, ProbeResult] = {}
+        for name, future in futures.items():
+            if future.done():
+                try:
+                    results[name] = future.result(timeout=0)
+                except FutureTimeout:  # pragma: no cover - done() said otherwise
+                    results[name] = ProbeResult("timeout")
+            else:
+                results[name] = ProbeResult("timeout", round(deadline * 1000, 1), f"no answer within {deadline} s")
+        return results
+
+    def shutdown(self) -> None:
+        """Stop the pool without waiting for hung probes."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def init_service_health(app: Flask) -> CallHistory:
+    """Attach the call history listener to the app's breakers and create the prober."""
+    history = CallHistory()
+    app.extensions["breakers"].add_listener(history)
+    app.extensions[EXTENSION] = {"history": history, "prober": HealthProber()}
+    return history
+
+
+def _probes(app: Flask) -> tuple[dict[str, Probe], dict[str, ProbeResult]]:
+    probes: dict[str, Probe] = {
+        "database": lambda: _database_probe(app),
+        "rendering": lambda: _rendering_probe(app),
+        "queue": lambda: _queue_probe(app),
+    }
+    fixed: dict[str, ProbeResult] = {}
+    if is_configured(app, "redis"):
+        probes["redis"] = lambda: _redis_probe(app)
+    else:
+        fixed["redis"] = ProbeResult("not_configured")
+    for service in ("storage", "email", "stripe"):
+        adapter = find_adapter(app, service)
+        if adapter is not None:
+            probes[service] = _adapter_probe(app, adapter)
+        elif is_configured(app, service):
+            fixed[service] = ProbeResult("unknown", detail="configured, but no adapter is registered to probe")
+        else:
+            fixed[service] = ProbeResult("not_configured")
+    return probes, fixed
+
+
+def _count(app: Flask, model_name: str) -> int | None:
+    from sqlalchemy import func, select
+
+    from .. import models
+    from ..extensions import db
+
+    model = getattr(models, model_name, None)
+    if model is None:
+        return None
+    with app.app_context():
+        if model_name == "PendingSync":
+            stmt = select(func.count()).select_from(model).where(model.synced_at.is_(None))
+        else:
+            stmt = select(func.count()).select_from(model).where(model.status.in_(("queued", "sending")))
+        return int(db.session.execute(stmt).scalar_one())
+
+
+def _backlog(app: Flask) -> ProbeResult:
+    return ProbeResult(
+        "ok", extra={"pending_storage_sync": _count(app, "PendingSync"), "email_outbox": _count(app, "EmailOutbox")}
+    )
+
+
+def service_health(app: Flask) -> dict[str, Any]:
+    """The full dependency report of the admin health endpoint (see the module docstring)."""
+    from ...logging_config import sink_status
+
+    state = app.extensions[EXTENSION]
+    history: CallHistory = state["history"]
+    prober: HealthProber = state["prober"]
+    deadline = float(app.config.get("HEALTH_PROBE_DEADLINE", DEFAULT_DEADLINE))
+    probes, fixed = _probes(app)
+    probes["_backlog"] = lambda: _backlog(app)
+    started = time.perf_counter()
+    results = {**prober.run(probes, deadline), **fixed}
+    breakers = app.extensions["breakers"]
+    snapshots = breakers.snapshot()
+    services: dict[str, Any] = {}
+    for name in ("database", "redis", "storage", "email", "stripe", "rendering", "queue"):
+        probe = results[name]
+        entry: dict[str, Any] = {
+            "configured": is_configured(app, name),
+            "probe": probe.as_dict(),
+            "breaker": _breaker_view(snapshots.get(name)),
+            **history.last(name),
+        }
+        services[name] = entry
+    backlog = results["_backlog"]
+    queue = services["queue"]["probe"]
+    overall = _overall(services)
+    return {
+        "status": overall,
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "deadline_seconds": deadline,
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+        "services": services,
+        "queue": {
+            "depth": queue.get("depth"),
+            "dead_letters": queue.get("dead_letters"),
+            "workers_alive": queue.get("workers_alive"),
+            "heartbeat_age_seconds": queue.get("heartbeat_age_seconds"),
+        },
+        "backlog": {
+            "status": backlog.status,
+            "pending_storage_sync": (backlog.extra or {}).get("pending_storage_sync"),
+            "email_outbox": (backlog.extra or {}).get("email_outbox"),
+        },
+        "logs": sink_status(),
+        "breaker_storage": breakers.storage,
+    }
+
+
+def _breaker_view(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+    if snapshot is None:
+        return None
+    keys = ("state", "failure_rate", "calls_in_window", "failures_in_window", "retry_after", "storage")
+    view = {key: snapshot.get(key) for key in keys}
+    view["opened_at"] = _iso(snapshot.get("opened_at"))
+    return view
+
+
+def _overall(services: dict[str, Any]) -> str:
+    if services["database"]["probe"]["status"] != "ok":
+        return "down"
+    for entry in services.values():
+        probe = entry["probe"]["status"]
+        breaker = (entry.get("breaker") or {}).get("state")
+        if probe in ("error", "timeout", "degraded") or breaker in ("open", "forced_open", "half_open"):
+            return "degraded"
+    return "ok"
