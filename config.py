@@ -90,6 +90,8 @@ class Config:
     ERROR_EVENT_MAX_ROWS: int | None = 2_000_000
     ERROR_ROLLUP_RETENTION_DAYS = 90
     ERROR_REPORT_MAX_BYTES = 16 * 1024
+    METRICS_TOKEN: str | None = None  # /metrics needs `Authorization: Bearer <token>` when set
+    FAULT_INJECTION_ENABLED = False  # admin fault injection (tests, staging); always refused in production
     PASSWORD_HASH_TIME_COST = 3
     PASSWORD_HASH_MEMORY_COST = 64 * 1024
 
@@ -115,6 +117,7 @@ class Config:
             "STORAGE_EMULATOR_HOST",
             "SENDGRID_API_KEY",
             "SENDGRID_API_HOST",
+            "METRICS_TOKEN",
         ):
             if env.get(name):
                 setattr(cfg, name, env[name])
@@ -133,6 +136,7 @@ class Config:
         cfg.REQUEST_LOGGING_ENABLED = _bool(env.get("REQUEST_LOGGING_ENABLED"), cfg.REQUEST_LOGGING_ENABLED)
         cfg.ERROR_STATS_ENABLED = _bool(env.get("ERROR_STATS_ENABLED"), getattr(cfg, "ERROR_STATS_ENABLED", True))
         cfg.ERROR_EVENT_RETENTION_DAYS = _int(env, "ERROR_EVENT_RETENTION_DAYS", cfg.ERROR_EVENT_RETENTION_DAYS)
+        cfg.FAULT_INJECTION_ENABLED = _bool(env.get("FAULT_INJECTION_ENABLED"), cfg.FAULT_INJECTION_ENABLED)
         cfg.validate()
         return cfg
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from flask import Flask
 
+from .metrics import init_metrics
 from .monitoring.health import init_service_health
 
 
 def init_observability(app: Flask) -> None:
-    """Attach the health prober and call history (after `init_resilience`: they listen to the breakers)."""
+    """Health prober, call history and metrics (after `init_resilience`: they listen to the breakers)."""
     init_service_health(app)
+    init_metrics(app)

@@ -1,0 +1,246 @@
+"""Prometheus metrics at `GET /metrics`, correct under many gunicorn workers.
+
+Counters are fed by hooks that already exist: an `after_request` hook (requests by method,
+endpoint and status, and their durations), the `error_occurred` signal (error responses by code),
+a breaker listener (transitions, rejections) and a recovery listener (outbound calls by outcome,
+retries, fallbacks served). Values that live elsewhere are read at scrape time, by the process
+that answers the scrape: breaker states (from the breaker store, shared on Redis), queue depth,
+dead letters and job records by kind and status (from the database).
+
+Several processes: with `PROMETHEUS_MULTIPROC_DIR` set in the environment before the process
+starts (prometheus-client decides at import), every worker writes its counters to files there and
+a scrape sums them with `MultiProcessCollector`; `gunicorn.conf.py` marks dead workers. The
+directory must be emptied before the server starts (the gunicorn config does it in `on_starting`).
+
+`METRICS_TOKEN` (config): when set, a scrape needs `Authorization: Bearer <token>`.
+`METRICS_ENABLED` (default True) turns the whole thing off.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from ..redaction import register_secrets
+from .error_handlers import error_occurred
+from .errors import APIError, AuthenticationError
+from .openapi import documented
+from .request_context import request_started
+from .utils.breaker_store import BreakerState
+from .utils.circuit_breaker import BreakerListener, CircuitBreaker
+from .utils.resilience import RecoveryEvent
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "metrics"
+STATE_VALUES = {
+    BreakerState.CLOSED.value: 0,
+    BreakerState.HALF_OPEN.value: 1,
+    BreakerState.OPEN.value: 2,
+    BreakerState.FORCED_OPEN.value: 3,
+    BreakerState.DISABLED.value: 4,
+}
+
+bp = Blueprint("metrics", __name__)
+
+
+class MetricsTokenError(AuthenticationError):
+    """A valid metrics token is required to scrape /metrics."""
+
+    code = "METRICS_TOKEN_REQUIRED"
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory, when the process was started with one."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The app's metric objects (one set per app; in multiprocess mode they write to files)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.multiprocess = multiprocess_dir() is not None
+        # Multiprocess: metrics are not registered anywhere; a scrape reads every process's files.
+        self.registry = None if self.multiprocess else CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            "oriel_http_requests",
+            "HTTP requests by method, endpoint and status",
+            ["method", "endpoint", "status"],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "oriel_http_request_duration_seconds",
+            "HTTP request duration by endpoint",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=reg,
+        )
+        self.errors = Counter("oriel_errors", "Error responses by code and status", ["code", "status"], registry=reg)
+        self.transitions = Counter(
+            "oriel_circuit_breaker_transitions",
+            "Breaker state changes",
+            ["service", "from_state", "to_state"],
+            registry=reg,
+        )
+        self.rejections = Counter(
+            "oriel_circuit_breaker_rejections", "Calls refused by an open breaker", ["service"], registry=reg
+        )
+        self.outbound = Counter(
+            "oriel_outbound_calls",
+            "Guarded outbound calls by outcome",
+            ["service", "operation", "outcome"],
+            registry=reg,
+        )
+        self.retries = Counter("oriel_outbound_retries", "Retries of outbound calls", ["service"], registry=reg)
+        self.fallbacks = Counter("oriel_fallbacks_served", "Fallbacks that served a call", ["service"], registry=reg)
+
+
+class _BreakerMetrics(BreakerListener):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def state_changed(
+        self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState, reason: str, actor: str | None
+    ) -> None:
+        self.metrics.transitions.labels(breaker.name, old.value, new.value).inc()
+
+    def call_rejected(self, breaker: CircuitBreaker, state: BreakerState) -> None:
+        self.metrics.rejections.labels(breaker.name).inc()
+
+
+def _recovery_listener(metrics: Metrics) -> Any:
+    def listen(event: RecoveryEvent) -> None:
+        metrics.outbound.labels(event.service, event.operation, event.outcome).inc()
+        if event.attempts > 1:
+            metrics.retries.labels(event.service).inc(event.attempts - 1)
+        if event.outcome == "fallback":
+            metrics.fallbacks.labels(event.service).inc()
+
+    return listen
+
+
+class _ScrapeTimeCollector:
+    """Breaker states, queue depth, dead letters and job records, read when scraped."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the gauges; a source that fails is skipped (and logged), never the whole scrape."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        states = GaugeMetricFamily(
+            "oriel_circuit_breaker_state",
+            "Breaker state (0 closed, 1 half-open, 2 open, 3 forced open, 4 disabled)",
+            labels=["service"],
+        )
+        for name, snap in self.app.extensions["breakers"].snapshot().items():
+            states.add_metric([name], STATE_VALUES.get(snap["state"], -1))
+        yield states
+        try:
+            yield from self._jobs()
+        except Exception:  # a scrape must still answer with what it has when the database is down
+            logger.warning("Metrics: could not read the job tables", exc_info=True)
+
+    def _jobs(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+        from sqlalchemy import func, select
+
+        from .extensions import db
+        from .jobs import queue_depth
+        from .models.job import Job
+
+        with self.app.app_context():
+            depth = queue_depth()
+            by_kind = db.session.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))
+            rows = list(by_kind)
+        queue = GaugeMetricFamily("oriel_queue_depth", "Jobs by queue and state", labels=["queue", "state"])
+        for name, counts in sorted(depth["queues"].items()):
+            for state, value in counts.items():
+                queue.add_metric([name, state], value)
+        yield queue
+        yield GaugeMetricFamily("oriel_dead_letters", "Unarchived dead letters", value=depth["dead"])
+        jobs = GaugeMetricFamily("oriel_jobs", "Job records by kind and status (outcomes)", labels=["kind", "status"])
+        for kind, status, count in rows:
+            jobs.add_metric([kind, status], count)
+        yield jobs
+
+
+def _record_request(response: Response) -> Response:
+    metrics: Metrics | None = current_app.extensions.get(EXTENSION)
+    started = request_started.get()
+    if metrics is None or started is None:
+        return response
+    endpoint = request.endpoint or "unmatched"  # bounded label: never the raw path
+    metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
+    metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+    return response
+
+
+def _on_error(sender: Flask, error: APIError, **_: Any) -> None:
+    metrics: Metrics | None = sender.extensions.get(EXTENSION)
+    if metrics is not None:
+        metrics.errors.labels(error.code, str(error.status_code)).inc()
+
+
+def init_metrics(app: Flask) -> Metrics | None:
+    """Create the app's metrics, hook them to requests, errors, breakers and recovery; add /metrics."""
+    if not app.config.get("METRICS_ENABLED", True):
+        return None
+    register_secrets([app.config.get("METRICS_TOKEN")])
+    metrics = Metrics()
+    app.extensions[EXTENSION] = metrics
+    app.extensions["metrics_collector"] = _ScrapeTimeCollector(app)
+    app.after_request(_record_request)
+    error_occurred.connect(_on_error, sender=app, weak=False)
+    app.extensions["breakers"].add_listener(_BreakerMetrics(metrics))
+    app.extensions["resilience"].listeners.append(_recovery_listener(metrics))
+    app.register_blueprint(bp)
+    return metrics
+
+
+def _check_token() -> None:
+    token = current_app.config.get("METRICS_TOKEN")
+    if not token:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), str(token).encode()):
+        raise MetricsTokenError("A valid metrics token is required.")
+
+
+@bp.get("/metrics")
+@documented(
+    "Prometheus metrics (text format); a bearer token when METRICS_TOKEN is set",
+    tag="health",
+    responses={200: None},
+    errors=(401,),
+    headers=(("Authorization", "Bearer <METRICS_TOKEN>, when the server sets one"),),
+)
+def metrics_view() -> Response:
+    """Every process's counters (summed in multiprocess mode) and the scrape-time gauges."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client import multiprocess as mp
+
+    _check_token()
+    metrics: Metrics = current_app.extensions[EXTENSION]
+    if metrics.multiprocess:
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)
+    else:
+        registry = metrics.registry
+    output = generate_latest(registry)
+    collector = current_app.extensions["metrics_collector"]
+    extra = CollectorRegistry(auto_describe=False)
+    extra.register(collector)
+    output += generate_latest(extra)
+    return Response(output, mimetype=CONTENT_TYPE_LATEST.split(";")[0], headers={"Content-Type": CONTENT_TYPE_LATEST})
