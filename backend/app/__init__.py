@@ -136,9 +136,11 @@ def _register_blueprints(app: Flask) -> None:
     from .api import bp as api_bp
     from .auth import bp as auth_bp
     from .jobs import init_jobs
+    from .renders import init_renders
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(monitoring_bp)
     app.register_blueprint(dead_letters_bp)
+    init_renders(app)
     init_jobs(app)

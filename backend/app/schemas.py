@@ -507,3 +507,100 @@ class NotificationsOut(BaseModel):
     """The caller's notifications, newest first."""
 
     notifications: list[NotificationOut]
+
+
+# -- Uploads and renders ----------------------------------------------------------------------------------------
+
+
+class UploadForm(BaseModel):
+    """Multipart form of `POST /api/uploads`: the audio file in the field `file`."""
+
+    file: bytes = Field(description="WAV, MP3, OGG, FLAC, M4A or AAC; recognised by content, not by name")
+
+
+class UploadOut(BaseModel):
+    """An uploaded audio file: what it was recognised as and where it went."""
+
+    id: int
+    filename: str
+    format: str
+    content_type: str
+    duration_seconds: float
+    size: int
+    location: Literal["bucket", "local"]
+    degraded: bool
+    created_at: str | None
+
+
+class UploadEnvelope(BaseModel):
+    """An upload wrapped in `upload`."""
+
+    upload: UploadOut
+
+
+class RenderRequest(StrictModel):
+    """A render of an uploaded file (one render credit)."""
+
+    upload_id: int = Field(gt=0)
+    preset: Literal["waveform", "spectrum", "cqt", "vectorscope"]
+    resolution: Literal["320x180", "640x360", "1280x720", "1920x1080"] = "1280x720"
+    fps: Literal[24, 30, 60] = 30
+
+
+class RenderVideoOut(BaseModel):
+    """The rendered video of a succeeded render."""
+
+    size: int | None
+    location: str | None
+    degraded: bool
+    download_path: str
+
+
+class RenderErrorOut(BaseModel):
+    """Why a render failed, in the shape of the error envelope's `error` object."""
+
+    code: str
+    message: str
+    details: dict[str, object]
+    timestamp: str | None
+    recoverable: bool
+    status: int
+    request_id: str | None
+    doc_url: str
+
+
+class RenderOut(BaseModel):
+    """A render: settings, status, progress and outcome."""
+
+    id: int
+    upload_id: int
+    preset: str
+    resolution: str
+    fps: int
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: int
+    video: RenderVideoOut | None
+    error: RenderErrorOut | None
+    credit_refunded: bool
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class RenderEnvelope(BaseModel):
+    """A render wrapped in `render`."""
+
+    render: RenderOut
+
+
+class RenderList(BaseModel):
+    """The caller's renders, newest first."""
+
+    renders: list[RenderOut]
+
+
+class RenderDownloadOut(BaseModel):
+    """A short-lived URL that downloads the video."""
+
+    url: str
+    expires_in: int

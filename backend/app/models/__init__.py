@@ -3,6 +3,7 @@
 from .billing import CreditAccount, CreditEntry, ProcessedStripeEvent
 from .error_event import ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
 from .job import Job, JobStep, JobWorker
+from .media import Render, Upload
 from .outbox import EmailOutbox, PendingSync
 from .user import RevokedToken, User
 
@@ -20,6 +21,8 @@ __all__ = [
     "JobWorker",
     "PendingSync",
     "ProcessedStripeEvent",
+    "Render",
     "RevokedToken",
+    "Upload",
     "User",
 ]

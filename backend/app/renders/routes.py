@@ -1,0 +1,190 @@
+"""Views: upload audio, start a render, follow it, download the video."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import current_app, redirect, request
+from flask_jwt_extended import current_user
+from sqlalchemy import select
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import secure_filename
+from werkzeug.wrappers import Response
+
+from ..auth.decorators import login_required
+from ..errors import ConflictError, FileError, FileSizeError, NotFoundError, ValidationError
+from ..extensions import db
+from ..models.media import SUCCEEDED, Render, Upload
+from ..openapi import documented
+from ..rate_limits import rate_limited
+from ..request_context import get_request_id
+from ..schemas import RenderDownloadOut, RenderEnvelope, RenderList, RenderRequest, UploadEnvelope, UploadForm
+from ..services import get_storage
+from ..services.audio import inspect_audio
+from ..services.rendering import RenderSpec, ffmpeg_binary
+from ..validation import parse_json
+from . import bp
+from .runner import dispatch_render, queue_render
+
+# Room for the multipart boundary and part headers around the file itself.
+MULTIPART_SLACK = 64 * 1024
+MAX_FILENAME = 200
+
+
+def _too_large() -> FileSizeError:
+    limit_mb = int(current_app.config["MAX_UPLOAD_MB"])
+    return FileSizeError(
+        f"The file is larger than the {limit_mb} MB upload limit.",
+        details={"max_mb": limit_mb, "max_bytes": limit_mb * 1024 * 1024},
+    )
+
+
+def _read_upload() -> tuple[bytes, str]:
+    """The uploaded file's bytes and sanitised name, or FILE_MISSING / FILE_TOO_LARGE."""
+    limit = int(current_app.config["MAX_UPLOAD_MB"]) * 1024 * 1024
+    if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
+        raise _too_large()  # refuse before reading the body
+    try:
+        upload = request.files.get("file")
+    except RequestEntityTooLarge as exc:  # a chunked body that outgrew MAX_CONTENT_LENGTH while parsing
+        raise _too_large() from exc
+    if upload is None:
+        raise FileError(
+            "Send the audio as multipart/form-data in the field `file`.",
+            code="FILE_MISSING",
+            details={"field": "file", "received": request.mimetype or None},
+        )
+    data = upload.stream.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large()
+    name = secure_filename(upload.filename or "")[-MAX_FILENAME:] or "upload"
+    return data, name
+
+
+@bp.post("/api/uploads")
+@documented(
+    "Upload an audio file (recognised by content); the response says where it was stored",
+    tag="uploads",
+    request=UploadForm,
+    request_content="multipart/form-data",
+    responses={201: UploadEnvelope},
+    auth="user",
+    errors=(400, 413, 503),
+)
+@rate_limited("RATELIMIT_UPLOAD")
+@login_required
+def create_upload() -> tuple[dict[str, Any], int]:
+    """Check the audio by content, store it, and say where it went (`location`, `degraded`)."""
+    data, filename = _read_upload()
+    cfg = current_app.config
+    info = inspect_audio(
+        data,
+        ffmpeg=ffmpeg_binary(cfg),
+        timeout=float(cfg["AUDIO_PROBE_TIMEOUT_SECONDS"]),
+        work_dir=cfg.get("RENDER_WORK_DIR") or None,
+    )
+    key = f"uploads/{current_user.id}/{uuid.uuid4().hex}.{info.format.extension}"
+    stored = get_storage().save(key, data, info.format.content_type)
+    upload = Upload(
+        user_id=current_user.id,
+        filename=filename,
+        format=info.format.name,
+        content_type=info.format.content_type,
+        size=stored.size,
+        duration_seconds=info.duration_seconds,
+        storage_key=stored.key,
+        location=stored.location,
+        degraded=stored.degraded,
+    )
+    db.session.add(upload)
+    db.session.commit()
+    return {"upload": upload.to_dict()}, 201
+
+
+def _own(model: type[Upload] | type[Render], object_id: int, what: str) -> Any:
+    """The caller's object, or 404 (someone else's is indistinguishable from a missing one)."""
+    found = db.session.get(model, object_id)
+    if found is None or found.user_id != current_user.id:
+        raise NotFoundError(f"No such {what}.", details={"id": object_id})
+    return found
+
+
+@bp.post("/api/renders")
+@documented(
+    "Start a render of an upload (one render credit); 202 with the queued render",
+    tag="renders",
+    request=RenderRequest,
+    responses={202: RenderEnvelope},
+    auth="user",
+    errors=(402, 404, 503),
+)
+@rate_limited("RATELIMIT_RENDER")
+@login_required
+def create_render() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue a render: checks resources, spends a credit, then renders in the background."""
+    body = parse_json(RenderRequest)
+    upload = _own(Upload, body.upload_id, "upload")
+    spec = RenderSpec.parse(body.preset, body.resolution, body.fps)
+    render = queue_render(current_user.id, upload, spec, request_id=get_request_id())
+    dispatch_render(render.id)
+    return {"render": render.to_dict()}, 202, {"Location": f"/api/renders/{render.id}"}
+
+
+@bp.get("/api/renders")
+@documented(
+    "List your renders, newest first",
+    tag="renders",
+    responses={200: RenderList},
+    auth="user",
+    query=(("limit", "integer", "How many (1-100, default 50)"),),
+)
+@login_required
+def list_renders() -> dict[str, Any]:
+    """The caller's renders, newest first."""
+    limit = request.args.get("limit", default=50, type=int)
+    if limit is None or not 1 <= limit <= 100:
+        raise ValidationError("limit must be between 1 and 100.", field="limit")
+    rows = db.session.scalars(
+        select(Render).where(Render.user_id == current_user.id).order_by(Render.id.desc()).limit(limit)
+    ).all()
+    return {"renders": [row.to_dict() for row in rows]}
+
+
+@bp.get("/api/renders/<int:render_id>")
+@documented(
+    "A render's status, progress and, when it failed, the error",
+    tag="renders",
+    responses={200: RenderEnvelope},
+    auth="user",
+    errors=(404,),
+)
+@login_required
+def get_render(render_id: int) -> dict[str, Any]:
+    """Status (queued, running, succeeded, failed), progress percent, the video or the error."""
+    return {"render": _own(Render, render_id, "render").to_dict()}
+
+
+@bp.get("/api/renders/<int:render_id>/download")
+@documented(
+    "A short-lived download URL for a finished render (302 to it with ?redirect=true)",
+    tag="renders",
+    responses={200: RenderDownloadOut, 302: None},
+    auth="user",
+    errors=(404, 409, 503),
+    query=(("redirect", "boolean", "Answer 302 to the URL instead of JSON"),),
+)
+@login_required
+def download_render(render_id: int) -> dict[str, Any] | Response:
+    """The video's URL from storage (bucket signed URL or app-signed local URL); 409 until it succeeded."""
+    render = _own(Render, render_id, "render")
+    if render.status != SUCCEEDED or not render.video_key:
+        raise ConflictError(
+            "The render has not succeeded; there is nothing to download.",
+            details={"status": render.status, "progress": render.progress},
+        )
+    expires_in = int(current_app.config["RENDER_DOWNLOAD_URL_SECONDS"])
+    url = get_storage().download_url(render.video_key, expires_in=expires_in)
+    if request.args.get("redirect", "").lower() in {"1", "true", "yes"}:
+        return redirect(url, code=302)
+    return {"url": url, "expires_in": expires_in}
