@@ -38,6 +38,16 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
 def normalise_database_url(url: str) -> str:
     """Use the psycopg 3 driver for plain `postgres://` and `postgresql://` URLs."""
     for prefix in ("postgres://", "postgresql://"):
@@ -76,6 +86,18 @@ class Config:
     SENDGRID_API_HOST: str | None = None
     MAX_UPLOAD_MB = 50
     FREE_RENDER_CREDITS = 1
+    # External services (backend/app/services): explicit timeouts, since the SDK defaults hang (SPEC section 10).
+    STORAGE_BACKEND: str | None = None  # "gcs" or "local"; None: gcs when GCS_BUCKET is set, else local
+    LOCAL_STORAGE_DIR: str | None = None  # None: <instance>/storage
+    GCS_ENDPOINT: str | None = None  # overrides STORAGE_EMULATOR_HOST as the API endpoint
+    GCS_PROJECT: str | None = None
+    GCS_SIGNING_CREDENTIALS_FILE: str | None = None  # service-account JSON that signs download URLs
+    GCS_TIMEOUT = 10.0
+    STRIPE_TIMEOUT = 10.0
+    SENDGRID_TIMEOUT = 5.0
+    EMAIL_FROM = "no-reply@oriel.local"
+    PUBLIC_BASE_URL: str | None = None  # absolute links in emails and Checkout redirects
+    RENDER_PACKS: dict[str, tuple[int, int]] | str | None = None  # {"starter": (credits, cents)}; None: defaults
     RATELIMIT_ENABLED = True
     RATELIMIT_DEFAULT = "300 per minute"
     RATELIMIT_LOGIN = "10 per minute"
@@ -117,6 +139,14 @@ class Config:
             "STORAGE_EMULATOR_HOST",
             "SENDGRID_API_KEY",
             "SENDGRID_API_HOST",
+            "STORAGE_BACKEND",
+            "LOCAL_STORAGE_DIR",
+            "GCS_ENDPOINT",
+            "GCS_PROJECT",
+            "GCS_SIGNING_CREDENTIALS_FILE",
+            "EMAIL_FROM",
+            "PUBLIC_BASE_URL",
+            "RENDER_PACKS",
             "METRICS_TOKEN",
         ):
             if env.get(name):
@@ -129,6 +159,8 @@ class Config:
             cfg.ADMIN_EMAILS = frozenset(e.strip().lower() for e in env["ADMIN_EMAILS"].split(",") if e.strip())
         cfg.MAX_UPLOAD_MB = _int(env, "MAX_UPLOAD_MB", cfg.MAX_UPLOAD_MB)
         cfg.FREE_RENDER_CREDITS = _int(env, "FREE_RENDER_CREDITS", cfg.FREE_RENDER_CREDITS)
+        for name in ("GCS_TIMEOUT", "STRIPE_TIMEOUT", "SENDGRID_TIMEOUT"):
+            setattr(cfg, name, _float(env, name, getattr(cfg, name)))
         cfg.RATELIMIT_ENABLED = _bool(env.get("RATELIMIT_ENABLED"), cfg.RATELIMIT_ENABLED)
         cfg.LOG_MAX_BYTES = _int(env, "LOG_MAX_BYTES", cfg.LOG_MAX_BYTES)
         cfg.LOG_BACKUP_COUNT = _int(env, "LOG_BACKUP_COUNT", cfg.LOG_BACKUP_COUNT)

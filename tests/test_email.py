@@ -145,3 +145,27 @@ def test_template_helpers_send_with_stable_dedup_keys(
     assert sendgrid_peer.count(custom_arg=("dedup_key", "render-finished:9")) == 1
     assert sendgrid_peer.count(custom_arg=("dedup_key", "render-failed:10")) == 1
     assert sendgrid_peer.count(custom_arg=("dedup_key", "receipt:cs_9")) == 1
+
+
+def test_the_periodic_outbox_job_sends_queued_email_through_the_job_worker(
+    make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer
+) -> None:
+    from backend.app.jobs.records import enqueue
+    from backend.app.jobs.registry import REGISTRY
+    from backend.app.jobs.worker import Worker, WorkerOptions
+
+    assert {"email.outbox", "storage.sync"} <= {p.name for p in REGISTRY.periodic()}
+    app = email_app(make_app, sendgrid_peer.url)
+    with app.app_context():
+        sendgrid_peer.fail_next(503, "try later", times=3)  # the first try and both retries
+        assert get_email().send("late@example.com", "Hi", "Body", dedup_key="late").status == "queued"
+        job = enqueue("email.outbox", {})
+        job_id = job.id
+    options = WorkerOptions(install_signals=False, schedule=False, drain=True, poll_seconds=0.02, max_seconds=20.0)
+    assert Worker(app, options).run() == 1
+    with app.app_context():
+        from backend.app.models import Job
+
+        assert db.session.get(Job, job_id).status == "succeeded"
+        assert get_email().outbox_count() == 0
+    assert sendgrid_peer.count(custom_arg=("dedup_key", "late")) == 1

@@ -91,7 +91,7 @@ class EmailService:
         return cls(
             api_key=config.get("SENDGRID_API_KEY") or None,
             host=config.get("SENDGRID_API_HOST") or None,
-            timeout=float(config.get("SENDGRID_TIMEOUT", 10.0)),
+            timeout=float(config.get("SENDGRID_TIMEOUT", 5.0)),
             from_email=config.get("EMAIL_FROM") or "no-reply@oriel.local",
             max_retries=int(config.get("SENDGRID_MAX_RETRIES", 2)),
             max_attempts=int(config.get("EMAIL_MAX_ATTEMPTS", 10)),
