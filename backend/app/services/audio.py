@@ -117,7 +117,8 @@ def _duration_from(stdout: bytes, stderr: bytes) -> float:
 
 def probe(path: Path, fmt: AudioFormat, *, ffmpeg: str, timeout: float = 60.0) -> AudioInfo:
     """Decode `path` fully as `fmt` (FFmpeg null muxer): its duration, or `FILE_INVALID`."""
-    command = [ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-xerror", "-f", fmt.demuxer, "-i", str(path)]
+    command = [ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-xerror", "-f", fmt.demuxer]
+    command += ["-protocol_whitelist", "file", "-i", str(path)]  # local files only, whatever the content says
     command += ["-map", "0:a:0", "-vn", "-f", "null", "-progress", "pipe:1", "-"]
     try:
         result = subprocess.run(command, capture_output=True, timeout=timeout, check=False)

@@ -302,7 +302,9 @@ def build_command(
     command = [ffmpeg, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-y"]
     if demuxer:
         command += ["-f", demuxer]  # the format the content was recognised as, never a guess from the name
-    command += ["-i", str(audio_path), "-filter_complex", spec.filter_graph(), "-map", "[v]", "-map", "0:a:0"]
+    # Local files only: a crafted input cannot make FFmpeg fetch URLs or open other protocols.
+    command += ["-protocol_whitelist", "file", "-i", str(audio_path)]
+    command += ["-filter_complex", spec.filter_graph(), "-map", "[v]", "-map", "0:a:0"]
     command += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"]
     command += ["-c:a", "aac", "-b:a", f"{AUDIO_BITRATE_KBPS}k", "-shortest", "-movflags", "+faststart"]
     # Progress every 0.25 s (FFmpeg's default is 0.5 s): short renders still show movement.
