@@ -58,12 +58,15 @@ def recorder(app: Flask) -> list[RecoveryEvent]:
     return events
 
 
-def check_call(events: list[RecoveryEvent], operation: str, fault: str, outcome: str) -> None:
+def check_call(events: list[RecoveryEvent], operation: str, fault: str, outcome: str, proxy: FaultProxy) -> None:
     kind, attempts, _ = expected(fault)
     [event] = [e for e in events if e.operation == operation]
     assert event.outcome == outcome, event
     assert event.error is not None and classify(event.error).kind is kind, (event.error, classify(event.error))
     assert event.attempts == attempts, event
+    if fault != "down":  # refused connections never reach the proxy
+        # What reached the wire: our attempts and no more (the SDKs' own retries are off).
+        assert proxy.counts.get("hang" if fault == "hang" else "status") == attempts, proxy.counts
 
 
 def wait_for_trial() -> None:
@@ -89,7 +92,7 @@ def test_stripe_checkout_under_fault(
 
     response = client.post("/api/payments/checkout", json={"pack": "starter"}, headers=headers)
 
-    check_call(events, "create_checkout_session", fault, "error")
+    check_call(events, "create_checkout_session", fault, "error", proxy)
     _, _, breaker = expected(fault)
     if fault == "400":
         assert_error(response, 402, "STRIPE_ERROR")
@@ -149,7 +152,7 @@ def test_storage_save_under_fault(
         # The user's upload is kept and the response says where, and that a fallback served.
         assert (stored.location, stored.degraded, stored.size) == ("local", True, 6 + len(fault))
         assert degraded_services() == ["storage"]
-        check_call(events, "upload", fault, "fallback")
+        check_call(events, "upload", fault, "fallback", proxy)
         assert get_breaker("storage").state.value == breaker
         assert storage.pending_sync_count() == 1
         assert storage.read(f"renders/{fault}.mp4") == b"video:" + fault.encode()
@@ -193,7 +196,7 @@ def test_email_send_under_fault(
         result = email.send("user@example.com", "Your video is ready", "Download it", dedup_key=keys[0])
         assert (result.status, result.degraded) == ("queued", True)  # kept, and the caller is told so
         assert degraded_services() == ["email"]
-        check_call(events, "send", fault, "fallback")
+        check_call(events, "send", fault, "fallback", proxy)
         assert get_breaker("email").state.value == breaker
         if breaker == "open":
             keys.append(f"matrix-{fault}-2")

@@ -159,3 +159,62 @@ def test_fallback_files_reach_the_bucket_once_and_sync_is_idempotent(
 def test_storage_service_rejects_an_unknown_backend(tmp_path: Any) -> None:
     with pytest.raises(ValueError):
         StorageService(backend="s3", local_dir=tmp_path)
+
+
+class _FakeBlob:
+    """Records the keyword arguments of every SDK call (unit test: SPEC section 10's timeout/retry trap)."""
+
+    def __init__(self, calls: list[tuple[str, dict[str, Any]]]) -> None:
+        self.calls = calls
+
+    def upload_from_string(self, data: bytes, **kwargs: Any) -> None:
+        self.calls.append(("upload", kwargs))
+
+    def download_as_bytes(self, **kwargs: Any) -> bytes:
+        self.calls.append(("download", kwargs))
+        return b"data"
+
+    def exists(self, **kwargs: Any) -> bool:
+        self.calls.append(("exists", kwargs))
+        return True
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def bucket(self, name: str) -> Any:
+        client = self
+
+        class Bucket:
+            def blob(self, key: str) -> _FakeBlob:
+                return _FakeBlob(client.calls)
+
+        return Bucket()
+
+
+def test_every_bucket_call_passes_an_explicit_timeout_and_no_sdk_retry(app: Flask, tmp_path: Any) -> None:
+    fake = _FakeClient()
+    service = StorageService(backend="gcs", local_dir=tmp_path, bucket="b", timeout=1.5, client=fake)
+    with app.app_context():
+        assert service.save("a/b.bin", b"x", "application/octet-stream").location == "bucket"
+        assert service.read("a/b.bin") == b"data"
+        assert service.exists("a/b.bin") is True
+    assert [name for name, _ in fake.calls] == ["upload", "download", "exists"]
+    for _, kwargs in fake.calls:
+        assert kwargs["timeout"] == 1.5 and kwargs["retry"] is None  # never the SDK's 2-minute default
+
+
+def test_sdk_clients_are_built_with_timeouts_and_without_their_own_retries(make_app: Callable[..., Flask]) -> None:
+    from backend.app.services import get_email, get_payments
+
+    app = make_app(
+        STRIPE_API_KEY="sk_test_x", STRIPE_TIMEOUT=3.0, SENDGRID_API_KEY="SG.x", SENDGRID_TIMEOUT=2.0,
+        SENDGRID_API_HOST="http://127.0.0.1:9",
+    )  # fmt: skip
+    with app.app_context():
+        stripe_client = get_payments()._sdk()
+        assert stripe_client._requestor._options.max_network_retries == 0
+        assert stripe_client._requestor._client._timeout == 3.0
+        assert get_email()._sdk().client.timeout == 2.0
+        assert get_email()._sdk().host == "http://127.0.0.1:9"
