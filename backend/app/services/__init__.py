@@ -78,7 +78,10 @@ def init_services(app: Flask) -> Services:
     """Register the lazy adapters, the payments and download blueprints and the `flask services` commands."""
     from ..downloads import bp as downloads_bp
     from ..payments import bp as payments_bp
-    from . import jobs  # noqa: F401 - registers the periodic storage sync and email outbox jobs
+    from . import (
+        jobs,  # noqa: F401 - registers the periodic storage sync and email outbox jobs
+        stripe_payments,  # noqa: F401 - registers its error codes in the catalog (the SDK stays unloaded)
+    )
 
     services = Services(app)
     app.extensions["services"] = services
