@@ -203,3 +203,23 @@ def test_storage_losing_the_upload_fails_the_render_with_not_found_and_refunds(
     assert client.get(f"/api/renders/{render_id}", headers=bearer(token)).get_json()["render"]["error"]["code"] == (
         "NOT_FOUND"
     )
+
+
+def test_a_bug_during_the_render_fails_it_without_leaking_refunds_and_reraises(
+    fault_app: Flask, audio_files: AudioFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = fault_app.test_client()
+    user_id, [render_id] = queue_renders(fault_app, client, audio_files.make("wav").read_bytes(), 1)
+
+    def broken_renderer() -> Renderer:
+        raise KeyError("internal-detail-42")
+
+    monkeypatch.setattr("backend.app.renders.runner.get_renderer", broken_renderer)
+    with fault_app.app_context():
+        with pytest.raises(KeyError):
+            run_render(render_id)
+        assert credits.balance(user_id) == 1
+    token = login(client, "faults@example.com")["access_token"]
+    error = client.get(f"/api/renders/{render_id}", headers=bearer(token)).get_json()["render"]["error"]
+    assert error["code"] == "INTERNAL_ERROR" and error["status"] == 500
+    assert "internal-detail-42" not in str(error) and "KeyError" not in str(error)

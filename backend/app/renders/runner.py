@@ -117,9 +117,10 @@ def run_render(render_id: int, *, final_attempt: bool = True) -> None:
                 raise
             _finish_failed(work, exc)
             return
-        except Exception as exc:
+        except Exception:
             logger.exception("Render %s crashed", render_id)
-            _finish_failed(work, APIError(UNEXPECTED_MESSAGE, details={"exc_type": type(exc).__name__}))
+            # The user sees only that it was unexpected (as a 500 would say); the traceback is in errors.log.
+            _finish_failed(work, APIError(UNEXPECTED_MESSAGE))
             raise
         _finish_succeeded(work, stored_key, size, location, degraded)
 
