@@ -338,3 +338,51 @@ def test_failure_compensation_happens_once_on_postgresql(pg_app: Flask, audio_fi
     assert refunds == 1
     assert user.get(render_id)["error"]["code"] == "FFMPEG_ERROR"
     assert balance(pg_app, user.id) == 1
+
+
+def test_progress_is_persisted_while_the_render_runs(make_app: Callable[..., Flask], audio_files: AudioFactory) -> None:
+    app = render_app(make_app, RENDER_PROGRESS_INTERVAL_SECONDS=0)
+    user = User(app.test_client(), "kim@example.com")
+    upload_id = user.upload(audio_files.make("wav", seconds=12).read_bytes(), "a.wav")
+    render_id = user.start(upload_id, preset="cqt", resolution="640x360", fps=30).get_json()["render"]["id"]
+    observed = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        render = user.get(render_id)
+        observed.append((render["status"], render["progress"]))
+        if render["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.02)
+    wait_for_renders(app)
+    assert observed[-1] == ("succeeded", 100)
+    running = [p for status, p in observed if status == "running"]
+    assert any(0 < p < 100 for p in running), observed
+    assert running == sorted(running), "progress never goes backwards"
+
+
+def test_the_video_goes_to_the_bucket_and_downloads_by_signed_url(
+    make_app: Callable[..., Flask],
+    gcs_emulator: Any,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+    audio_files: AudioFactory,
+) -> None:
+    app = render_app(
+        make_app,
+        RENDER_DISPATCH="none",
+        GCS_BUCKET=gcs_bucket,
+        GCS_ENDPOINT=gcs_emulator.url,
+        GCS_TIMEOUT=2.0,
+        GCS_SIGNING_CREDENTIALS=gcs_signing_credentials,
+    )
+    user = User(app.test_client(), "lee@example.com")
+    render_id = user.start(user.upload(audio_files.make("mp3").read_bytes())).get_json()["render"]["id"]
+    with app.app_context():
+        run_render(render_id)
+    render = user.get(render_id)
+    assert render["status"] == "succeeded"
+    assert render["video"]["location"] == "bucket" and render["video"]["degraded"] is False
+    blob = gcs_emulator.client().bucket(gcs_bucket).blob(f"renders/{render_id}.mp4")
+    assert len(blob.download_as_bytes(timeout=5, retry=None)) == render["video"]["size"]
+    url = user.client.get(f"/api/renders/{render_id}/download", headers=user.headers).get_json()["url"]
+    assert url.startswith(gcs_emulator.url) and "X-Goog-Signature=" in url
