@@ -218,3 +218,24 @@ def test_sdk_clients_are_built_with_timeouts_and_without_their_own_retries(make_
         assert stripe_client._requestor._client._timeout == 3.0
         assert get_email()._sdk().client.timeout == 2.0
         assert get_email()._sdk().host == "http://127.0.0.1:9"
+
+
+def test_probe_reports_the_bucket_live_and_raises_when_it_is_down(
+    make_app: Callable[..., Flask],
+    make_fault_proxy: Callable[..., Any],
+    gcs_emulator: GCSEmulator,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+    tmp_path: Any,
+) -> None:
+    proxy = make_fault_proxy(gcs_emulator.url, max_hold=5.0)
+    app = gcs_app(make_app, proxy.url, gcs_bucket, gcs_signing_credentials)
+    with app.app_context():
+        assert get_storage().probe() == {"configured": True, "backend": "gcs", "status": "ok", "bucket_exists": True}
+        proxy.down()
+        with pytest.raises(requests.ConnectionError):
+            get_storage().probe()
+        assert get_breaker("storage").state.value == "closed"  # a health check never trips the breaker
+    local = make_app(LOCAL_STORAGE_DIR=str(tmp_path / "files"))
+    with local.app_context():
+        assert get_storage().probe() == {"configured": True, "backend": "local", "status": "ok"}

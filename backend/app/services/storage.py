@@ -276,6 +276,22 @@ class StorageService:
             info["pending_sync"] = self.pending_sync_count()
         return info
 
+    def probe(self, timeout: float = 2.0) -> dict[str, Any]:
+        """A live check for the health endpoint: the bucket answers (gcs), or the directory is writable (local).
+
+        It calls the SDK directly, outside the breaker: a health check must see the service, not the breaker's
+        memory of it. Failures raise (the health prober reports their type).
+        """
+        info = {"configured": self.configured, "backend": self.backend}
+        if self.backend == "local":
+            self.local_dir.mkdir(parents=True, exist_ok=True)
+            writable = os.access(self.local_dir, os.W_OK)
+            return {**info, "status": "ok" if writable else "error"}
+        if not self.configured:
+            return {**info, "status": "not_configured"}
+        found = self._bucket().exists(timeout=min(timeout, self.timeout), retry=None)
+        return {**info, "status": "ok" if found else "error", "bucket_exists": found}
+
     # -- the bucket -------------------------------------------------------------------------------------------
 
     def _require_bucket(self) -> None:

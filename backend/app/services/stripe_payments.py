@@ -13,7 +13,8 @@ Stripe exceptions are translated once, in `translate_stripe_error`:
 | AuthenticationError, PermissionError | `PaymentsUnavailableError`, logged CRITICAL, details hidden | 503 |
 | RateLimitError (after our retries) | `PaymentsUnavailableError` with `retry_after` | 503 |
 | APIConnectionError, APIError 5xx (after retries) | `PaymentsUnavailableError` (recoverable) | 503 |
-| InvalidRequestError, IdempotencyError | `StripeError` STRIPE_ERROR, logged ERROR (our request is wrong) | 402 |
+| IdempotencyError (a client key reused with other parameters) | `IdempotencyKeyReusedError` | 409 |
+| InvalidRequestError | `StripeError` STRIPE_ERROR, logged ERROR (our request is wrong) | 402 |
 
 The retry layer classifies the raw Stripe exceptions (declines and auth problems are permanent and
 never trip the `stripe` breaker; rate limits are throttled; connection problems transient).
@@ -28,7 +29,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import APIError, BadRequestError, ExternalServiceError, PaymentError, StripeError, ValidationError
+from ..errors import (
+    APIError,
+    BadRequestError,
+    ConflictError,
+    ExternalServiceError,
+    PaymentError,
+    StripeError,
+    ValidationError,
+)
 from ..utils.classifier import classify
 from ..utils.error_recovery import call_with_recovery, get_breaker
 
@@ -42,6 +51,12 @@ class PaymentsUnavailableError(ExternalServiceError):
     """Payments are unavailable right now; retry later."""
 
     code = "PAYMENTS_UNAVAILABLE"
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    """This Idempotency-Key was already used for a different request; use a new key."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
 
 
 class WebhookSignatureError(BadRequestError):
@@ -99,7 +114,12 @@ def translate_stripe_error(exc: BaseException) -> APIError:
         return PaymentsUnavailableError(
             "Payments are unavailable right now. Retry later.", details={"service": SERVICE}, recoverable=False
         )
-    if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError):
+    if isinstance(exc, stripe.IdempotencyError):
+        return IdempotencyKeyReusedError(
+            "This Idempotency-Key was already used for a different request; use a new key.",
+            details={"service": SERVICE},
+        )
+    if isinstance(exc, stripe.InvalidRequestError):
         logger.error(
             "Stripe refused our request: %s (param %s, request %s)",
             getattr(exc, "code", None) or type(exc).__name__,
