@@ -26,6 +26,7 @@ from tests.contract import assert_error, assert_no_leak
 #: JSON bodies for POST endpoints that need one (endpoint name → body).
 BODIES: dict[str, dict[str, Any]] = {
     "dead_letters.requeue_matching_view": {"kind": "maintenance.noop"},
+    "monitoring.add_fault": {"service": "storage", "mode": "fail", "rate": 0.0, "duration_seconds": 5},
 }
 
 

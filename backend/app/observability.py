@@ -6,9 +6,11 @@ from flask import Flask
 
 from .metrics import init_metrics
 from .monitoring.health import init_service_health
+from .utils.fault_injection import init_fault_injection
 
 
 def init_observability(app: Flask) -> None:
-    """Health prober, call history and metrics (after `init_resilience`: they listen to the breakers)."""
+    """Health prober, call history, metrics, fault injection (after `init_resilience`: they listen to breakers)."""
     init_service_health(app)
     init_metrics(app)
+    init_fault_injection(app)

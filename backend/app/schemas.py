@@ -604,3 +604,40 @@ class RenderDownloadOut(BaseModel):
 
     url: str
     expires_in: int
+
+
+# --- Fault injection (monitoring) --------------------------------------------------------------------
+
+
+class FaultRuleRequest(StrictModel):
+    """Make a service fail, slow down or answer with a status, at a rate, for a bounded time."""
+
+    service: str = Field(min_length=1, max_length=64)
+    mode: Literal["fail", "slow", "status"]
+    rate: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of calls that get the fault")
+    delay_seconds: float = Field(default=1.0, ge=0.0, le=30.0, description="For mode=slow")
+    status: int = Field(default=503, ge=400, le=599, description="For mode=status")
+    operation: str | None = Field(default=None, max_length=64, description="Only this operation (default: all)")
+    duration_seconds: float = Field(default=300.0, ge=1.0, le=3600.0, description="The rule expires after this")
+
+
+class FaultRuleOut(BaseModel):
+    """A live fault rule."""
+
+    service: str
+    mode: str
+    rate: float
+    delay_seconds: float
+    status: int
+    operation: str | None
+    expires_at: float
+    expires_in_seconds: float
+
+
+class FaultListOut(BaseModel):
+    """Live rules of the process that answered, and how many faults each service got."""
+
+    enabled: bool
+    scope: Literal["process"]
+    rules: list[FaultRuleOut]
+    injected: dict[str, int]

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app
 from flask_jwt_extended import current_user
 from sqlalchemy import text
 
-from ...logging_config import sink_status
+from ...logging_config import log_security_event, sink_status
 from ..auth.decorators import admin_required
 from ..error_handlers import utc_timestamp
 from ..errors import NotFoundError, ValidationError
@@ -22,11 +22,16 @@ from ..schemas import (
     BreakerActionOut,
     BreakerListOut,
     ErrorStatsOut,
+    FaultListOut,
+    FaultRuleRequest,
     HealthCheckOut,
     RecentErrorsOut,
     ServicesHealthOut,
 )
 from ..utils.circuit_breaker import BreakerRegistry, CircuitBreaker
+from ..utils.fault_injection import EXTENSION as FAULTS
+from ..utils.fault_injection import FaultInjectionDisabledError, FaultInjector, make_rule
+from ..validation import parse_json
 
 bp = Blueprint("monitoring", __name__, url_prefix="/admin/api/monitoring")
 
@@ -208,3 +213,109 @@ def disable_breaker(service: str) -> dict[str, Any]:
 def enable_breaker(service: str) -> dict[str, Any]:
     """Return the breaker to normal operation (a reset)."""
     return _action("reset", [_breaker(service)])
+
+
+def _injector() -> FaultInjector:
+    injector: FaultInjector = current_app.extensions[FAULTS]
+    if not injector.enabled:
+        raise FaultInjectionDisabledError("Fault injection is disabled on this server.")
+    return injector
+
+
+def _faults(injector: FaultInjector) -> dict[str, Any]:
+    return {
+        "enabled": injector.enabled,
+        "scope": "process",
+        "rules": injector.rules(),
+        "injected": dict(injector.injected),
+    }
+
+
+@bp.get("/faults")
+@documented(
+    "Live fault-injection rules of the answering process",
+    tag="monitoring",
+    responses={200: FaultListOut},
+    auth="admin",
+    errors=(403,),
+)
+@admin_required
+def list_faults() -> dict[str, Any]:
+    """The rules (refused unless FAULT_INJECTION_ENABLED, and always in production)."""
+    return _faults(_injector())
+
+
+@bp.post("/faults")
+@documented(
+    "Inject a fault: make a service fail, slow down or answer a status, at a rate, for a bounded time",
+    tag="monitoring",
+    request=FaultRuleRequest,
+    responses={201: FaultListOut},
+    auth="admin",
+    errors=(403, 404, 422),
+)
+@admin_required
+def add_fault() -> tuple[dict[str, Any], int]:
+    """Add or replace the service's rule; it goes through breakers, retries and fallbacks like a real fault."""
+    injector = _injector()
+    body = parse_json(FaultRuleRequest)
+    _breaker(body.service)  # only known services: 404 otherwise
+    rule = make_rule(
+        body.service,
+        body.mode,
+        rate=body.rate,
+        delay_seconds=body.delay_seconds,
+        status=body.status,
+        operation=body.operation,
+        duration_seconds=body.duration_seconds,
+    )
+    injector.add(rule)
+    log_security_event(
+        "fault_injected",
+        f"Fault injection on {body.service}: {body.mode} by {_actor()}",
+        user_id=current_user.id,
+        service=body.service,
+        mode=body.mode,
+        rate=body.rate,
+        status=body.status,
+        delay_seconds=body.delay_seconds,
+        duration_seconds=body.duration_seconds,
+    )
+    return _faults(injector), 201
+
+
+@bp.delete("/faults")
+@documented("Remove every fault rule", tag="monitoring", responses={200: FaultListOut}, auth="admin", errors=(403,))
+@admin_required
+def clear_faults() -> dict[str, Any]:
+    """Stop every injected fault in this process."""
+    injector = _injector()
+    removed = injector.clear()
+    log_security_event(
+        "faults_cleared", f"Fault injection cleared by {_actor()}", user_id=current_user.id, removed=removed
+    )
+    return _faults(injector)
+
+
+@bp.delete("/faults/<service>")
+@documented(
+    "Remove one service's fault rule",
+    tag="monitoring",
+    responses={200: FaultListOut},
+    auth="admin",
+    errors=(403, 404),
+)
+@admin_required
+def clear_fault(service: str) -> dict[str, Any]:
+    """Stop the service's injected fault in this process."""
+    injector = _injector()
+    _breaker(service)
+    removed = injector.clear(service)
+    log_security_event(
+        "fault_cleared",
+        f"Fault injection on {service} cleared by {_actor()}",
+        user_id=current_user.id,
+        service=service,
+        removed=removed,
+    )
+    return _faults(injector)

@@ -46,6 +46,7 @@ from .circuit_breaker import (
     LoggingListener,
 )
 from .classifier import Classification, ErrorKind, classify, is_breaker_failure, parse_retry_after
+from .fault_injection import wrap as inject_fault
 from .resilience import (
     RecoveryEvent,
     Resilience,
@@ -144,7 +145,8 @@ def call_with_recovery(
     started = time.perf_counter()
     try:
         result = call_with_retry(
-            lambda: breaker.call(fn, *args, **kwargs),
+            # Each attempt asks the fault injector (tests, staging): a no-op unless a rule fires.
+            lambda: breaker.call(inject_fault(service, operation, fn), *args, **kwargs),
             policy=policy,
             sleep=res.sleep,
             clock=res.clock,

@@ -1,0 +1,204 @@
+"""Fault injection for tests and staging (seed 003's chaos monkey, made safe).
+
+An admin adds a rule: make service X fail (connection refused), slow down (sleep, then call) or
+answer with a given HTTP status, at a given rate, for a bounded time. `call_with_recovery` wraps
+each guarded call with `wrap(service, operation, fn)`, so an injected fault goes through exactly
+what a real one would: the breaker counts it, the classifier judges it, retries and fallbacks run.
+
+Safety: rules can only be added when `FAULT_INJECTION_ENABLED` is set, never in the production
+config (`ENV_NAME == "production"`), whatever the flag says; every rule expires (at most an
+hour); delays are capped at 30 s. Rules live in this process's memory: with several workers, each
+worker has its own rules (the admin endpoint says so), which is what a test or a single staging
+process needs and cannot leak across a fleet by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, TypeVar
+
+from flask import Flask, current_app, has_app_context
+
+from ..errors import AuthorizationError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+EXTENSION = "fault_injection"
+MAX_DELAY_SECONDS = 30.0
+MAX_DURATION_SECONDS = 3600.0
+Mode = Literal["fail", "slow", "status"]
+
+
+class FaultInjectionDisabledError(AuthorizationError):
+    """Fault injection is turned off on this server (always in production)."""
+
+    code = "FAULT_INJECTION_DISABLED"
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """One injected fault: which service (and optionally operation), how, how often, until when."""
+
+    service: str
+    mode: Mode
+    rate: float = 1.0
+    delay_seconds: float = 0.0
+    status: int = 503
+    operation: str | None = None
+    expires_at: float = 0.0  # wall clock
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """JSON-ready form with the seconds left."""
+        data = asdict(self)
+        data["expires_in_seconds"] = max(0, round(self.expires_at - now, 1))
+        return data
+
+
+class InjectedConnectionError(ConnectionError):
+    """A connection failure injected on purpose (classified like a refused connection)."""
+
+
+def _http_error(status: int, service: str) -> Exception:
+    import requests  # a real HTTPError with a real Response, so the classifier judges it like any other
+
+    response = requests.Response()
+    response.status_code = status
+    response.reason = "Injected fault"
+    if status == 429:
+        response.headers["Retry-After"] = "1"
+    return requests.HTTPError(f"{status} injected fault for {service}", response=response)
+
+
+class FaultInjector:
+    """The rules of one app, consulted on every guarded call (a dict lookup when there are none)."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.enabled = enabled
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._clock = clock
+        self._rules: dict[str, FaultRule] = {}
+        self._lock = threading.Lock()
+        self.injected: dict[str, int] = {}
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        """Add (or replace) the rule for the rule's service."""
+        if not self.enabled:
+            raise FaultInjectionDisabledError("Fault injection is disabled on this server.")
+        with self._lock:
+            self._rules[rule.service] = rule
+        logger.warning("Fault injection on %s: %s at rate %s", rule.service, rule.mode, rule.rate)
+        return rule
+
+    def clear(self, service: str | None = None) -> int:
+        """Remove one service's rule, or every rule; how many were removed."""
+        with self._lock:
+            if service is None:
+                removed = len(self._rules)
+                self._rules.clear()
+            else:
+                removed = 1 if self._rules.pop(service, None) is not None else 0
+        return removed
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every live rule (expired ones are dropped)."""
+        now = self._clock()
+        with self._lock:
+            for name in [n for n, r in self._rules.items() if r.expires_at <= now]:
+                del self._rules[name]
+            return [rule.as_dict(now) for rule in self._rules.values()]
+
+    def _rule_for(self, service: str, operation: str) -> FaultRule | None:
+        rule = self._rules.get(service)
+        if rule is None or (rule.operation is not None and rule.operation != operation):
+            return None
+        if rule.expires_at <= self._clock():
+            self.clear(service)
+            return None
+        return rule if self._rng.random() < rule.rate else None
+
+    def wrap(self, service: str, operation: str, fn: Callable[..., T]) -> Callable[..., T]:
+        """`fn`, or `fn` with the service's fault in front of it when a rule fires for this call."""
+        if not self._rules:
+            return fn
+        rule = self._rule_for(service, operation)
+        if rule is None:
+            return fn
+
+        def faulty(*args: Any, **kwargs: Any) -> T:
+            with self._lock:
+                self.injected[service] = self.injected.get(service, 0) + 1
+            if rule.mode == "slow":
+                self._sleep(rule.delay_seconds)
+                return fn(*args, **kwargs)
+            if rule.mode == "status":
+                raise _http_error(rule.status, service)
+            raise InjectedConnectionError(f"injected fault: {service} refused the connection")
+
+        return faulty
+
+
+def fault_injection_allowed(app: Flask) -> bool:
+    """Enabled by FAULT_INJECTION_ENABLED, and never in the production config."""
+    return bool(app.config.get("FAULT_INJECTION_ENABLED")) and app.config.get("ENV_NAME") != "production"
+
+
+def init_fault_injection(app: Flask) -> FaultInjector:
+    """Attach the app's injector (inert when fault injection is not allowed)."""
+    seed = app.config.get("FAULT_INJECTION_SEED")
+    injector = FaultInjector(
+        enabled=fault_injection_allowed(app), rng=random.Random(seed) if seed is not None else None
+    )
+    app.extensions[EXTENSION] = injector
+    return injector
+
+
+def current_injector() -> FaultInjector | None:
+    """The current app's injector, if any (None outside an app context)."""
+    if not has_app_context():
+        return None
+    return current_app.extensions.get(EXTENSION)
+
+
+def wrap(service: str, operation: str, fn: Callable[..., T]) -> Callable[..., T]:
+    """What `call_with_recovery` calls: `fn` unchanged unless a rule fires for this call."""
+    injector = current_injector()
+    if injector is None or not injector.enabled:
+        return fn
+    return injector.wrap(service, operation, fn)
+
+
+def make_rule(
+    service: str,
+    mode: Mode,
+    *,
+    rate: float,
+    delay_seconds: float,
+    status: int,
+    operation: str | None,
+    duration_seconds: float,
+    clock: Callable[[], float] = time.time,
+) -> FaultRule:
+    """A rule with its limits applied (delay and duration capped)."""
+    return FaultRule(
+        service=service,
+        mode=mode,
+        rate=min(1.0, max(0.0, rate)),
+        delay_seconds=min(MAX_DELAY_SECONDS, max(0.0, delay_seconds)),
+        status=status,
+        operation=operation,
+        expires_at=clock() + min(MAX_DURATION_SECONDS, max(1.0, duration_seconds)),
+    )
