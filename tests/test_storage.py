@@ -239,3 +239,37 @@ def test_probe_reports_the_bucket_live_and_raises_when_it_is_down(
     local = make_app(LOCAL_STORAGE_DIR=str(tmp_path / "files"))
     with local.app_context():
         assert get_storage().probe() == {"configured": True, "backend": "local", "status": "ok"}
+
+
+def test_bucket_download_links_without_signing_credentials_fail_clearly(
+    make_app: Callable[..., Flask], gcs_emulator: GCSEmulator, gcs_bucket: str
+) -> None:
+    app = gcs_app(make_app, gcs_emulator.url, gcs_bucket, None)
+    with app.app_context():
+        get_storage().save("a.bin", b"x", "application/octet-stream")
+        with pytest.raises(APIError) as raised:
+            get_storage().download_url("a.bin")
+    assert raised.value.code == "SERVICE_NOT_CONFIGURED" and "GCS_SIGNING_CREDENTIALS_FILE" in raised.value.message
+
+
+def test_a_file_saved_again_during_its_sync_stays_pending_with_the_new_bytes(app: Flask, tmp_path: Any) -> None:
+    uploads: list[bytes] = []
+    service: StorageService
+
+    class Blob:
+        def upload_from_string(self, data: bytes, **kwargs: Any) -> None:
+            uploads.append(data)
+            if len(uploads) == 1:  # a concurrent save of the same key lands while this upload runs
+                service._write_local("k.bin", b"new bytes")
+
+    class Client:
+        def bucket(self, name: str) -> Any:
+            return type("Bucket", (), {"blob": lambda self, key: Blob()})()
+
+    service = StorageService(backend="gcs", local_dir=tmp_path, bucket="b", client=Client())
+    with app.app_context():
+        service._save_fallback(ConnectionError("down"), "k.bin", b"old bytes", "application/octet-stream")
+        assert service.sync_pending() == 0 and service.pending_sync_count() == 1  # not marked: newer bytes wait
+        assert service.sync_pending() == 1 and service.pending_sync_count() == 0
+    assert uploads == [b"old bytes", b"new bytes"]
+    assert not (tmp_path / "k.bin").exists()

@@ -162,11 +162,18 @@ class StorageService:
             return self._local_url(key, expires_in)
         self._require_bucket()
         blob = self._bucket().blob(key)
+        signer = self._signing_credentials()
+        if signer is None and not hasattr(self._client_instance()._credentials, "sign_bytes"):
+            raise StorageError(
+                "Download links are not configured on this server (set GCS_SIGNING_CREDENTIALS_FILE).",
+                code="SERVICE_NOT_CONFIGURED",
+                details={"service": SERVICE},
+            )
         options: dict[str, Any] = {
             "version": "v4",
             "expiration": dt.timedelta(seconds=expires_in),
             "method": "GET",
-            "credentials": self._signing_credentials(),
+            "credentials": signer,
         }
         if self.endpoint:
             options["api_access_endpoint"] = self.endpoint
@@ -249,6 +256,8 @@ class StorageService:
                 db.session.commit()
                 logger.warning("Storage sync stopped after %s upload(s): %s", uploaded, exc.code)
                 break
+            if path.read_bytes() != data:
+                continue  # saved again while we uploaded: the row is pending again, the next sync sends the new bytes
             self._mark_synced(row.id)
             path.unlink(missing_ok=True)  # the bucket has it now; the row keeps the history
             uploaded += 1
