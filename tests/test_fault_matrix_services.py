@@ -64,6 +64,8 @@ def check_call(events: list[RecoveryEvent], operation: str, fault: str, outcome:
     assert event.outcome == outcome, event
     assert event.error is not None and classify(event.error).kind is kind, (event.error, classify(event.error))
     assert event.attempts == attempts, event
+    # Bounded by our timeouts (0.3 s per attempt), never by an SDK default (80 s Stripe, 110 s+ GCS, forever SendGrid).
+    assert event.duration < 3.0, event
     if fault != "down":  # refused connections never reach the proxy
         # What reached the wire: our attempts and no more (the SDKs' own retries are off).
         assert proxy.counts.get("hang" if fault == "hang" else "status") == attempts, proxy.counts

@@ -85,9 +85,11 @@ def _commit_or_replayed(user_id: int, kind: str, ref: str) -> bool:
 
 def balance(user_id: int) -> int:
     """The user's render credits (creating the account with the free credits on first use)."""
-    _ensure_account(user_id)
-    db.session.commit()
     value = db.session.scalar(select(CreditAccount.balance).where(CreditAccount.user_id == user_id))
+    if value is None:  # first credit operation of this user: a write, once; reads stay reads afterwards
+        _ensure_account(user_id)
+        db.session.commit()
+        value = db.session.scalar(select(CreditAccount.balance).where(CreditAccount.user_id == user_id))
     return int(value or 0)
 
 
