@@ -106,6 +106,8 @@ class ContextQueueHandler(QueueHandler):
         prepared.msg = clean_text(record.getMessage())
         prepared.args = None
         prepared.message = prepared.msg
+        for key in record.__dict__.keys() - _RESERVED:
+            setattr(prepared, key, redact_value(key, record.__dict__[key]))
         if record.exc_info and record.exc_info[1] is not None:
             prepared.exc_type = type(record.exc_info[1]).__name__
             prepared.traceback = redact("".join(traceback.format_exception(*record.exc_info)))
@@ -116,9 +118,6 @@ class ContextQueueHandler(QueueHandler):
         prepared.exc_info = None
         prepared.exc_text = None
         prepared.stack_info = None
-        for key in record.__dict__.keys() - _RESERVED:
-            if key not in ("exc_type", "traceback"):
-                setattr(prepared, key, redact_value(key, record.__dict__[key]))
         context = _log_context.get()
         if context:
             for key, value in context.items():

@@ -6,6 +6,9 @@ OFF = LOG_LEVEL=CRITICAL, REQUEST_LOGGING_ENABLED=false, ERROR_STATS_ENABLED=fal
 Both servers run side by side on loopback (2 gthread workers each); wrk loads one at a time,
 alternating ON/OFF rounds so drift on a shared machine hits both equally. The ratio is
 median(ON) / median(OFF) per endpoint. Usage: `python -m bench.bench_logging [--seconds 5 --rounds 5]`.
+It also reports server CPU per request: when other jobs share the machine, req/s swings by 2-3x
+between rounds while CPU per request stays put, and OFF/ON CPU is the throughput ratio a
+CPU-bound server would see.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = {**MODES, **(BREAKDOWN if args.breakdown else {})}
     names = list(modes)
     results: dict[str, dict[str, list[float]]] = {ep: {m: [] for m in names} for ep in ENDPOINTS}
+    # Server CPU per request: far steadier than req/s on a machine other jobs share.
+    cpu: dict[str, dict[str, list[float]]] = {ep: {m: [] for m in names} for ep in ENDPOINTS}
     with ExitStack() as stack:
         servers = {}
         for mode, settings in modes.items():
@@ -59,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(args.rounds):
                 order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
                 for mode in order:
+                    cpu_before = servers[mode].cpu_seconds()
                     res = run_wrk(servers[mode].url(path), seconds=args.seconds, connections=args.connections)
                     results[endpoint][mode].append(res.rps)
+                    cpu[endpoint][mode].append((servers[mode].cpu_seconds() - cpu_before) / res.requests * 1e6)
                     print(f"{endpoint:30} {mode:10} round {rnd + 1}: {res.rps:8.1f} req/s", file=sys.stderr)
         log_lines = _count_lines(servers["on"].log_dir)
 
@@ -77,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         cols = "".join(f"{med[m]:.0f} | " for m in extra_cols)
         met = "yes" if ratio >= target else "NO"
         print(f"| {endpoint} | {med['on']:.0f} | {med['off']:.0f} | {cols}{ratio:.3f} | {target:.2f} | {met} |")
+    print("\nServer CPU per request (gunicorn master + workers, all threads), median:\n")
+    print("| endpoint | " + "".join(f"{m} µs | " for m in names) + "CPU ratio OFF/ON |")
+    print("| --- " + "| ---: " * (len(names) + 1) + "|")
+    for endpoint in ENDPOINTS:
+        med = {m: median(cpu[endpoint][m]) for m in names}
+        cols = "".join(f"{med[m]:.0f} | " for m in names)
+        print(f"| {endpoint} | {cols}{med['off'] / med['on']:.3f} |")
     print(f"\nLines written by the ON server: {log_lines}")
     return 1 if missed and args.strict else 0
 

@@ -90,6 +90,7 @@ def test_canary_secrets_from_every_path_never_reach_any_log_file(make_app: Calla
     assert client.get("/_canary/sdk").status_code in (401, 500)
     # Direct helper calls with secret-named and secret-shaped fields.
     log_security_event("api_key_used", f"key {STRIPE_KEY} used", api_key=API_KEY, details={"password": PASSWORD})
+    logger.warning("pre-rendered failure", extra={"traceback": f"Traceback ...\nValueError: token {JWT_LIKE}"})
 
     text = _all_log_text(log_dir)
     leaks = [tag for tag in TAGS if tag in text]
