@@ -22,10 +22,14 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-## run: install, migrate the embedded SQLite database and serve on http://127.0.0.1:5000
+## run: install, migrate the embedded SQLite database, start a job worker and serve on http://127.0.0.1:5000
 run: $(VENV)/.installed
 	FLASK_ENV=$${FLASK_ENV:-development} $(BIN)/flask db upgrade
-	FLASK_ENV=$${FLASK_ENV:-development} $(BIN)/flask run --host $(HOST) --port $(PORT)
+	@# A job worker runs beside the server; the trap stops it (SIGTERM: graceful) when the server stops.
+	export FLASK_ENV=$${FLASK_ENV:-development}; \
+	$(BIN)/flask jobs worker & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
+	$(BIN)/flask run --host $(HOST) --port $(PORT)
 
 ## test: install everything the tests need, then run lint and the whole suite
 test: $(VENV)/.installed-dev
@@ -61,9 +65,14 @@ bench-breaker: $(VENV)/.installed-dev
 
 .PHONY: bench bench-logging
 ## bench: run every benchmark (figures belong in docs/BENCHMARKS.md)
-bench: bench-logging bench-breaker bench-stats
+bench: bench-logging bench-breaker bench-stats bench-jobs
 
 ## bench-logging: requests/s under gunicorn with logging + error statistics on vs off (installs wrk)
 bench-logging: $(VENV)/.installed-dev
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.bench_logging $(BENCH_ARGS)
+
+.PHONY: bench-jobs
+## bench-jobs: no-op jobs/s through the job records (SQLite; Redis + PostgreSQL) and wait after a killed worker
+bench-jobs: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_jobs.py $(BENCH_JOBS_ARGS)

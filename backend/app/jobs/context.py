@@ -59,6 +59,11 @@ class JobContext:
         return self.claim.attempt
 
     @property
+    def final_attempt(self) -> bool:
+        """Whether a failure now ends the job (no attempts left after this one)."""
+        return self.claim.attempt >= self.claim.max_attempts
+
+    @property
     def payload(self) -> dict[str, Any]:
         """The job's JSON payload."""
         return self.claim.payload
