@@ -720,3 +720,56 @@ def test_job_kind_decorator_registers_and_refuses_a_second_handler() -> None:
             job_kind("test.decorated")(lambda ctx: None)
     finally:
         REGISTRY.unregister("test.decorated")
+
+
+# -- wake-ups --------------------------------------------------------------------------------------
+
+
+def _wakes_idle_worker(app: Flask, producer: Flask | None = None) -> float:
+    """Seconds from enqueue (by `producer`, default `app`) to success while the worker polls every 5 s."""
+    holder: dict[str, Worker] = {}
+
+    def run() -> None:
+        opts = WorkerOptions(install_signals=False, schedule=False, poll_seconds=5.0, heartbeat_seconds=0.2)
+        holder["w"] = Worker(app, opts)
+        holder["w"].run()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        time.sleep(1.0)  # the worker is up, found nothing and is now waiting
+        started = time.monotonic()
+        with (producer or app).app_context():
+            job_id = enqueue("maintenance.noop").id
+        while time.monotonic() - started < 10 and load(app, job_id).status != SUCCEEDED:
+            time.sleep(0.02)
+        return time.monotonic() - started
+    finally:
+        while "w" not in holder:
+            time.sleep(0.05)
+        holder["w"].stop()
+        thread.join(15)
+
+
+def test_enqueue_wakes_an_idle_worker_in_process(app: Flask) -> None:
+    assert _wakes_idle_worker(app) < 2.5
+
+
+def test_enqueue_wakes_an_idle_worker_through_redis(make_app: Callable[..., Flask], redis_url: str) -> None:
+    from backend.app import create_app
+    from backend.app.jobs import runtime
+    from backend.app.jobs.dispatch import RedisDispatcher
+    from config import TestingConfig
+
+    app = make_app(REDIS_URL=redis_url)
+    # Another process's app (its own dispatcher): only Redis can carry the wake-up to the worker.
+    keys = ("SECRET_KEY", "JWT_SECRET_KEY", "LOG_DIR", "SQLALCHEMY_DATABASE_URI", "REDIS_URL")
+    producer = create_app(TestingConfig, **{k: app.config[k] for k in keys})
+    try:
+        with producer.app_context():
+            assert isinstance(runtime().dispatcher, RedisDispatcher)
+            assert runtime().dispatcher is not runtime(app).dispatcher
+        assert _wakes_idle_worker(app, producer) < 2.5
+    finally:
+        with producer.app_context():
+            db.engine.dispose()
