@@ -169,3 +169,27 @@ def test_the_periodic_outbox_job_sends_queued_email_through_the_job_worker(
         assert db.session.get(Job, job_id).status == "succeeded"
         assert get_email().outbox_count() == 0
     assert sendgrid_peer.count(custom_arg=("dedup_key", "late")) == 1
+
+
+def test_a_send_interrupted_mid_flight_is_resent_after_its_lease_and_not_before(
+    make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer
+) -> None:
+    from datetime import timedelta
+
+    from backend.app.models.user import utcnow
+
+    app = email_app(make_app, sendgrid_peer.url)
+    with app.app_context():
+        # A worker claimed these and died (kill -9) before sending: one lease has run out, one has not.
+        for key, lease in (("stale", -60), ("live", 600)):
+            db.session.add(
+                EmailOutbox(
+                    dedup_key=key, to_address="x@example.com", subject="S", text_body="T", status="sending",
+                    lease_expires_at=utcnow() + timedelta(seconds=lease),
+                )
+            )  # fmt: skip
+        db.session.commit()
+        assert get_email().resend_outbox() == 1
+        assert get_email().outbox_count() == 1  # the live lease still belongs to its worker
+    assert sendgrid_peer.count(custom_arg=("dedup_key", "stale")) == 1
+    assert sendgrid_peer.count(custom_arg=("dedup_key", "live")) == 0

@@ -106,7 +106,10 @@ class EmailService:
     # -- public API -------------------------------------------------------------------------------------------
 
     def send(self, to: str, subject: str, text: str, *, dedup_key: str, html: str | None = None) -> EmailResult:
-        """Queue the email durably, then send it; "queued" (kept for `resend_outbox`) when SendGrid fails."""
+        """Queue the email durably, then send it; "queued" (kept for `resend_outbox`) when SendGrid fails.
+
+        Commits the session (the outbox row must be durable before anything is sent).
+        """
         row = EmailOutbox(
             dedup_key=dedup_key[:255],
             to_address=to,
