@@ -253,3 +253,26 @@ def test_packs_parse_from_tuples_dicts_and_json() -> None:
 @pytest.mark.parametrize("path", ["/api/payments/credits"])
 def test_credits_need_a_login(app: Flask, path: str) -> None:
     assert app.test_client().get(path).status_code == 401
+
+
+def test_concurrent_deliveries_of_one_event_grant_once(make_app: Callable[..., Flask], stripe_peer: StripePeer) -> None:
+    import threading
+
+    app = payments_app(make_app, stripe_peer.url)
+    client = app.test_client()
+    token = login(client)["access_token"]
+    event = _completed(stripe_peer, client, token, pack="studio")
+    barrier = threading.Barrier(4)
+    statuses: list[int] = []
+
+    def deliver() -> None:
+        barrier.wait(timeout=10)
+        statuses.append(deliver_webhook(app.test_client(), event, stripe_peer.webhook_secret).status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert statuses == [200] * 4  # every delivery is acknowledged, so Stripe stops retrying
+    assert credits_of(client, token) == 101
