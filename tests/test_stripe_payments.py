@@ -276,3 +276,34 @@ def test_concurrent_deliveries_of_one_event_grant_once(make_app: Callable[..., F
         thread.join(30)
     assert statuses == [200] * 4  # every delivery is acknowledged, so Stripe stops retrying
     assert credits_of(client, token) == 101
+
+
+def test_webhook_with_sendgrid_down_still_grants_and_the_receipt_is_sent_once_later(
+    make_app: Callable[..., Flask],
+    stripe_peer: StripePeer,
+    sendgrid_peer: SendGridPeer,
+    make_fault_proxy: Callable[..., Any],
+) -> None:
+    proxy = make_fault_proxy(sendgrid_peer.url, max_hold=5.0)
+    app = payments_app(
+        make_app,
+        stripe_peer.url,
+        SENDGRID_API_KEY=sendgrid_peer.api_key,
+        SENDGRID_API_HOST=proxy.url,
+        SENDGRID_TIMEOUT=0.3,
+    )
+    client = app.test_client()
+    token = login(client)["access_token"]
+    event = _completed(stripe_peer, client, token)
+    proxy.down()
+    response = deliver_webhook(client, event, stripe_peer.webhook_secret)
+    assert response.status_code == 200 and response.get_json()["credits_granted"] == 5
+    assert credits_of(client, token) == 6
+    proxy.passthrough()
+    with app.app_context():
+        from backend.app.services import get_email
+
+        assert get_email().outbox_count() == 1
+        assert get_email().resend_outbox() == 1 and get_email().resend_outbox() == 0
+    assert deliver_webhook(client, event, stripe_peer.webhook_secret).get_json()["duplicate"] is True
+    assert sendgrid_peer.count(custom_arg=("dedup_key", f"receipt:{event['data']['object']['id']}")) == 1
