@@ -321,7 +321,8 @@ class StorageService:
 
                 # An emulator (or a local endpoint) takes no credentials; real GCS uses ADC.
                 options = {"credentials": AnonymousCredentials(), "client_options": {"api_endpoint": self.endpoint}}
-            client = storage.Client(project=self.project or "oriel-local", **options)
+            project = self.project or ("oriel-local" if self.endpoint else None)  # real GCS: from ADC
+            client = storage.Client(project=project, **options)
             # google-cloud-storage 3.17 starts a tracing thread per bucket that GETs its metadata with the
             # default ~2 minute retry (SPEC section 10); it only feeds trace attributes, so switch it off.
             client._bucket_metadata_cache = None
