@@ -27,6 +27,12 @@ from tests.contract import assert_error, assert_no_leak
 BODIES: dict[str, dict[str, Any]] = {
     "dead_letters.requeue_matching_view": {"kind": "maintenance.noop"},
     "monitoring.add_fault": {"service": "storage", "mode": "fail", "rate": 0.0, "duration_seconds": 5},
+    "monitoring.configure_alert": {
+        "name": "matrix",
+        "kind": "breaker_open",
+        "params": {"service": "storage"},
+        "channels": [{"type": "webhook", "url": "http://127.0.0.1:9/hook"}],
+    },
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import pytest
 from flask import Flask
 
 from backend.app.utils.error_recovery import get_breaker, with_error_recovery
-from bench.harness import base_env, gunicorn, migrate
+from bench.harness import base_env, gunicorn
 from tests.conftest import ADMIN_EMAIL, bearer, login
 from tests.contract import assert_error
 
@@ -86,14 +87,14 @@ def test_metrics_token_is_required_when_set(make_app: Callable[..., Flask]) -> N
 
 
 @pytest.mark.timeout(120)
-def test_four_gunicorn_workers_add_up(tmp_path: Path) -> None:
+def test_four_gunicorn_workers_add_up(tmp_path: Path, migrated_sqlite_template: Path) -> None:
     """Requests spread over 4 workers: the scraped total equals the requests actually sent."""
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     (metrics_dir / "stale_counter_1.db").write_bytes(b"")  # a stale file from an earlier run is removed
     env = base_env(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "METRICS_TOKEN": "t0k"})
-    migrate(env)
-    sent = 400
+    shutil.copy(migrated_sqlite_template, tmp_path / "bench.db")  # the real migrations, run once per session
+    sent = 300
     with gunicorn(env, workers=4, threads=2, ready_path="/healthz") as server:
         url = server.url("/api/errors/system-health")
 

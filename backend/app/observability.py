@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from .alerts import init_alerts
 from .metrics import init_metrics
 from .monitoring.health import init_service_health
 from .utils.fault_injection import init_fault_injection
@@ -14,3 +15,4 @@ def init_observability(app: Flask) -> None:
     init_service_health(app)
     init_metrics(app)
     init_fault_injection(app)
+    init_alerts(app)

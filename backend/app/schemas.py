@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 
 class StrictModel(BaseModel):
@@ -641,3 +641,134 @@ class FaultListOut(BaseModel):
     scope: Literal["process"]
     rules: list[FaultRuleOut]
     injected: dict[str, int]
+
+
+# --- Alerts and error budgets (monitoring) -----------------------------------------------------------
+
+
+class WebhookChannel(StrictModel):
+    """A generic JSON webhook (Slack-compatible: the body has `text`)."""
+
+    type: Literal["webhook"]
+    url: str = Field(min_length=8, max_length=2048, pattern=r"^https?://")
+
+
+class PagerDutyChannel(StrictModel):
+    """A PagerDuty Events API v2 endpoint (default: PagerDuty's own) and the routing key."""
+
+    type: Literal["pagerduty"]
+    routing_key: str = Field(min_length=1, max_length=128)
+    url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+
+
+class EmailChannel(StrictModel):
+    """An email address, through the email service (and its outbox)."""
+
+    type: Literal["email"]
+    to: EmailStr
+
+
+AlertChannel = Annotated[WebhookChannel | PagerDutyChannel | EmailChannel, Field(discriminator="type")]
+
+#: Required params per alert kind.
+ALERT_PARAMS: dict[str, tuple[str, ...]] = {
+    "error_rate": ("threshold",),
+    "code_count": ("code", "threshold"),
+    "breaker_open": ("service",),
+    "dead_letters": (),
+    "slo_burn": ("group", "long_seconds", "short_seconds", "factor"),
+}
+
+
+class AlertRuleRequest(StrictModel):
+    """Create or replace (by name) an alert rule."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    kind: Literal["error_rate", "code_count", "breaker_open", "dead_letters", "slo_burn"]
+    params: dict[Annotated[str, Field(max_length=32)], str | int | float] = Field(default_factory=dict, max_length=10)
+    channels: list[AlertChannel] = Field(min_length=1, max_length=10)
+    severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = "HIGH"
+    cooldown_seconds: int = Field(default=300, ge=0, le=86400)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _params_for_kind(self) -> AlertRuleRequest:
+        missing = [key for key in ALERT_PARAMS[self.kind] if key not in self.params]
+        if missing:
+            raise ValueError(f"params for {self.kind} need: {', '.join(missing)}")
+        return self
+
+
+class AlertRuleOut(BaseModel):
+    """A rule with its state."""
+
+    id: int
+    name: str
+    kind: str
+    params: dict[str, object]
+    channels: list[dict[str, object]]
+    severity: str
+    cooldown_seconds: int
+    enabled: bool
+    state: str
+    state_since: str | None
+    last_value: float | None
+    last_evaluated_at: str | None
+    last_notified_at: str | None
+
+
+class AlertDeliveryOut(BaseModel):
+    """One delivery and where it stands."""
+
+    id: int
+    rule_id: int
+    event: str
+    channel_type: str
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: str | None
+    sent_at: str | None
+
+
+class AlertRulesOut(BaseModel):
+    """Every rule and the most recent deliveries."""
+
+    rules: list[AlertRuleOut]
+    deliveries: list[AlertDeliveryOut]
+
+
+class AlertEvaluationOut(BaseModel):
+    """What one evaluation changed and sent."""
+
+    events: dict[str, str]
+    deliveries: dict[str, int]
+
+
+class BurnWindowOut(BaseModel):
+    """One multiwindow burn-rate pair."""
+
+    window: str
+    factor: float
+    long_burn_rate: float
+    short_burn_rate: float
+    firing: bool
+
+
+class SloBudgetOut(BaseModel):
+    """One endpoint group's SLO and the share of its error budget left."""
+
+    group: str
+    objective: float
+    window_days: float
+    requests: int
+    errors: int
+    availability: float | None
+    budget_remaining: float
+    burn: list[BurnWindowOut]
+
+
+class SloBudgetsOut(BaseModel):
+    """Every endpoint group's error budget."""
+
+    budgets: list[SloBudgetOut]

@@ -9,6 +9,8 @@ from flask_jwt_extended import current_user
 from sqlalchemy import text
 
 from ...logging_config import log_security_event, sink_status
+from ..alerts import budgets, evaluate_all
+from ..alerts.views import delivery_dict, rule_dict, save_rule
 from ..auth.decorators import admin_required
 from ..error_handlers import utc_timestamp
 from ..errors import NotFoundError, ValidationError
@@ -19,6 +21,10 @@ from ..monitoring.queries import RecentErrorsQuery, StatsQuery, parse_query
 from ..monitoring.stats import decode_cursor, error_stats, recent_events
 from ..openapi import documented
 from ..schemas import (
+    AlertEvaluationOut,
+    AlertRuleOut,
+    AlertRuleRequest,
+    AlertRulesOut,
     BreakerActionOut,
     BreakerListOut,
     ErrorStatsOut,
@@ -27,6 +33,7 @@ from ..schemas import (
     HealthCheckOut,
     RecentErrorsOut,
     ServicesHealthOut,
+    SloBudgetsOut,
 )
 from ..utils.circuit_breaker import BreakerRegistry, CircuitBreaker
 from ..utils.fault_injection import EXTENSION as FAULTS
@@ -319,3 +326,76 @@ def clear_fault(service: str) -> dict[str, Any]:
         removed=removed,
     )
     return _faults(injector)
+
+
+@bp.post("/alerts/configure")
+@documented(
+    "Create or replace (by name) an alert rule with its channels",
+    tag="monitoring",
+    request=AlertRuleRequest,
+    responses={200: AlertRuleOut},
+    auth="admin",
+    errors=(404, 422),
+)
+@admin_required
+def configure_alert() -> dict[str, Any]:
+    """Store the rule (its state is kept when an existing rule is replaced); the change goes to security.log."""
+    body = parse_json(AlertRuleRequest)
+    if body.kind == "breaker_open":
+        _breaker(str(body.params["service"]))  # only known services
+    rule, created = save_rule(body)
+    log_security_event(
+        "alert_rule_configured",
+        f"Alert rule {rule.name} {'created' if created else 'changed'} by {_actor()}",
+        user_id=current_user.id,
+        rule=rule.name,
+        kind=rule.kind,
+        channels=[c["type"] for c in rule.channels],
+    )
+    return rule_dict(rule)
+
+
+@bp.get("/alerts/configure")
+@documented(
+    "Every alert rule with its state, and recent deliveries",
+    tag="monitoring",
+    responses={200: AlertRulesOut},
+    auth="admin",
+)
+@admin_required
+def list_alerts() -> dict[str, Any]:
+    """The rules as configured, their state, and the 50 most recent deliveries."""
+    from ..models import AlertDelivery, AlertRule
+
+    rules = db.session.execute(db.select(AlertRule).order_by(AlertRule.id)).scalars()
+    deliveries = db.session.execute(db.select(AlertDelivery).order_by(AlertDelivery.id.desc()).limit(50)).scalars()
+    return {"rules": [rule_dict(r) for r in rules], "deliveries": [delivery_dict(d) for d in deliveries]}
+
+
+@bp.post("/alerts/evaluate")
+@documented(
+    "Evaluate every alert rule now and send due deliveries",
+    tag="monitoring",
+    responses={200: AlertEvaluationOut},
+    auth="admin",
+)
+@admin_required
+def evaluate_alerts_now() -> dict[str, Any]:
+    """What the periodic job does, on demand."""
+    return evaluate_all(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+@bp.get("/slo")
+@documented(
+    "Each endpoint group's SLO, error budget left and burn rates",
+    tag="monitoring",
+    responses={200: SloBudgetsOut},
+    auth="admin",
+)
+@admin_required
+def slo_budgets() -> dict[str, Any]:
+    """Budgets over each group's SLO window, with the multiwindow burn-rate pairs."""
+    counter = current_app.extensions.get("slo_counter")
+    if counter is not None:
+        counter.flush()
+    return {"budgets": budgets(current_app._get_current_object())}  # type: ignore[attr-defined]

@@ -1,0 +1,251 @@
+"""Alerts end to end: an outage of a local peer pages once within 10 s and resolves; deliveries are never lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+
+from backend.app.errors import APIError
+from backend.app.extensions import db
+from backend.app.jobs.worker import Worker, WorkerOptions
+from backend.app.models import AlertDelivery
+from backend.app.utils.error_recovery import with_error_recovery
+from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
+from tests.peers.webhook_receiver import WebhookReceiver
+
+CONFIGURE = "/admin/api/monitoring/alerts/configure"
+
+
+@with_error_recovery("stripe", "charge", max_retries=0)
+def charge(url: str) -> None:
+    """A guarded call to the local peer standing in for the payment provider."""
+    requests.post(url, json={"amount": 100}, timeout=2).raise_for_status()
+
+
+@contextmanager
+def worker_running(app: Flask) -> Iterator[Worker]:
+    """The real job worker (with the periodic scheduler) in a thread, stopped at the end."""
+    options = WorkerOptions(poll_seconds=0.2, install_signals=False, max_seconds=60, heartbeat_seconds=5)
+    worker = Worker(app, options)
+    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stopping.set()
+        worker.force.set()
+        thread.join(15)
+
+
+@contextmanager
+def traffic(app: Flask, url: str) -> Iterator[dict[str, int]]:
+    """Calls the peer through the breaker every 50 ms until the block ends."""
+    stop = threading.Event()
+    counts = {"ok": 0, "failed": 0}
+
+    def loop() -> None:
+        with app.app_context():
+            while not stop.is_set():
+                try:
+                    charge(url)
+                    counts["ok"] += 1
+                except APIError:
+                    counts["failed"] += 1
+                stop.wait(0.05)
+
+    thread = threading.Thread(target=loop, name="traffic", daemon=True)
+    thread.start()
+    try:
+        yield counts
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@pytest.fixture
+def peer() -> Iterator[WebhookReceiver]:
+    """The dependency: a local HTTP peer that can be made to fail."""
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.mark.timeout(90)
+def test_incident_pages_once_and_resolves(
+    make_app: Callable[..., Flask], webhook_receiver: WebhookReceiver, peer: WebhookReceiver
+) -> None:
+    """Peer fails → breaker opens → degradation says so → one alert within 10 s → resolved after recovery."""
+    app = make_app(
+        ALERTS_EVALUATE_SECONDS=1,
+        CIRCUIT_BREAKERS={"stripe": {"min_calls": 5, "recovery_timeout": 2.0}},
+        RETRY_SLEEP_ENABLED=False,
+    )
+    client = app.test_client()
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    rule = {
+        "name": "payments-down",
+        "kind": "breaker_open",
+        "params": {"service": "stripe"},
+        "channels": [{"type": "webhook", "url": webhook_receiver.url + "/alerts"}],
+        "severity": "CRITICAL",
+    }
+    assert client.post(CONFIGURE, headers=headers, json=rule).status_code == 200
+
+    with worker_running(app):
+        peer.status = 503
+        outage_started = time.time()
+        with traffic(app, peer.url + "/charge") as counts:
+            deadline = time.monotonic() + 5
+            while client.get("/api/errors/system-health").get_json()["status"] == "ok":
+                assert time.monotonic() < deadline, "the breaker never opened"
+                time.sleep(0.05)
+            mode = client.get("/api/errors/degradation-mode").get_json()
+            assert [s["service"] for s in mode["services"]] == ["stripe"]
+            assert mode["services"][0]["features"] == ["payments"]
+            assert client.get("/api/errors/system-health").get_json()["degraded_features"] == ["payments"]
+
+            (alert,) = webhook_receiver.wait_for(1, timeout=10)
+            assert alert.received_at - outage_started <= 10.0
+            assert alert.json["event"] == "firing" and alert.json["rule"] == "payments-down"
+            assert alert.json["text"].startswith("[FIRING] payments-down")
+
+            time.sleep(3.5)  # the outage goes on (a half-open trial fails again): no second page
+            assert len(webhook_receiver.deliveries) == 1
+            assert counts["failed"] > 5
+
+            notes = client.get("/api/errors/notifications", headers=headers).get_json()["notifications"]
+            assert {"breaker:stripe", "alert:1"} <= {n["id"] for n in notes}
+
+            peer.status = 200  # recovery: the next trial call succeeds and the breaker closes
+            delivered = webhook_receiver.wait_for(2, timeout=15)
+        assert delivered[1].json["event"] == "resolved"
+        assert counts["ok"] > 0
+    assert client.get("/api/errors/system-health").get_json()["status"] == "ok"
+    assert len(webhook_receiver.deliveries) == 2
+    listing = client.get(CONFIGURE, headers=headers).get_json()
+    assert listing["rules"][0]["state"] == "ok"
+    assert [d["status"] for d in listing["deliveries"]] == ["sent", "sent"]
+    changes = [e for e in read_log(app, "security.log") if e.get("event_type") == "alert_rule_configured"]
+    assert len(changes) == 1
+
+
+def test_failed_delivery_is_retried_not_lost(app: Flask, webhook_receiver: WebhookReceiver) -> None:
+    """The receiver fails every attempt of the first round: the delivery waits, then goes out once."""
+    client = app.test_client()
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    rule = {
+        "name": "email-down",
+        "kind": "breaker_open",
+        "params": {"service": "email"},
+        "channels": [{"type": "webhook", "url": webhook_receiver.url + "/hook"}],
+    }
+    client.post(CONFIGURE, headers=headers, json=rule)
+    client.post("/admin/api/monitoring/circuit-breakers/email/force-open", headers=headers)
+    webhook_receiver.fail_next(500, times=3)  # with_error_recovery tries 3 times: all fail
+    first = client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()
+    assert first == {"events": {"email-down": "firing"}, "deliveries": {"sent": 0, "retrying": 1, "failed": 0}}
+    with app.app_context():
+        (delivery,) = db.session.execute(db.select(AlertDelivery)).scalars()
+        assert delivery.status == "pending" and delivery.attempts == 1
+        assert "EXTERNAL_SERVICE_UNAVAILABLE" in (delivery.last_error or "")
+        delivery.next_attempt_at = delivery.created_at  # due again now (the backoff would wait 2 s)
+        db.session.commit()
+    second = client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()
+    assert second == {"events": {}, "deliveries": {"sent": 1, "retrying": 0, "failed": 0}}
+    assert [d.status for d in webhook_receiver.deliveries] == [500, 500, 500, 200]
+
+
+def test_pagerduty_events_trigger_and_resolve_with_one_dedup_key(app: Flask, webhook_receiver: WebhookReceiver) -> None:
+    """PagerDuty Events v2: trigger with a payload, then resolve with the same dedup_key; the key is masked."""
+    client = app.test_client()
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    rule = {
+        "name": "render-down",
+        "kind": "breaker_open",
+        "params": {"service": "rendering"},
+        "severity": "CRITICAL",
+        "channels": [
+            {"type": "pagerduty", "routing_key": "R0UTINGKEY123", "url": webhook_receiver.url + "/v2/enqueue"}
+        ],
+    }
+    shown = client.post(CONFIGURE, headers=headers, json=rule).get_json()
+    assert shown["channels"][0]["routing_key"] == "R0UT..."
+    base = "/admin/api/monitoring/circuit-breakers"
+    client.post(f"{base}/rendering/force-open", headers=headers)
+    client.post("/admin/api/monitoring/alerts/evaluate", headers=headers)
+    client.post(f"{base}/reset/rendering", headers=headers)
+    client.post("/admin/api/monitoring/alerts/evaluate", headers=headers)
+    trigger, resolve = webhook_receiver.bodies
+    assert trigger["event_action"] == "trigger" and resolve["event_action"] == "resolve"
+    assert trigger["routing_key"] == "R0UTINGKEY123"
+    assert trigger["dedup_key"] == resolve["dedup_key"] == "oriel-alert-1"
+    assert trigger["payload"]["severity"] == "critical" and trigger["payload"]["source"] == "oriel-signal-fx"
+    assert "payload" not in resolve
+
+
+def test_flapping_inside_the_cooldown_is_not_paged_twice(app: Flask, webhook_receiver: WebhookReceiver) -> None:
+    """Firing, resolved, firing again within the cooldown: one page, one resolve, no second page."""
+    client = app.test_client()
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    rule = {
+        "name": "storage-flap",
+        "kind": "breaker_open",
+        "params": {"service": "storage"},
+        "cooldown_seconds": 600,
+        "channels": [{"type": "webhook", "url": webhook_receiver.url + "/hook"}],
+    }
+    client.post(CONFIGURE, headers=headers, json=rule)
+    base = "/admin/api/monitoring/circuit-breakers"
+    events = []
+    for action in ("storage/force-open", "reset/storage", "storage/force-open", "reset/storage"):
+        client.post(f"{base}/{action}", headers=headers)
+        events.append(client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()["events"])
+    assert events == [{"storage-flap": "firing"}, {"storage-flap": "resolved"}, {}, {}]
+    assert [b["event"] for b in webhook_receiver.bodies] == ["firing", "resolved"]
+
+
+def test_rules_are_validated(app: Flask) -> None:
+    """Missing params, an unknown kind or service, and a bad channel are refused."""
+    client = app.test_client()
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    hook = [{"type": "webhook", "url": "http://127.0.0.1:9/x"}]
+    bad: list[tuple[dict[str, Any], int]] = [
+        ({"name": "x", "kind": "code_count", "params": {"code": "X"}, "channels": hook}, 422),
+        ({"name": "x", "kind": "nope", "channels": hook}, 422),
+        ({"name": "x", "kind": "breaker_open", "params": {"service": "nope"}, "channels": hook}, 404),
+        ({"name": "x", "kind": "dead_letters", "channels": [{"type": "webhook", "url": "ftp://x"}]}, 422),
+        ({"name": "x", "kind": "dead_letters", "channels": []}, 422),
+    ]
+    for body, status in bad:
+        assert client.post(CONFIGURE, headers=headers, json=body).status_code == status, body
+
+
+def test_error_rate_code_count_and_dead_letter_rules(app: Flask, webhook_receiver: WebhookReceiver) -> None:
+    """Error-rate, code-count and dead-letter rules fire from the real rollups and job records."""
+    client = app.test_client()
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    hook = [{"type": "webhook", "url": webhook_receiver.url + "/hook"}]
+    rules = [
+        {"name": "rate", "kind": "error_rate", "params": {"threshold": 0.5, "min_requests": 10}, "channels": hook},
+        {"name": "404s", "kind": "code_count", "params": {"code": "NOT_FOUND", "threshold": 10}, "channels": hook},
+        {"name": "dead", "kind": "dead_letters", "params": {"threshold": 1}, "channels": hook},
+    ]
+    for rule in rules:
+        assert client.post(CONFIGURE, headers=headers, json=rule).status_code == 200
+    for _ in range(30):
+        client.get("/no/such/page")
+    with app.app_context():
+        from backend.app.jobs import enqueue
+
+        job = enqueue("maintenance.noop", {})
+        job.status, job.dead_at = "dead", job.created_at
+        db.session.commit()
+    result = client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()
+    assert result["events"] == {"rate": "firing", "404s": "firing", "dead": "firing"}
