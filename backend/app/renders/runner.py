@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ...logging_config import log_context
 from ...redaction import redact_value
 from .. import credits
-from ..errors import APIError, PaymentError
+from ..errors import APIError, NotFoundError, PaymentError
 from ..extensions import db
 from ..models.media import FAILED, QUEUED, RUNNING, SUCCEEDED, Render, Upload
 from ..models.user import User, utcnow
@@ -62,7 +62,7 @@ class _Work:
     render_id: int
     attempt: int
     spec: RenderSpec
-    upload_key: str
+    upload_key: str | None
     upload_format: str
     duration_seconds: float
 
@@ -126,7 +126,7 @@ def run_render(render_id: int, *, final_attempt: bool = True) -> None:
 
 
 def _claim(render_id: int) -> _Work | None:
-    """Mark the render running and take the next attempt number; None when it is finished already."""
+    """Mark the render running and take the next attempt number; None when it is not queued or running."""
     now = utcnow()
     attempt = db.session.execute(
         update(Render)
@@ -139,17 +139,15 @@ def _claim(render_id: int) -> _Work | None:
         db.session.rollback()
         return None
     render = db.session.get(Render, render_id, populate_existing=True)
-    upload = db.session.get(Upload, render.upload_id) if render else None
-    if render is None or upload is None:  # the upload was deleted under the render
-        db.session.commit()
-        return None
+    assert render is not None  # the UPDATE above just matched it
+    upload = db.session.get(Upload, render.upload_id)
     work = _Work(
         render_id,
         attempt,
         RenderSpec.parse(render.preset, render.resolution, render.fps),
-        upload.storage_key,
-        upload.format,
-        upload.duration_seconds,
+        upload.storage_key if upload else None,  # None: deleted under the render; the run fails with 404
+        upload.format if upload else "",
+        upload.duration_seconds if upload else 0.0,
     )
     db.session.commit()  # no transaction stays open while FFmpeg runs for minutes
     logger.info(
@@ -160,6 +158,8 @@ def _claim(render_id: int) -> _Work | None:
 
 def _render_and_store(work: _Work) -> tuple[str, int, str, bool]:
     """Read the audio, render it, store the video; (key, size, location, degraded)."""
+    if work.upload_key is None:
+        raise NotFoundError("The uploaded audio for this render no longer exists.")
     storage = get_storage()
     renderer = get_renderer()
     audio_format = FORMATS[work.upload_format]
