@@ -39,7 +39,8 @@ def stats_app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) ->
     app = make_app() if request.param == "sqlite" else request.getfixturevalue("pg_app")
     with app.app_context(), db.engine.begin() as conn:
         # The session's PostgreSQL database is shared: start from empty statistics whatever ran before.
-        for table in ("error_group_hours", "error_code_minutes", "error_minutes", "error_events", "error_groups"):
+        tables = ("error_group_hours", "error_code_hours", "error_code_minutes", "error_minutes", "error_events")
+        for table in (*tables, "error_groups"):
             conn.exec_driver_sql(f"DELETE FROM {table}")
     _add_failing_route(app)
     return app

@@ -1,19 +1,17 @@
 """Database models; importing this package registers every table with the metadata."""
 
-from .alert import AlertDelivery, AlertRule, SloMinute
 from .billing import CreditAccount, CreditEntry, ProcessedStripeEvent
-from .error_event import ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+from .error_event import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
 from .job import Job, JobStep, JobWorker
 from .media import Render, Upload
 from .outbox import EmailOutbox, PendingSync
 from .user import RevokedToken, User
 
 __all__ = [
-    "AlertDelivery",
-    "AlertRule",
     "CreditAccount",
     "CreditEntry",
     "EmailOutbox",
+    "ErrorCodeHour",
     "ErrorCodeMinute",
     "ErrorEvent",
     "ErrorGroup",
@@ -26,7 +24,6 @@ __all__ = [
     "ProcessedStripeEvent",
     "Render",
     "RevokedToken",
-    "SloMinute",
     "Upload",
     "User",
 ]

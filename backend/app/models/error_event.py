@@ -76,6 +76,7 @@ class ErrorMinute(db.Model):  # type: ignore[name-defined]
     """Errors and requests per UTC minute, summed over every process: the source of error rates."""
 
     __tablename__ = "error_minutes"
+    __table_args__ = {"sqlite_with_rowid": False}  # clustered on the key: window sums read one range
 
     minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -83,11 +84,23 @@ class ErrorMinute(db.Model):  # type: ignore[name-defined]
 
 
 class ErrorCodeMinute(db.Model):  # type: ignore[name-defined]
-    """Errors per code per UTC minute (per-code rates and windows)."""
+    """Errors per code per UTC minute (per-code rates over short windows, alert rules)."""
 
     __tablename__ = "error_code_minutes"
+    __table_args__ = {"sqlite_with_rowid": False}  # clustered on the key: window sums read one range
 
     minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ErrorCodeHour(db.Model):  # type: ignore[name-defined]
+    """Errors per code per UTC hour (per-code counts over 24 hours read 24 rows a code, not 1,440)."""
+
+    __tablename__ = "error_code_hours"
+    __table_args__ = {"sqlite_with_rowid": False}  # clustered on the key: window sums read one range
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     code: Mapped[str] = mapped_column(String(64), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
 
@@ -96,6 +109,7 @@ class ErrorGroupHour(db.Model):  # type: ignore[name-defined]
     """Errors per group per UTC hour (top groups over a window, bounded at 24 rows a group a day)."""
 
     __tablename__ = "error_group_hours"
+    __table_args__ = {"sqlite_with_rowid": False}  # clustered on the key: window sums read one range
 
     hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     group_id: Mapped[int] = mapped_column(ForeignKey("error_groups.id", ondelete="CASCADE"), primary_key=True)

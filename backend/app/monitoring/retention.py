@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, select
 
-from ..models import ErrorCodeMinute, ErrorEvent, ErrorGroupHour, ErrorMinute
+from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroupHour, ErrorMinute
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def prune_error_events(
     with engine.begin() as conn:
         minutes = conn.execute(delete(ErrorMinute.__table__).where(ErrorMinute.minute < rollup_cutoff)).rowcount
         codes = conn.execute(delete(ErrorCodeMinute.__table__).where(ErrorCodeMinute.minute < rollup_cutoff)).rowcount
+        codes += conn.execute(delete(ErrorCodeHour.__table__).where(ErrorCodeHour.hour < rollup_cutoff)).rowcount
         hours = conn.execute(delete(ErrorGroupHour.__table__).where(ErrorGroupHour.hour < rollup_cutoff)).rowcount
     result = PruneResult(by_age, by_count, minutes, codes, hours)
     logger.info("Pruned error statistics: %s", result.as_dict())

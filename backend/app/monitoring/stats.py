@@ -2,7 +2,7 @@
 
 Each query touches a bounded number of rows however long the history is: the groups (one row per
 distinct error), at most 1,440 per-minute rows for rates, at most 24 rows per group for the top
-groups, and per-code minute rows of the last 24 hours. Event listings read `error_events` through
+groups and at most 24 rows per code for per-code counts. Event listings read `error_events` through
 an index with keyset pagination.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from ..models import ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+from ..models import ErrorCodeHour, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
 from ..models.user import as_utc
 from .store import floor_hour, floor_minute
 
@@ -127,11 +127,12 @@ def _rates(session: Session, now: datetime) -> dict[str, dict[str, Any]]:
 
 
 def _codes_24h(session: Session, now: datetime) -> dict[str, int]:
-    since = floor_minute(now) - timedelta(minutes=WINDOWS["24h"] - 1)
+    # Hour buckets, like the top groups: the current hour and the 23 before it.
+    since = floor_hour(now) - timedelta(hours=23)
     rows = session.execute(
-        select(ErrorCodeMinute.code, func.sum(ErrorCodeMinute.count))
-        .where(ErrorCodeMinute.minute >= since)
-        .group_by(ErrorCodeMinute.code)
+        select(ErrorCodeHour.code, func.sum(ErrorCodeHour.count))
+        .where(ErrorCodeHour.hour >= since)
+        .group_by(ErrorCodeHour.code)
     ).all()
     return {code: int(n or 0) for code, n in rows}
 

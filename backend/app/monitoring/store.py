@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, and_, case, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..models import ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
 
 
 @dataclass(slots=True)
@@ -184,6 +184,14 @@ def write_batch(engine: Engine, events: Sequence[ErrorEventData], requests: Mapp
             ErrorCodeMinute.__table__,
             [{"minute": m, "code": c, "count": n} for (m, c), n in sorted(per_code.items())],
             ["minute", "code"],
+            ["count"],
+        )
+        per_code_hour = Counter((floor_hour(ev.occurred_at), ev.code) for ev in events)
+        upsert_add(
+            conn,
+            ErrorCodeHour.__table__,
+            [{"hour": h, "code": c, "count": n} for (h, c), n in sorted(per_code_hour.items())],
+            ["hour", "code"],
             ["count"],
         )
         per_group_hour = Counter((floor_hour(ev.occurred_at), group_ids[ev.fingerprint]) for ev in events)
