@@ -1,5 +1,6 @@
 """Database models; importing this package registers every table with the metadata."""
 
+from .alert import AlertDelivery, AlertRule, SloMinute
 from .billing import CreditAccount, CreditEntry, ProcessedStripeEvent
 from .error_event import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
 from .job import Job, JobStep, JobWorker
@@ -8,6 +9,8 @@ from .outbox import EmailOutbox, PendingSync
 from .user import RevokedToken, User
 
 __all__ = [
+    "AlertDelivery",
+    "AlertRule",
     "CreditAccount",
     "CreditEntry",
     "EmailOutbox",
@@ -24,6 +27,7 @@ __all__ = [
     "ProcessedStripeEvent",
     "Render",
     "RevokedToken",
+    "SloMinute",
     "Upload",
     "User",
 ]
