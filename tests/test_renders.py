@@ -386,3 +386,15 @@ def test_the_video_goes_to_the_bucket_and_downloads_by_signed_url(
     assert len(blob.download_as_bytes(timeout=5, retry=None)) == render["video"]["size"]
     url = user.client.get(f"/api/renders/{render_id}/download", headers=user.headers).get_json()["url"]
     assert url.startswith(gcs_emulator.url) and "X-Goog-Signature=" in url
+
+
+def test_more_renders_than_slots_queue_in_the_pool_and_all_succeed(
+    make_app: Callable[..., Flask], audio_files: AudioFactory
+) -> None:
+    app = render_app(make_app, RENDER_MAX_CONCURRENT=2, FREE_RENDER_CREDITS=4)
+    user = User(app.test_client(), "max@example.com")
+    upload_id = user.upload(audio_files.make("wav", seconds=2).read_bytes(), "a.wav")
+    ids = [user.start(upload_id).get_json()["render"]["id"] for _ in range(4)]
+    wait_for_renders(app)
+    assert [user.get(render_id)["status"] for render_id in ids] == ["succeeded"] * 4
+    assert balance(app, user.id) == 0
