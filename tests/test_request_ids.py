@@ -31,7 +31,7 @@ def test_traceparent_trace_id_is_logged_beside_request_id(app: Flask) -> None:
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     response = app.test_client().get("/nope", headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
     rid = assert_error(response, 404)["request_id"]
-    lines = [line for line in read_log(app, "app.log") if line.get("request_id") == rid]
+    lines = [line for line in read_log(app, "performance.log") if line.get("request_id") == rid]
     assert lines and lines[0]["trace_id"] == trace
 
 
@@ -41,5 +41,5 @@ def test_traceparent_trace_id_is_logged_beside_request_id(app: Flask) -> None:
 )
 def test_invalid_traceparent_is_ignored(app: Flask, bad: str) -> None:
     rid = assert_error(app.test_client().get("/nope", headers={"traceparent": bad}), 404)["request_id"]
-    lines = [line for line in read_log(app, "app.log") if line.get("request_id") == rid]
+    lines = [line for line in read_log(app, "performance.log") if line.get("request_id") == rid]
     assert lines and lines[0]["trace_id"] is None

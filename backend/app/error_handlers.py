@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from blinker import Namespace
-from flask import Flask, Response, current_app, has_request_context, json, request
+from flask import Flask, Response, current_app, g, has_request_context, json, request
 from flask_limiter.errors import RateLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
@@ -82,6 +82,8 @@ def error_response(error: APIError, exception: BaseException | None = None) -> R
     if isinstance(exception, MethodNotAllowed) and exception.valid_methods:
         response.headers["Allow"] = ", ".join(exception.valid_methods)
     _log_error(error, exception)
+    if has_request_context():
+        g.error_code = error.code  # for the request's performance.log line
     try:
         error_occurred.send(current_app._get_current_object(), error=error, exception=exception)  # type: ignore[attr-defined]
     except Exception:  # monitoring never breaks a response; the failure itself is logged
@@ -97,7 +99,9 @@ def _log_error(error: APIError, exception: BaseException | None) -> None:
         exc_info = (type(exception), exception, exception.__traceback__) if exception is not None else None
         logger.error("%s %s: %s", error.status_code, error.code, error.message, exc_info=exc_info, extra=extra)
     else:
-        logger.info("%s %s: %s", error.status_code, error.code, error.message, extra=extra)
+        # A client error is already on the request's performance.log line (with error_code) and in
+        # the error store; an app.log INFO line per 4xx would duplicate both and cost every 4xx.
+        logger.debug("%s %s: %s", error.status_code, error.code, error.message, extra=extra)
 
 
 def from_http_exception(exc: HTTPException) -> APIError:

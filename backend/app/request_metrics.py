@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 
 from ..logging_config import log_performance_metric
 from .request_context import request_started
@@ -35,6 +35,7 @@ def _record_request(response: Response) -> Response:
     if query:
         fields["query"] = query.decode("latin-1")  # redacted by the log handler like every field
     if status >= 400:
+        fields["error_code"] = g.get("error_code")
         fields["headers"] = {name: request.headers[name] for name in _ERROR_HEADERS if name in request.headers}
     if cfg["REQUEST_LOGGING_ENABLED"]:
         log_performance_metric("request", duration_ms, **fields)
