@@ -1,9 +1,9 @@
 """Service-level objectives per endpoint group: request outcomes per minute, error budgets, burn rates.
 
 Every response is counted in this process (group, minute → total, 5xx) by an `after_request`
-hook and written to `slo_minutes` with an additive upsert by a small flusher thread (every
-`SLO_FLUSH_SECONDS`, default 5) and by the alert evaluator before it reads, so every process's
-counts add up in the database.
+hook and written to `slo_minutes` with an additive upsert by one flusher thread per process (every
+`SLO_FLUSH_SECONDS`, default 5, per app) and by the alert evaluator before it reads, so every
+process's counts add up in the database.
 
 A group is the request's blueprint (`auth`, `api`, `monitoring`...), or `other`. Objectives come
 from `SLOS`: `{"*": {"objective": 0.999, "window_days": 30}, "api": {"objective": 0.995}}`
@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,41 +84,34 @@ def objective_for(app: Flask, group: str) -> Objective:
 
 
 class SloCounter:
-    """Per-process counts waiting to be written; flushed by a thread and by the evaluator."""
+    """Per-process counts waiting to be written; flushed by the shared flusher thread and by the evaluator."""
 
     def __init__(self, app: Flask, interval: float) -> None:
         self.app = app
         self.interval = interval
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[int, str, bool]] = Counter()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._last_flush = time.monotonic()
+
+    def after_fork(self) -> None:
+        """A forked child starts empty: the parent writes what it counted."""
+        self._lock = threading.Lock()
+        self._counts = Counter()
 
     def count(self, group: str, bad: bool, *, at: float | None = None) -> None:
         """Count one response."""
         minute = int((at if at is not None else time.time()) // 60)
         with self._lock:
             self._counts[(minute, group, bad)] += 1
-        if self._thread is None:
-            self._start()
+        _flusher.ensure_started()
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="slo-flusher", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
+    def due(self) -> bool:
+        """Whether the flusher should write this counter now."""
+        return bool(self._counts) and time.monotonic() - self._last_flush >= self.interval
 
     def flush(self) -> int:
         """Write the pending counts (added to every process's); put them back when the write fails."""
+        self._last_flush = time.monotonic()
         with self._lock:
             counts, self._counts = self._counts, Counter()
         if not counts:
@@ -144,15 +138,54 @@ class SloCounter:
             return 0
         return sum(counts.values())
 
-    def stop(self) -> None:
-        """Stop the flusher thread (tests)."""
-        self._stop.set()
+
+class _Flusher:
+    """One daemon thread per process flushing every live counter (apps are held weakly)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.counters: weakref.WeakSet[SloCounter] = getattr(self, "counters", weakref.WeakSet())
+
+    def add(self, counter: SloCounter) -> None:
+        """Flush `counter` from now on, while its app lives."""
+        self.counters.add(counter)
+
+    def ensure_started(self) -> None:
+        """Start the thread on first use (never at import, never in a parent before fork unless used)."""
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="slo-flusher", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            for counter in list(self.counters):
+                if counter.due():
+                    counter.flush()
+
+    def after_fork(self) -> None:
+        """The child gets its own thread and empty counters."""
+        self._reset()
+        for counter in list(self.counters):
+            counter.after_fork()
+
+
+_flusher = _Flusher()
+os.register_at_fork(after_in_child=_flusher.after_fork)
 
 
 def init_slo(app: Flask) -> SloCounter:
     """Count every response by endpoint group."""
     counter = SloCounter(app, float(app.config.get("SLO_FLUSH_SECONDS", 5.0)))
     app.extensions["slo_counter"] = counter
+    _flusher.add(counter)
 
     @app.after_request
     def _count(response: Response) -> Response:
