@@ -249,3 +249,29 @@ def test_error_rate_code_count_and_dead_letter_rules(app: Flask, webhook_receive
         db.session.commit()
     result = client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()
     assert result["events"] == {"rate": "firing", "404s": "firing", "dead": "firing"}
+
+
+def test_email_channel_goes_through_the_email_service(make_app: Callable[..., Flask], sendgrid_peer: Any) -> None:
+    """An email rule sends through SendGrid (the local peer) once, with the alert in the subject."""
+    app = make_app(
+        SENDGRID_API_KEY=sendgrid_peer.api_key,
+        SENDGRID_API_HOST=sendgrid_peer.url,
+        SENDGRID_TIMEOUT=1.0,
+        EMAIL_FROM="alerts@oriel.example",
+        RETRY_SLEEP_ENABLED=False,
+    )
+    client = app.test_client()
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    rule = {
+        "name": "jobs-dying",
+        "kind": "breaker_open",
+        "params": {"service": "database"},
+        "channels": [{"type": "email", "to": "oncall@example.com"}],
+    }
+    client.post(CONFIGURE, headers=headers, json=rule)
+    client.post("/admin/api/monitoring/circuit-breakers/database/force-open", headers=headers)
+    result = client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()
+    assert result["deliveries"]["sent"] == 1
+    [message] = sendgrid_peer.messages
+    assert message.recipients == ["oncall@example.com"] and message.subject == "[FIRING] jobs-dying"
+    client.post("/admin/api/monitoring/circuit-breakers/reset/database", headers=headers)

@@ -248,3 +248,33 @@ def test_notifications_show_a_users_own_failures_with_actions(app: Flask) -> Non
     assert [n["id"] for n in mine if n["kind"] == "system"] == ["breaker:rendering"]
     only_low = client.get("/api/errors/notifications?severity=LOW", headers=admin).get_json()["notifications"]
     assert all(n["severity"] == "LOW" for n in only_low)
+
+
+def test_storage_probe_is_live_and_a_hung_bucket_times_out(
+    make_app: Callable[..., Flask],
+    gcs_emulator: Any,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+    make_fault_proxy: Callable[..., Any],
+) -> None:
+    """Through a fault proxy: the bucket answers ("ok", live); hung, the probe says "timeout" within the deadline."""
+    proxy = make_fault_proxy(gcs_emulator.url, max_hold=5.0)
+    app = make_app(
+        GCS_BUCKET=gcs_bucket,
+        GCS_ENDPOINT=proxy.url,
+        GCS_TIMEOUT=3.0,
+        GCS_SIGNING_CREDENTIALS=gcs_signing_credentials,
+        HEALTH_PROBE_DEADLINE=0.5,
+    )
+    client = app.test_client()
+    headers = admin_headers(client)
+    storage = client.get("/admin/api/monitoring/health/services", headers=headers).get_json()["services"]["storage"]
+    assert storage["configured"] is True
+    assert storage["probe"]["status"] == "ok" and storage["probe"]["live"] is True
+    proxy.hang()
+    started = time.perf_counter()
+    body = client.get("/admin/api/monitoring/health/services", headers=headers).get_json()
+    assert time.perf_counter() - started < 2.0
+    assert body["services"]["storage"]["probe"]["status"] == "timeout"
+    assert body["status"] == "degraded"
+    proxy.passthrough()

@@ -79,7 +79,8 @@ def _send_http(url: str, body: dict[str, Any], timeout: float) -> None:
     _post(url, body, timeout)
 
 
-def _send(app: Flask, delivery: AlertDelivery) -> None:
+def _send(app: Flask, delivery: AlertDelivery) -> str | None:
+    """Send one delivery; a note when it was handed on rather than delivered (email queued in the outbox)."""
     channel = delivery.channel
     timeout = float(app.config.get("ALERT_HTTP_TIMEOUT", 5.0))
     if channel["type"] == "webhook":
@@ -90,11 +91,14 @@ def _send(app: Flask, delivery: AlertDelivery) -> None:
         from ..services import get_email
 
         # The email service has its own recovery and outbox; the dedup key makes a retry send once.
-        get_email().send(
+        result = get_email().send(
             channel["to"], delivery.payload["subject"], delivery.payload["text"], dedup_key=f"alert-{delivery.id}"
         )
+        if result.status != "sent":
+            return f"handed to the email outbox ({result.reason or result.status})"
     else:  # pragma: no cover - the request model only accepts the three types
         raise ValueError(f"unknown channel type {channel['type']!r}")
+    return None
 
 
 def _backoff(attempts: int) -> timedelta:
@@ -126,7 +130,7 @@ def deliver_pending(app: Flask, now: datetime, *, limit: int = 50) -> dict[str, 
             continue
         db.session.refresh(delivery)
         try:
-            _send(app, delivery)
+            note = _send(app, delivery)
         except APIError as exc:
             delivery.last_error = f"{exc.code}: {exc.message}"[:500]
             if delivery.attempts >= max_attempts:
@@ -140,7 +144,7 @@ def deliver_pending(app: Flask, now: datetime, *, limit: int = 50) -> dict[str, 
         else:
             delivery.status = SENT
             delivery.sent_at = now
-            delivery.last_error = None
+            delivery.last_error = note
             result["sent"] += 1
         db.session.commit()
     return result
