@@ -138,3 +138,30 @@ def test_rate_is_honoured_and_bad_rules_rejected(chaos_app: Flask) -> None:
         client.post(FAULTS, headers=headers, json={"service": "stripe", "mode": "slow", "delay_seconds": 99}), 422
     )
     assert client.delete(FAULTS, headers=headers).get_json()["rules"] == []
+
+
+def test_rules_are_shared_through_redis(make_app: Callable[..., Flask], redis_url: str) -> None:
+    """With Redis, a rule added through one process's API reaches another's guarded calls, and so does clearing."""
+    import uuid
+
+    prefix = f"test-faults-{uuid.uuid4().hex[:8]}:"
+    settings = {
+        "FAULT_INJECTION_ENABLED": True,
+        "REDIS_URL": redis_url,
+        "CIRCUIT_BREAKER_STORAGE": "memory",
+        "CIRCUIT_BREAKER_KEY_PREFIX": prefix,
+        "RETRY_SLEEP_ENABLED": False,
+    }
+    first, second = make_app(**settings), make_app(**settings)
+    client = first.test_client()
+    headers = admin(client)
+    added = client.post(FAULTS, headers=headers, json={"service": "email", "mode": "fail", "duration_seconds": 30})
+    assert added.status_code == 201 and added.get_json()["scope"] == "shared"
+    guarded = with_error_recovery("email", "send", max_retries=0)(upload)
+    with second.app_context(), pytest.raises(APIError):
+        guarded()
+    assert second.extensions["fault_injection"].injected == {"email": 1}
+    assert client.delete(FAULTS, headers=headers).status_code == 200
+    time.sleep(1.1)  # the other process re-reads the shared rules at most once a second
+    with second.app_context():
+        assert guarded() == "stored"

@@ -638,7 +638,7 @@ class FaultListOut(BaseModel):
     """Live rules of the process that answered, and how many faults each service got."""
 
     enabled: bool
-    scope: Literal["process"]
+    scope: Literal["process", "shared"]
     rules: list[FaultRuleOut]
     injected: dict[str, int]
 

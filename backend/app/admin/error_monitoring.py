@@ -232,7 +232,7 @@ def _injector() -> FaultInjector:
 def _faults(injector: FaultInjector) -> dict[str, Any]:
     return {
         "enabled": injector.enabled,
-        "scope": "process",
+        "scope": injector.scope,
         "rules": injector.rules(),
         "injected": dict(injector.injected),
     }

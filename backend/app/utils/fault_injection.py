@@ -7,13 +7,14 @@ what a real one would: the breaker counts it, the classifier judges it, retries 
 
 Safety: rules can only be added when `FAULT_INJECTION_ENABLED` is set, never in the production
 config (`ENV_NAME == "production"`), whatever the flag says; every rule expires (at most an
-hour); delays are capped at 30 s. Rules live in this process's memory: with several workers, each
-worker has its own rules (the admin endpoint says so), which is what a test or a single staging
-process needs and cannot leak across a fleet by accident.
+hour); delays are capped at 30 s. With `REDIS_URL`, rules are kept in Redis (one key per service,
+expiring with the rule) and every process reads them at most once a second, so one admin request
+reaches every worker; without Redis they live in the answering process only (the API says which).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -24,7 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from flask import Flask, current_app, has_app_context
 
-from ..errors import AuthorizationError
+from ..errors import AuthorizationError, ExternalServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,54 @@ def _http_error(status: int, service: str) -> Exception:
     return requests.HTTPError(f"{status} injected fault for {service}", response=response)
 
 
+class RedisFaultStore:
+    """Rules shared by every process through Redis: `<prefix>fault:<service>` holds the rule as JSON."""
+
+    def __init__(self, client: Any, prefix: str = "oriel:") -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def _key(self, service: str) -> str:
+        return f"{self.prefix}fault:{service}"
+
+    def put(self, rule: FaultRule, now: float) -> None:
+        """Store the rule until it expires."""
+        import redis
+
+        ttl_ms = max(1, int((rule.expires_at - now) * 1000))
+        try:
+            self.client.set(self._key(rule.service), json.dumps(asdict(rule)), px=ttl_ms)
+        except redis.RedisError as exc:
+            raise ExternalServiceError("Fault rules cannot be stored: Redis is unavailable.") from exc
+
+    def delete(self, services: list[str]) -> int:
+        """Remove the rules of `services`; how many existed."""
+        import redis
+
+        if not services:
+            return 0
+        try:
+            return int(self.client.delete(*[self._key(s) for s in services]))
+        except redis.RedisError as exc:
+            raise ExternalServiceError("Fault rules cannot be removed: Redis is unavailable.") from exc
+
+    def load(self, services: list[str]) -> dict[str, FaultRule]:
+        """The live rules of `services` (ConnectionError when Redis is unavailable)."""
+        import redis
+
+        if not services:
+            return {}
+        try:
+            values = self.client.mget([self._key(s) for s in services])
+        except redis.RedisError as exc:
+            raise ConnectionError("Redis is unavailable") from exc
+        rules = {}
+        for service, raw in zip(services, values, strict=True):
+            if raw:
+                rules[service] = FaultRule(**json.loads(raw))
+        return rules
+
+
 class FaultInjector:
     """The rules of one app, consulted on every guarded call (a dict lookup when there are none)."""
 
@@ -85,8 +134,15 @@ class FaultInjector:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        store: RedisFaultStore | None = None,
+        services: Callable[[], list[str]] = list,
+        refresh_seconds: float = 1.0,
     ) -> None:
         self.enabled = enabled
+        self.store = store
+        self._services = services
+        self._refresh_seconds = refresh_seconds
+        self._loaded_at = float("-inf")
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._clock = clock
@@ -98,6 +154,8 @@ class FaultInjector:
         """Add (or replace) the rule for the rule's service."""
         if not self.enabled:
             raise FaultInjectionDisabledError("Fault injection is disabled on this server.")
+        if self.store is not None:
+            self.store.put(rule, self._clock())
         with self._lock:
             self._rules[rule.service] = rule
         logger.warning("Fault injection on %s: %s at rate %s", rule.service, rule.mode, rule.rate)
@@ -111,10 +169,32 @@ class FaultInjector:
                 self._rules.clear()
             else:
                 removed = 1 if self._rules.pop(service, None) is not None else 0
+        if self.store is not None:
+            removed = self.store.delete(self._services() if service is None else [service])
         return removed
+
+    @property
+    def scope(self) -> str:
+        """Where rules apply: every process sharing Redis, or this process only."""
+        return "shared" if self.store is not None else "process"
+
+    def _refresh(self) -> None:
+        # Shared rules are re-read at most once per `refresh_seconds`; a Redis outage keeps the last copy.
+        if self.store is None or self._clock() - self._loaded_at < self._refresh_seconds:
+            return
+        self._loaded_at = self._clock()
+        try:
+            loaded = self.store.load(self._services())
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            logger.warning("Fault rules not refreshed from Redis: %s", type(exc).__name__)
+            return
+        with self._lock:
+            self._rules = loaded
 
     def rules(self) -> list[dict[str, Any]]:
         """Every live rule (expired ones are dropped)."""
+        self._loaded_at = float("-inf")
+        self._refresh()
         now = self._clock()
         with self._lock:
             for name in [n for n, r in self._rules.items() if r.expires_at <= now]:
@@ -126,12 +206,14 @@ class FaultInjector:
         if rule is None or (rule.operation is not None and rule.operation != operation):
             return None
         if rule.expires_at <= self._clock():
-            self.clear(service)
+            with self._lock:
+                self._rules.pop(service, None)  # expired (Redis drops its copy by itself)
             return None
         return rule if self._rng.random() < rule.rate else None
 
     def wrap(self, service: str, operation: str, fn: Callable[..., T]) -> Callable[..., T]:
         """`fn`, or `fn` with the service's fault in front of it when a rule fires for this call."""
+        self._refresh()
         if not self._rules:
             return fn
         rule = self._rule_for(service, operation)
@@ -159,8 +241,19 @@ def fault_injection_allowed(app: Flask) -> bool:
 def init_fault_injection(app: Flask) -> FaultInjector:
     """Attach the app's injector (inert when fault injection is not allowed)."""
     seed = app.config.get("FAULT_INJECTION_SEED")
+    enabled = fault_injection_allowed(app)
+    store = None
+    if enabled and app.config.get("REDIS_URL"):
+        from .breaker_redis import make_redis_client  # redis only when configured
+
+        client = make_redis_client(app.config["REDIS_URL"], timeout=0.25)
+        store = RedisFaultStore(client, prefix=app.config.get("CIRCUIT_BREAKER_KEY_PREFIX") or "oriel:")
+    breakers = app.extensions["breakers"]
     injector = FaultInjector(
-        enabled=fault_injection_allowed(app), rng=random.Random(seed) if seed is not None else None
+        enabled=enabled,
+        rng=random.Random(seed) if seed is not None else None,
+        store=store,
+        services=lambda: sorted(breakers.all()),
     )
     app.extensions[EXTENSION] = injector
     return injector
