@@ -773,3 +773,17 @@ def test_enqueue_wakes_an_idle_worker_through_redis(make_app: Callable[..., Flas
     finally:
         with producer.app_context():
             db.engine.dispose()
+
+
+def test_a_job_abandoned_while_still_leased_is_handed_back_not_left_running(
+    app: Flask, kinds: Callable[[JobKind], JobKind]
+) -> None:
+    def spurious(ctx: JobContext) -> None:
+        raise LeaseLostError("heartbeat hiccup")  # the lease is in fact still ours
+
+    kinds(JobKind("test.spurious", spurious))
+    with app.app_context():
+        job_id = enqueue("test.spurious").id
+    run_worker(app, burst=True, max_jobs=1)
+    job = load(app, job_id)
+    assert (job.status, job.attempts, job.lease_owner) == (RETRYING, 0, None)

@@ -230,17 +230,20 @@ def kill_repeatedly(app: Flask, out: Path, ids: list[int]) -> int:
 def check_nothing_lost_or_duplicated(app: Flask, ids: list[int], out: Path) -> dict[str, int]:
     """Every job ended succeeded or dead, and each side effect happened exactly once."""
     with app.app_context():
-        jobs = {
-            j.id: (j.status, [e["code"] for e in j.errors or []])
-            for j in db.session.execute(select(Job).where(Job.id.in_(ids))).scalars()
-        }
+        rows = list(db.session.execute(select(Job).where(Job.id.in_(ids))).scalars())
+        jobs = {j.id: (j.status, [e["code"] for e in j.errors or []]) for j in rows}
+        unfinished = [
+            (j.id, j.status, j.attempts, j.lease_owner, str(j.lease_expires_at), str(j.updated_at))
+            for j in rows
+            if j.status not in (SUCCEEDED, DEAD)
+        ]
         effects = Counter(
             (row.job_id, row.step) for row in db.session.execute(text("SELECT job_id, step FROM crash_effects"))
         )
         db.session.commit()
     assert len(jobs) == len(ids), "a job record is missing"
     statuses = Counter(status for status, _ in jobs.values())
-    assert set(statuses) <= {SUCCEEDED, DEAD}, statuses
+    assert set(statuses) <= {SUCCEEDED, DEAD}, (statuses, unfinished, time.time())
     duplicated = {key: count for key, count in effects.items() if count > 1}
     assert duplicated == {}, f"duplicated side effects: {duplicated}"
     delivered = {p.name for p in out.glob("delivered-*")}

@@ -229,6 +229,24 @@ def complete(claim: Claim, result: Any, *, now: datetime | None = None) -> bool:
     return ok
 
 
+def release(claim: Claim, *, now: datetime | None = None, commit: bool = True) -> bool:
+    """Hand a claimed job back to the queue, this attempt not counted; False if the lease was lost."""
+    at = now or utcnow()
+    ok = still_held(
+        db.session,
+        claim,
+        now=at,
+        status=RETRYING,
+        attempts=claim.attempt - 1,
+        lease_owner=None,
+        lease_expires_at=None,
+        next_attempt_at=at,
+    )
+    if commit:
+        db.session.commit()
+    return ok
+
+
 def error_code(exc: BaseException) -> str:
     """The stable code of an exception: an APIError's code, otherwise its class name."""
     return exc.code if isinstance(exc, APIError) else type(exc).__name__

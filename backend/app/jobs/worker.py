@@ -247,7 +247,9 @@ class Worker:
             except LeaseLostError as exc:
                 db.session.rollback()
                 outcome = "lease_lost"
-                logger.warning("Job %s (%s) abandoned: %s", claim.id, claim.kind, exc)
+                # If the lease is in fact still ours, hand the job back rather than sit on it.
+                released = records.release(claim, now=self.clock())
+                logger.warning("Job %s (%s) abandoned (released: %s): %s", claim.id, claim.kind, released, exc)
             except Exception as exc:  # noqa: BLE001 - classified, recorded with its real message, retried or dead-lettered
                 db.session.rollback()
                 outcome = self._record_failure(claim, kind, exc)
@@ -292,9 +294,10 @@ class Worker:
     def _beat(self) -> None:
         now = self.clock()
         try:
-            held = records.extend_leases(self.worker_id, self.options.lease_seconds, now=now)
+            # Snapshot first: a job claimed after the snapshot must not be judged by this beat.
             with self._lock:
                 running = dict(self._running)
+            held = records.extend_leases(self.worker_id, self.options.lease_seconds, now=now)
             for job_id, ctx in running.items():
                 if job_id not in held:
                     ctx.lost.set()
@@ -347,23 +350,8 @@ class Worker:
         now = self.clock()
         for ctx in running:
             ctx.lost.set()
-            claim = ctx.claim
-            stmt = (
-                update(Job)
-                .where(Job.id == claim.id, Job.status == RUNNING, Job.lease_owner == claim.owner)
-                .where(Job.attempts == claim.attempt)
-                .values(
-                    status=RETRYING,
-                    attempts=claim.attempt - 1,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    next_attempt_at=now,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            db.session.execute(stmt)
-            logger.warning("Worker %s shutting down: job %s handed back to the queue", self.worker_id, claim.id)
+            records.release(ctx.claim, now=now, commit=False)
+            logger.warning("Worker %s shutting down: job %s handed back to the queue", self.worker_id, ctx.claim.id)
         db.session.commit()
 
 
