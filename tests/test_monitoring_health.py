@@ -278,3 +278,42 @@ def test_storage_probe_is_live_and_a_hung_bucket_times_out(
     assert body["services"]["storage"]["probe"]["status"] == "timeout"
     assert body["status"] == "degraded"
     proxy.passthrough()
+
+
+def test_stripe_and_sendgrid_are_probed_live_over_http(
+    make_app: Callable[..., Flask], stripe_peer: Any, sendgrid_peer: Any, make_fault_proxy: Callable[..., Any]
+) -> None:
+    """Both providers answer ("ok"); refusing connections is "error", hanging "timeout"; a bad key says so."""
+    stripe_proxy = make_fault_proxy(stripe_peer.url, max_hold=5.0)
+    email_proxy = make_fault_proxy(sendgrid_peer.url, max_hold=5.0)
+    settings = {
+        "STRIPE_API_KEY": stripe_peer.api_key,
+        "STRIPE_API_BASE": stripe_proxy.url,
+        "SENDGRID_API_KEY": sendgrid_peer.api_key,
+        "SENDGRID_API_HOST": email_proxy.url,
+        "HEALTH_PROBE_DEADLINE": 0.5,
+    }
+    app = make_app(**settings)
+    client = app.test_client()
+    headers = admin_headers(client)
+
+    def probes() -> dict[str, dict[str, Any]]:
+        services = client.get("/admin/api/monitoring/health/services", headers=headers).get_json()["services"]
+        return {name: services[name]["probe"] for name in ("stripe", "email")}
+
+    healthy = probes()
+    assert healthy["stripe"]["status"] == "ok" and healthy["stripe"]["live"] is True
+    assert healthy["email"]["status"] == "ok" and healthy["email"]["live"] is True
+    stripe_proxy.down()
+    email_proxy.hang()
+    broken = probes()
+    assert broken["stripe"]["status"] == "error" and broken["email"]["status"] == "timeout"
+    stripe_proxy.up()
+    email_proxy.passthrough()
+
+    wrong_key = make_app(**{**settings, "STRIPE_API_KEY": "sk_test_wrong"})
+    client = wrong_key.test_client()
+    headers = admin_headers(client)
+    refused = client.get("/admin/api/monitoring/health/services", headers=headers).get_json()["services"]["stripe"]
+    assert refused["probe"]["status"] == "error" and "credentials refused" in refused["probe"]["detail"]
+    assert "sk_test_wrong" not in str(refused)

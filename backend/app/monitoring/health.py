@@ -196,13 +196,41 @@ def _queue_probe(app: Flask) -> ProbeResult:
     return ProbeResult(status, detail=None if status == "ok" else "no live worker", extra=extra)
 
 
-def _adapter_probe(app: Flask, adapter: Any) -> Callable[[], ProbeResult]:
+#: Services whose adapter has no `probe()` are checked over HTTP: (base URL config key, default, path, key config).
+HTTP_PROBES: dict[str, tuple[str, str, str, str]] = {
+    "stripe": ("STRIPE_API_BASE", "https://api.stripe.com", "/v1/balance", "STRIPE_API_KEY"),
+    "email": ("SENDGRID_API_HOST", "https://api.sendgrid.com", "/v3/scopes", "SENDGRID_API_KEY"),
+}
+
+
+def _http_probe(app: Flask, service: str, timeout: float) -> ProbeResult:
+    """The provider answers over HTTP: 2xx-4xx proves it is up; 401/403 say our key is refused; 5xx is down."""
+    import requests  # only when probing
+
+    base_key, default, path, key_name = HTTP_PROBES[service]
+    base = (app.config.get(base_key) or default).rstrip("/")
+    response = requests.get(
+        base + path, headers={"Authorization": f"Bearer {app.config.get(key_name)}"}, timeout=timeout
+    )
+    if response.status_code in (401, 403):
+        return ProbeResult("error", detail=f"credentials refused ({response.status_code})", extra={"live": True})
+    if response.status_code >= 500:
+        return ProbeResult("error", detail=f"answered {response.status_code}", extra={"live": True})
+    return ProbeResult("ok", extra={"live": True, "http_status": response.status_code})
+
+
+def _adapter_probe(app: Flask, service: str, adapter: Any, timeout: float) -> Callable[[], ProbeResult]:
     def probe() -> ProbeResult:
         with app.app_context():
             live = getattr(adapter, "probe", None)
             if live is not None:
                 return _as_result(live(), live=True)
-            return _as_result(adapter.status(), live=False)
+            status = _as_result(adapter.status(), live=False)
+            if status.status == "not_configured" or service not in HTTP_PROBES:
+                return status
+            result = _http_probe(app, service, timeout)
+            result.extra = {**(status.extra or {}), **(result.extra or {})}
+            return result
 
     return probe
 
@@ -271,7 +299,7 @@ def init_service_health(app: Flask) -> CallHistory:
     return history
 
 
-def _probes(app: Flask) -> tuple[dict[str, Probe], dict[str, ProbeResult]]:
+def _probes(app: Flask, deadline: float) -> tuple[dict[str, Probe], dict[str, ProbeResult]]:
     probes: dict[str, Probe] = {
         "database": lambda: _database_probe(app),
         "rendering": lambda: _rendering_probe(app),
@@ -285,7 +313,7 @@ def _probes(app: Flask) -> tuple[dict[str, Probe], dict[str, ProbeResult]]:
     for service in ("storage", "email", "stripe"):
         adapter = find_adapter(app, service)
         if adapter is not None:
-            probes[service] = _adapter_probe(app, adapter)
+            probes[service] = _adapter_probe(app, service, adapter, deadline)
         elif is_configured(app, service):
             fixed[service] = ProbeResult("unknown", detail="configured, but no adapter is registered to probe")
         else:
@@ -324,7 +352,7 @@ def service_health(app: Flask) -> dict[str, Any]:
     history: CallHistory = state["history"]
     prober: HealthProber = state["prober"]
     deadline = float(app.config.get("HEALTH_PROBE_DEADLINE", DEFAULT_DEADLINE))
-    probes, fixed = _probes(app)
+    probes, fixed = _probes(app, deadline)
     probes["_backlog"] = lambda: _backlog(app)
     started = time.perf_counter()
     results = {**prober.run(probes, deadline), **fixed}
