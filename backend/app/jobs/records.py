@@ -195,12 +195,19 @@ def still_held(session: Session, claim: Claim, *, now: datetime | None = None, *
     return session.execute(stmt.execution_options(synchronize_session=False)).first() is not None
 
 
-def extend_leases(owner: str, lease_seconds: float, *, now: datetime | None = None) -> set[int]:
-    """Push back the lease of every job `owner` runs (a heartbeat); the ids still held."""
+def extend_leases(owner: str, job_ids: Iterable[int], lease_seconds: float, *, now: datetime | None = None) -> set[int]:
+    """Push back the leases of the jobs `owner` is running (a heartbeat); the ids still held.
+
+    Only jobs a handler is actually running are extended: a job whose bookkeeping failed is left
+    to expire, so the reaper retries it instead of this worker sitting on it.
+    """
+    ids = list(job_ids)
+    if not ids:
+        return set()
     at = now or utcnow()
     stmt = (
         update(Job)
-        .where(Job.status == RUNNING, Job.lease_owner == owner)
+        .where(Job.status == RUNNING, Job.lease_owner == owner, Job.id.in_(ids))
         .values(lease_expires_at=at + timedelta(seconds=lease_seconds), heartbeat_at=at)
         .returning(Job.id)
         .execution_options(synchronize_session=False)

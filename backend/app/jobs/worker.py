@@ -190,7 +190,13 @@ class Worker:
                         continue
                     with self._lock:
                         self._idle.discard(index)
-                    self._execute(claim)
+                    try:
+                        self._execute(claim)
+                    except SQLAlchemyError as exc:
+                        # The database failed the bookkeeping: the job's lease expires and it is retried.
+                        db.session.rollback()
+                        logger.error("Worker %s: recording job %s failed: %s", self.worker_id, claim.id, exc)
+                        self.stopping.wait(self.options.poll_seconds)
             finally:
                 with self._lock:
                     self._idle.add(index)
@@ -297,7 +303,7 @@ class Worker:
             # Snapshot first: a job claimed after the snapshot must not be judged by this beat.
             with self._lock:
                 running = dict(self._running)
-            held = records.extend_leases(self.worker_id, self.options.lease_seconds, now=now)
+            held = records.extend_leases(self.worker_id, running, self.options.lease_seconds, now=now)
             for job_id, ctx in running.items():
                 if job_id not in held:
                     ctx.lost.set()
