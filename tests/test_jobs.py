@@ -387,16 +387,16 @@ def test_heartbeats_keep_a_long_job_leased_past_its_lease_time(app: Flask, kinds
     def slow(ctx: JobContext) -> str:
         runs.append(ctx.attempt)
         for pct in (25, 50, 75):
-            time.sleep(0.3)
+            time.sleep(0.6)
             ctx.progress(pct)
         return "done"
 
     kinds(JobKind("test.slow", slow))
     with app.app_context():
         job_id = enqueue("test.slow").id
-    # Two workers, lease 0.4 s: the idle one reaps constantly, the busy one must keep heartbeating.
+    # Two workers, lease 0.8 s, job 1.8 s: the idle one reaps constantly, the busy one must keep heartbeating.
     workers = [
-        threading.Thread(target=run_worker, args=(app,), kwargs={"drain": True, "lease_seconds": 0.4}) for _ in range(2)
+        threading.Thread(target=run_worker, args=(app,), kwargs={"drain": True, "lease_seconds": 0.8}) for _ in range(2)
     ]
     for w in workers:
         w.start()
