@@ -76,9 +76,9 @@ def test_the_same_idempotency_key_returns_the_same_session(
     assert first.get_json()["session_id"] == second.get_json()["session_id"]
     assert len(stripe_peer.sessions) == 1
     other_pack = client.post("/api/payments/checkout", json={"pack": "studio"}, headers=headers)
-    assert_error(other_pack, 409, "IDEMPOTENCY_KEY_REUSED")
+    assert_error(other_pack, 422, "IDEMPOTENCY_KEY_REUSED")
     bad = client.post(
-        "/api/payments/checkout", json={"pack": "starter"}, headers={**bearer(token), "Idempotency-Key": "x"}
+        "/api/payments/checkout", json={"pack": "starter"}, headers={**bearer(token), "Idempotency-Key": "x" * 256}
     )
     assert_error(bad, 422, "VALIDATION_ERROR")
 
@@ -234,7 +234,7 @@ def test_translation_table_maps_each_stripe_error_once() -> None:
         (stripe.APIConnectionError("refused"), 503, "PAYMENTS_UNAVAILABLE", True),
         (stripe.APIError("boom", http_status=500), 503, "PAYMENTS_UNAVAILABLE", True),
         (stripe.InvalidRequestError("bad param", "mode"), 402, "STRIPE_ERROR", False),
-        (stripe.IdempotencyError("reused key"), 409, "IDEMPOTENCY_KEY_REUSED", False),
+        (stripe.IdempotencyError("reused key"), 422, "IDEMPOTENCY_KEY_REUSED", False),
     ]
     for exc, status, code, recoverable in cases:
         translated = translate_stripe_error(exc)

@@ -3,6 +3,7 @@
 from .alert import AlertDelivery, AlertRule, SloMinute
 from .billing import CreditAccount, CreditEntry, ProcessedStripeEvent
 from .error_event import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+from .idempotency import IdempotencyRecord
 from .job import Job, JobStep, JobWorker
 from .media import Render, Upload
 from .outbox import EmailOutbox, PendingSync
@@ -20,6 +21,7 @@ __all__ = [
     "ErrorGroup",
     "ErrorGroupHour",
     "ErrorMinute",
+    "IdempotencyRecord",
     "Job",
     "JobStep",
     "JobWorker",

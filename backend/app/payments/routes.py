@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import hashlib
 import uuid
 from typing import Any
 
@@ -11,15 +11,15 @@ from flask_jwt_extended import current_user
 
 from .. import credits
 from ..auth.decorators import login_required
-from ..errors import ValidationError
+from ..idempotency import HEADER_DOC as IDEMPOTENCY_HEADER_DOC
+from ..idempotency import idempotent
+from ..idempotency import read_key as read_idempotency_key
 from ..openapi import documented
 from ..schemas import CheckoutOut, CheckoutRequest, CreditsOut, WebhookAck
 from ..services import get_payments
 from ..validation import parse_json
 from . import bp
 from .events import process_event
-
-_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,100}$")
 
 
 @bp.post("/api/payments/checkout")
@@ -29,17 +29,20 @@ _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,100}$")
     request=CheckoutRequest,
     responses={201: CheckoutOut},
     auth="user",
-    errors=(402, 422, 503),
-    headers=(("Idempotency-Key", "optional: repeat a request safely; the same key returns the same session"),),
+    errors=(402, 409, 422, 503),
+    headers=(IDEMPOTENCY_HEADER_DOC,),
 )
 @login_required
+@idempotent
 def checkout() -> tuple[dict[str, Any], int]:
     """Create a Checkout Session; the key (client's or fresh) is reused by every retry of this request."""
     body = parse_json(CheckoutRequest)
-    client_key = request.headers.get("Idempotency-Key")
-    if client_key is not None and not _IDEMPOTENCY_KEY.fullmatch(client_key):
-        raise ValidationError("Idempotency-Key must be 8-100 letters, digits or . _ : -", field="Idempotency-Key")
-    key = f"checkout:{current_user.id}:{client_key or uuid.uuid4().hex}"  # per user: keys never collide
+    # `@idempotent` replays a finished request with this key; Stripe's key (derived from the client's, so a
+    # request that died before storing its answer meets the same session again) covers the call itself.
+    # Hashed: per user, at most 255 characters whatever the client sent.
+    client_key = read_idempotency_key()
+    suffix = hashlib.sha256(client_key.encode()).hexdigest() if client_key else uuid.uuid4().hex
+    key = f"checkout:{current_user.id}:{suffix}"
     session = get_payments().create_checkout_session(current_user, body.pack, idempotency_key=key)
     return {"checkout_url": session.checkout_url, "session_id": session.session_id}, 201
 

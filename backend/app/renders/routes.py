@@ -15,6 +15,8 @@ from werkzeug.wrappers import Response
 from ..auth.decorators import login_required
 from ..errors import ConflictError, FileError, FileSizeError, NotFoundError, ValidationError
 from ..extensions import db
+from ..idempotency import HEADER_DOC as IDEMPOTENCY_HEADER_DOC
+from ..idempotency import idempotent
 from ..models.media import SUCCEEDED, Render, Upload
 from ..openapi import documented
 from ..rate_limits import rate_limited
@@ -70,10 +72,12 @@ def _read_upload() -> tuple[bytes, str]:
     request_content="multipart/form-data",
     responses={201: UploadEnvelope},
     auth="user",
-    errors=(400, 413, 503),
+    errors=(400, 409, 413, 422, 503),
+    headers=(IDEMPOTENCY_HEADER_DOC,),
 )
 @rate_limited("RATELIMIT_UPLOAD")
 @login_required
+@idempotent
 def create_upload() -> tuple[dict[str, Any], int]:
     """Check the audio by content, store it, and say where it went (`location`, `degraded`)."""
     data, filename = _read_upload()
@@ -117,10 +121,12 @@ def _own(model: type[Upload] | type[Render], object_id: int, what: str) -> Any:
     request=RenderRequest,
     responses={202: RenderEnvelope},
     auth="user",
-    errors=(402, 404, 503),
+    errors=(402, 404, 409, 422, 503),
+    headers=(IDEMPOTENCY_HEADER_DOC,),
 )
 @rate_limited("RATELIMIT_RENDER")
 @login_required
+@idempotent
 def create_render() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Queue a render: checks resources, spends a credit, then renders in the background."""
     body = parse_json(RenderRequest)

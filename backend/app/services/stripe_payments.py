@@ -13,7 +13,7 @@ Stripe exceptions are translated once, in `translate_stripe_error`:
 | AuthenticationError, PermissionError | `PaymentsUnavailableError`, logged CRITICAL, details hidden | 503 |
 | RateLimitError (after our retries) | `PaymentsUnavailableError` with `retry_after` | 503 |
 | APIConnectionError, APIError 5xx (after retries) | `PaymentsUnavailableError` (recoverable) | 503 |
-| IdempotencyError (a client key reused with other parameters) | `IdempotencyKeyReusedError` | 409 |
+| IdempotencyError (a client key reused with other parameters) | `IdempotencyKeyReusedError` (one code app-wide) | 422 |
 | InvalidRequestError | `StripeError` STRIPE_ERROR, logged ERROR (our request is wrong) | 402 |
 
 The retry layer classifies the raw Stripe exceptions (declines and auth problems are permanent and
@@ -32,12 +32,12 @@ from typing import Any
 from ..errors import (
     APIError,
     BadRequestError,
-    ConflictError,
     ExternalServiceError,
     PaymentError,
     StripeError,
     ValidationError,
 )
+from ..idempotency import IdempotencyKeyReusedError
 from ..utils.classifier import classify
 from ..utils.error_recovery import call_with_recovery, get_breaker
 
@@ -51,12 +51,6 @@ class PaymentsUnavailableError(ExternalServiceError):
     """Payments are unavailable right now; retry later."""
 
     code = "PAYMENTS_UNAVAILABLE"
-
-
-class IdempotencyKeyReusedError(ConflictError):
-    """This Idempotency-Key was already used for a different request; use a new key."""
-
-    code = "IDEMPOTENCY_KEY_REUSED"
 
 
 class WebhookSignatureError(BadRequestError):

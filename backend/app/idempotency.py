@@ -1,0 +1,420 @@
+"""`@idempotent`: a write sent with an `Idempotency-Key` happens once, however often the client retries it.
+
+The semantics (after Stripe's; the README's "Retrying safely: idempotency keys" says the same):
+
+- The key is 1-255 printable ASCII characters, chosen by the client (a UUID v4 is ideal) and scoped
+  to the authenticated user: two users never collide. Anything else is 422 VALIDATION_ERROR.
+- The first request with a key takes a lock on (user, key) and runs. Its response (status, body and
+  the `Content-Type` and `Location` headers) is stored for `IDEMPOTENCY_TTL_SECONDS` (24 h).
+- A retry with the same key and the same request gets the stored response byte for byte, with
+  `Idempotent-Replayed: true`, and the view does not run again (no second credit, upload or session).
+- The same key with a different request (method, path, query and body; a JSON body compared after
+  canonicalisation, a multipart body part by part, not by its random boundary) is 422
+  IDEMPOTENCY_KEY_REUSED, and nothing runs.
+- A retry while the first request still runs is 409 IDEMPOTENCY_REQUEST_IN_PROGRESS with `retry_after`
+  and `Retry-After`.
+- What is stored: every response except the ones a retry may change, i.e. 5xx and 408/409/425/429. For
+  those the key is released, so the client retries with the same key and the work is attempted again.
+  Other 4xx (validation, 402 no credits, 404) are deterministic and replayed as they were.
+- The lock has a lease (`IDEMPOTENCY_LEASE_SECONDS`, default 60, longer than any of these requests):
+  a process that dies mid-request frees the key when the lease ends instead of holding it for ever.
+
+Storage: Redis when `REDIS_URL` is set (SET NX PX is the lock), else the database (the unique
+constraint on `idempotency_keys (user_id, key)` is the lock); either way every process agrees.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from flask import Flask, Response, after_this_request, current_app, make_response, request
+from flask_jwt_extended import current_user
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .errors import ConflictError, ExternalServiceError, ValidationError
+from .extensions import db
+from .models.idempotency import DONE, RUNNING, IdempotencyRecord
+from .request_context import get_request_id
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+# A replay has its own X-Request-ID; the body (an error's `request_id` included) is the original's, named here.
+ORIGINAL_REQUEST_ID_HEADER = "Idempotent-Original-Request-ID"
+MAX_KEY_LENGTH = 255
+HEADER_DOC = (
+    HEADER,
+    "optional, up to 255 characters (a UUID): a retry with the same key and body replays the first response "
+    "(`Idempotent-Replayed: true`) instead of doing the work again; see the README",
+)
+_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+_STORED_HEADERS = ("Content-Type", "Location")
+# Responses a retry may change: released, not stored (5xx are released too).
+_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+
+class IdempotencyKeyReusedError(ValidationError):
+    """This Idempotency-Key was already used for a different request; use a new key."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class IdempotencyInProgressError(ConflictError):
+    """A request with this Idempotency-Key is still running; retry after `retry_after` seconds."""
+
+    code = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+    recoverable = True
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A finished request's response, as replayed."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `begin` found: the lock is ours (`token`), or another request's (running or finished)."""
+
+    fingerprint: str
+    token: str | None = None  # set when this request holds the lock
+    stored: StoredResponse | None = None  # set when the key's request finished
+    retry_after: int = 1  # for a running one
+
+
+class IdempotencyStore(Protocol):
+    """Where claims and responses live; every process of the deployment must see the same store."""
+
+    def begin(self, user_id: int, key: str, fingerprint: str) -> Claim:
+        """Take the lock for (user, key), or say who has it."""
+
+    def finish(self, user_id: int, key: str, token: str, response: StoredResponse) -> None:
+        """Store the response of the request holding `token`."""
+
+    def release(self, user_id: int, key: str, token: str) -> None:
+        """Drop the lock of the request holding `token` without storing anything."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _in_progress(retry_after: int) -> IdempotencyInProgressError:
+    return IdempotencyInProgressError(
+        "A request with this Idempotency-Key is still running; retry shortly.",
+        details={"header": HEADER},
+        retry_after=retry_after,
+    )
+
+
+class SqlIdempotencyStore:
+    """Claims in `idempotency_keys`: the INSERT that wins the unique constraint holds the lock."""
+
+    def __init__(self, lease: float, ttl: float, retry_after: int) -> None:
+        self.lease = lease
+        self.ttl = ttl
+        self.retry_after = retry_after
+        self._next_purge = 0.0
+
+    def begin(self, user_id: int, key: str, fingerprint: str) -> Claim:
+        """INSERT the claim; on a conflict read the row, taking it over only if it expired."""
+        self._purge_now_and_then()
+        token = uuid.uuid4().hex
+        now = _now()
+        values = {
+            "user_id": user_id,
+            "key": key,
+            "fingerprint": fingerprint,
+            "state": RUNNING,
+            "token": token,
+            "locked_until": now + timedelta(seconds=self.lease),
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=self.ttl),
+        }
+        table = IdempotencyRecord.__table__
+        # Own connections, committed at once: the lock must be visible to others while the view's session runs.
+        for _ in range(3):
+            try:
+                with db.engine.begin() as conn:
+                    conn.execute(insert(table).values(**values))
+                return Claim(fingerprint, token=token)
+            except IntegrityError:
+                pass
+            with db.engine.begin() as conn:
+                row = conn.execute(select(table).where(table.c.user_id == user_id, table.c.key == key)).first()
+                if row is None:
+                    continue  # released or purged in between: try the INSERT again
+                expired = _aware(row.expires_at) <= now or (row.state == RUNNING and _aware(row.locked_until) <= now)
+                if not expired:
+                    return self._claim_of(row, now)
+                # Compare-and-set on the old token: of two takers of an expired claim, one wins.
+                taken = conn.execute(
+                    update(table).where(table.c.id == row.id, table.c.token == row.token).values(**values)
+                ).rowcount
+                if taken == 1:
+                    logger.info("Idempotency key of user %s taken over after its claim expired", user_id)
+                    return Claim(fingerprint, token=token)
+        raise _in_progress(self.retry_after)
+
+    def _claim_of(self, row: Any, now: datetime) -> Claim:
+        if row.state == DONE:
+            stored = StoredResponse(row.status_code, bytes(row.response_body or b""), json.loads(row.response_headers))
+            return Claim(row.fingerprint, stored=stored)
+        left = (_aware(row.locked_until) - now).total_seconds()
+        return Claim(row.fingerprint, retry_after=max(1, min(self.retry_after, math.ceil(left))))
+
+    def finish(self, user_id: int, key: str, token: str, response: StoredResponse) -> None:
+        """Mark the claim done with its response (only if this request still holds it)."""
+        table = IdempotencyRecord.__table__
+        with db.engine.begin() as conn:
+            conn.execute(
+                update(table)
+                .where(table.c.user_id == user_id, table.c.key == key, table.c.token == token)
+                .values(
+                    state=DONE,
+                    status_code=response.status,
+                    response_body=response.body,
+                    response_headers=json.dumps(response.headers),
+                    expires_at=_now() + timedelta(seconds=self.ttl),
+                )
+            )
+
+    def release(self, user_id: int, key: str, token: str) -> None:
+        """Delete the claim (only if this request still holds it)."""
+        table = IdempotencyRecord.__table__
+        with db.engine.begin() as conn:
+            conn.execute(delete(table).where(table.c.user_id == user_id, table.c.key == key, table.c.token == token))
+
+    def _purge_now_and_then(self) -> None:
+        """Delete expired rows at most every ten minutes per process (expired claims are never read)."""
+        if time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + 600
+        table = IdempotencyRecord.__table__
+        with db.engine.begin() as conn:
+            conn.execute(delete(table).where(table.c.expires_at <= _now()))
+
+
+# KEYS[1] the claim. ARGV: token, the response as JSON ('' deletes), its TTL in ms. Only the lock holder
+# writes, and the claim's fingerprint is kept so a later mismatching body is still recognised.
+_FINISH = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local claim = cjson.decode(cur)
+if claim['token'] ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) return 1 end
+local done = cjson.decode(ARGV[2])
+done['fp'] = claim['fp']
+redis.call('SET', KEYS[1], cjson.encode(done), 'PX', ARGV[3])
+return 1
+"""
+
+
+class RedisIdempotencyStore:
+    """Claims in Redis: SET NX PX (the lease) is the lock; the finished response replaces it with a 24 h TTL."""
+
+    def __init__(self, client: Any, lease: float, ttl: float, retry_after: int, prefix: str = "oriel:") -> None:
+        self.client = client
+        self.lease_ms = int(lease * 1000)
+        self.ttl_ms = int(ttl * 1000)
+        self.retry_after = retry_after
+        self.prefix = prefix
+        self._finish = client.register_script(_FINISH)
+
+    def _name(self, user_id: int, key: str) -> str:
+        # Hashed: a 255-character key stays a short Redis key, and any bytes are safe in it.
+        return f"{self.prefix}idem:{user_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def begin(self, user_id: int, key: str, fingerprint: str) -> Claim:
+        """SET NX the claim; if it exists, read it (running or finished)."""
+        name = self._name(user_id, key)
+        token = uuid.uuid4().hex
+        claim = json.dumps({"state": RUNNING, "fp": fingerprint, "token": token})
+        for _ in range(3):
+            if self.client.set(name, claim, nx=True, px=self.lease_ms):
+                return Claim(fingerprint, token=token)
+            with self.client.pipeline() as pipe:
+                raw, left_ms = pipe.get(name).pttl(name).execute()
+            if raw is None:
+                continue  # expired or released in between
+            found = json.loads(raw)
+            if found["state"] == DONE:
+                body = base64.b64decode(found["body"])
+                return Claim(found["fp"], stored=StoredResponse(found["status"], body, found["headers"]))
+            left = max(1, math.ceil(left_ms / 1000)) if left_ms and left_ms > 0 else 1
+            return Claim(found["fp"], retry_after=min(self.retry_after, left))
+        raise _in_progress(self.retry_after)
+
+    def finish(self, user_id: int, key: str, token: str, response: StoredResponse) -> None:
+        """Replace this request's claim by its response, kept for the TTL."""
+        value = {
+            "state": DONE,
+            "token": token,
+            "status": response.status,
+            "body": base64.b64encode(response.body).decode(),
+            "headers": response.headers,
+        }
+        self._finish(keys=[self._name(user_id, key)], args=[token, json.dumps(value), self.ttl_ms])
+
+    def release(self, user_id: int, key: str, token: str) -> None:
+        """Delete this request's claim."""
+        self._finish(keys=[self._name(user_id, key)], args=[token, "", 0])
+
+
+def get_store(app: Flask | None = None) -> IdempotencyStore:
+    """The app's store, built on first use from its config (Redis with REDIS_URL, else the database)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    store = app.extensions.get("idempotency")
+    if store is None:
+        cfg = app.config
+        lease = float(cfg.get("IDEMPOTENCY_LEASE_SECONDS", 60))
+        ttl = float(cfg.get("IDEMPOTENCY_TTL_SECONDS", 24 * 3600))
+        retry_after = int(cfg.get("IDEMPOTENCY_RETRY_AFTER_SECONDS", 1))
+        if cfg.get("REDIS_URL") and cfg.get("IDEMPOTENCY_STORAGE", "auto") != "database":
+            from .utils.breaker_redis import make_redis_client  # redis only when configured
+
+            client = make_redis_client(cfg["REDIS_URL"], timeout=float(cfg.get("IDEMPOTENCY_REDIS_TIMEOUT", 1.0)))
+            store = RedisIdempotencyStore(
+                client, lease, ttl, retry_after, cfg.get("RATELIMIT_KEY_PREFIX", "oriel") + ":"
+            )
+        else:
+            store = SqlIdempotencyStore(lease, ttl, retry_after)
+        app.extensions["idempotency"] = store
+    return store
+
+
+def read_key() -> str | None:
+    """The request's Idempotency-Key, validated (None when absent)."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not _KEY.fullmatch(key):
+        raise ValidationError(
+            f"{HEADER} must be 1-{MAX_KEY_LENGTH} printable ASCII characters (a UUID is ideal).", field=HEADER
+        )
+    return key
+
+
+def fingerprint() -> str:
+    """SHA-256 of the method, path, query and body (JSON canonicalised; multipart part by part)."""
+    digest = hashlib.sha256()
+    digest.update(f"{request.method} {request.path}?{request.query_string.decode('latin-1')}\n".encode())
+    if request.mimetype == "multipart/form-data":
+        # The boundary is random per attempt, so the raw body differs between retries of one upload.
+        for name, value in sorted(request.form.items(multi=True)):
+            digest.update(f"form {name}={value}\n".encode())
+        for name, upload in sorted(request.files.items(multi=True), key=lambda item: item[0]):
+            digest.update(f"file {name} {upload.filename} {upload.mimetype}\n".encode())
+            for chunk in iter(lambda upload=upload: upload.stream.read(64 * 1024), b""):
+                digest.update(chunk)
+            upload.stream.seek(0)  # the view reads it again
+        return digest.hexdigest()
+    raw = request.get_data(cache=True)  # cached: the view parses the same bytes
+    if request.is_json:
+        # Not JSON after all: hash the bytes as they are; the view answers the 400.
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            raw = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    digest.update(raw)
+    return digest.hexdigest()
+
+
+def _store_errors_as_unavailable(exc: Exception) -> ExternalServiceError:
+    logger.error("Idempotency store failed: %s", type(exc).__name__)
+    return ExternalServiceError(
+        "Requests with an Idempotency-Key cannot be accepted right now; retry shortly.",
+        details={"service": "idempotency"},
+        retry_after=1,
+    )
+
+
+def _replay(stored: StoredResponse) -> Response:
+    response = Response(stored.body, status=stored.status)
+    for name, value in stored.headers.items():
+        response.headers[name] = value
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+def idempotent(view: F) -> F:
+    """Run `view` once per (user, Idempotency-Key); place it under `@login_required`. No key: runs as usual."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = read_key()
+        if key is None:
+            return view(*args, **kwargs)
+        try:
+            fp = fingerprint()
+        except RequestEntityTooLarge:
+            return view(*args, **kwargs)  # the view refuses it (413) before doing anything to repeat
+        user_id = int(current_user.id)
+        store = get_store()
+        try:
+            claim = store.begin(user_id, key, fp)
+        except (SQLAlchemyError, _redis_error()) as exc:
+            raise _store_errors_as_unavailable(exc) from exc
+        if claim.fingerprint != fp:
+            raise IdempotencyKeyReusedError(
+                "This Idempotency-Key was already used for a different request; use a new key.",
+                details={"header": HEADER},
+            )
+        if claim.stored is not None:
+            return _replay(claim.stored)
+        if claim.token is None:
+            raise _in_progress(claim.retry_after)
+        token = claim.token
+
+        @after_this_request
+        def settle(response: Response) -> Response:
+            """Store a final response or release the key; runs for error responses too."""
+            try:
+                if response.status_code >= 500 or response.status_code in _RETRYABLE_4XX:
+                    store.release(user_id, key, token)
+                else:
+                    headers = {h: response.headers[h] for h in _STORED_HEADERS if h in response.headers}
+                    headers[ORIGINAL_REQUEST_ID_HEADER] = get_request_id() or ""
+                    body = response.get_data()
+                    store.finish(user_id, key, token, StoredResponse(response.status_code, body, headers))
+            except (SQLAlchemyError, _redis_error()) as exc:
+                # The work is done and its answer goes out; the claim lapses with its lease.
+                logger.error("Could not settle idempotency key of user %s: %s", user_id, type(exc).__name__)
+            return response
+
+        return make_response(view(*args, **kwargs))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _redis_error() -> type[Exception]:
+    """redis.RedisError if redis is installed (it is a runtime dependency), for except clauses."""
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis is in requirements.txt
+        return SQLAlchemyError
+    return redis.RedisError
