@@ -102,6 +102,7 @@ class Metrics:
         )
         self.retries = Counter("oriel_outbound_retries", "Retries of outbound calls", ["service"], registry=reg)
         self.fallbacks = Counter("oriel_fallbacks_served", "Fallbacks that served a call", ["service"], registry=reg)
+        self.request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
 class _BreakerMetrics(BreakerListener):
@@ -181,8 +182,14 @@ def _record_request(response: Response) -> Response:
     if metrics is None or started is None:
         return response
     endpoint = request.endpoint or "unmatched"  # bounded label: never the raw path
-    metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
-    metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+    key = (request.method, endpoint, response.status_code)
+    children = metrics.request_children.get(key)
+    if children is None:
+        # labels() costs a lock and a tuple build per call; the (bounded) children are cached instead.
+        children = (metrics.requests.labels(key[0], endpoint, str(key[2])), metrics.duration.labels(endpoint))
+        metrics.request_children[key] = children
+    children[0].inc()
+    children[1].observe(time.perf_counter() - started)
     return response
 
 

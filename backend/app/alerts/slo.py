@@ -181,8 +181,10 @@ _flusher = _Flusher()
 os.register_at_fork(after_in_child=_flusher.after_fork)
 
 
-def init_slo(app: Flask) -> SloCounter:
-    """Count every response by endpoint group."""
+def init_slo(app: Flask) -> SloCounter | None:
+    """Count every response by endpoint group (unless SLO_ENABLED is false)."""
+    if not app.config.get("SLO_ENABLED", True):
+        return None
     counter = SloCounter(app, float(app.config.get("SLO_FLUSH_SECONDS", 5.0)))
     app.extensions["slo_counter"] = counter
     _flusher.add(counter)
