@@ -31,8 +31,13 @@ run: $(VENV)/.installed
 	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(BIN)/flask run --host $(HOST) --port $(PORT)
 
+## chromium: Debian's Chromium for the browser tests (tests/test_browser_client.py; CI runs as root)
+.PHONY: chromium
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 ## test: install everything the tests need, then run lint and the whole suite
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev chromium
 	$(BIN)/ruff check backend tests config.py wsgi.py bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
