@@ -168,8 +168,9 @@ def rate_limit_status() -> dict[str, Any]:
             try:
                 # The same identifiers Flask-Limiter hits with: [key prefix,] client key, scope.
                 args = [lim.key_func(), lim.scope_for(endpoint, method)]
-                if limiter._key_prefix:
-                    args.insert(0, limiter._key_prefix)
+                prefix = app.config.get("RATELIMIT_KEY_PREFIX", "oriel")  # what init_rate_limits gave the limiter
+                if prefix:
+                    args.insert(0, prefix)
                 reset, remaining = limiter.limiter.get_window_stats(lim.limit, *args)
             except (LimitsStorageError, ConnectionError, TimeoutError) as exc:
                 # The limit store is down: say "unknown" rather than guess what is left.

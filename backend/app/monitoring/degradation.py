@@ -91,8 +91,13 @@ def degradation(app: Flask) -> dict[str, Any]:
     return {"degraded": bool(affected), "level": _level(affected), "services": affected}
 
 
+def _critical(service: str) -> bool:
+    feature = FEATURES.get(service)
+    return feature is not None and feature.critical
+
+
 def _level(affected: list[dict[str, Any]]) -> str:
-    if any(FEATURES.get(a["service"], FEATURES["rendering"]).critical for a in affected):
+    if any(_critical(a["service"]) for a in affected):
         return "down"
     return "degraded" if affected else "ok"
 
@@ -109,7 +114,7 @@ def system_notifications(app: Flask) -> list[dict[str, Any]]:
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     items: list[dict[str, Any]] = []
     for item in degradation(app)["services"]:
-        critical = FEATURES.get(item["service"], FEATURES["rendering"]).critical
+        critical = _critical(item["service"])
         items.append(
             {
                 "id": f"breaker:{item['service']}",

@@ -126,7 +126,8 @@ def _timed(fn: Callable[[], ProbeResult | dict[str, Any] | None]) -> ProbeResult
     try:
         result = fn()
     except Exception as exc:  # a failing probe is the answer, reported with its type (never its text)
-        logger.info("Health probe failed: %s", type(exc).__name__, exc_info=True)
+        logger.info("Health probe failed: %s", type(exc).__name__)
+        logger.debug("Health probe failure", exc_info=True)
         return ProbeResult("error", round((time.perf_counter() - started) * 1000, 1), type(exc).__name__)
     latency = round((time.perf_counter() - started) * 1000, 1)
     if isinstance(result, ProbeResult):
