@@ -169,6 +169,7 @@ class Config:
         cfg.ERROR_STATS_ENABLED = _bool(env.get("ERROR_STATS_ENABLED"), getattr(cfg, "ERROR_STATS_ENABLED", True))
         cfg.ERROR_EVENT_RETENTION_DAYS = _int(env, "ERROR_EVENT_RETENTION_DAYS", cfg.ERROR_EVENT_RETENTION_DAYS)
         cfg.FAULT_INJECTION_ENABLED = _bool(env.get("FAULT_INJECTION_ENABLED"), cfg.FAULT_INJECTION_ENABLED)
+        _read_optional(cfg, env)
         cfg.validate()
         return cfg
 
@@ -176,6 +177,46 @@ class Config:
         """Refuse settings that cannot work; production tightens this."""
         if self.MAX_UPLOAD_MB <= 0:
             raise ConfigError("MAX_UPLOAD_MB must be positive")
+
+
+# Job and render settings read from the environment only when set; unset, the modules' own defaults apply
+# (backend/app/jobs/__init__.py and backend/app/renders/runner.py list them with their defaults).
+OPTIONAL_FLOATS = (
+    "JOBS_LEASE_SECONDS",
+    "JOBS_HEARTBEAT_SECONDS",
+    "JOBS_POLL_SECONDS",
+    "JOBS_SHUTDOWN_GRACE_SECONDS",
+    "DEAD_LETTER_TTL_DAYS",
+    "JOBS_SUCCEEDED_RETENTION_DAYS",
+    "RENDER_TIMEOUT_SECONDS",
+    "RENDER_PROGRESS_INTERVAL_SECONDS",
+)
+OPTIONAL_INTS = (
+    "JOBS_CONCURRENCY",
+    "JOBS_COMPENSATION_SWEEP_LIMIT",
+    "RENDER_MAX_CONCURRENT",
+    "RENDER_MIN_FREE_DISK_MB",
+    "RENDER_MIN_FREE_MEMORY_MB",
+    "RENDER_RETRY_AFTER_SECONDS",
+    "RENDER_EMAIL_LINK_SECONDS",
+    "RENDER_JOB_MAX_ATTEMPTS",
+)
+OPTIONAL_STRINGS = ("RENDER_WORK_DIR", "FFMPEG_BINARY")
+
+
+def _read_optional(cfg: Config, env: Mapping[str, str]) -> None:
+    """Copy the optional job and render settings that the environment sets onto `cfg`."""
+    for name in OPTIONAL_FLOATS:
+        if env.get(name, "").strip():
+            setattr(cfg, name, _float(env, name, 0.0))
+    for name in OPTIONAL_INTS:
+        if env.get(name, "").strip():
+            setattr(cfg, name, _int(env, name, 0))
+    for name in OPTIONAL_STRINGS:
+        if env.get(name, "").strip():
+            setattr(cfg, name, env[name].strip())
+    if env.get("JOBS_IMPORTS", "").strip():  # extra modules that register job kinds, comma-separated
+        cfg.JOBS_IMPORTS = tuple(m.strip() for m in env["JOBS_IMPORTS"].split(",") if m.strip())  # type: ignore[attr-defined]
 
 
 class DevelopmentConfig(Config):

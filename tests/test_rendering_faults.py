@@ -53,7 +53,6 @@ def fault_app(make_app: Callable[..., Flask]) -> Flask:
     """Renders dispatched by the test; a breaker that judges after two calls; short timeouts."""
     return make_app(
         RETRY_SLEEP_ENABLED=False,
-        RENDER_DISPATCH="none",
         RENDER_TIMEOUT_SECONDS=0.5,
         RENDER_MIN_FREE_DISK_MB=0,
         RENDER_MIN_FREE_MEMORY_MB=0,

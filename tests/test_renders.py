@@ -1,9 +1,11 @@
-"""Renders through the real app: upload → render (real FFmpeg) → video stored → download → email (SendGrid peer),
+"""Renders through the real app: upload → render job (an in-process worker, real FFmpeg) → video stored → download →
+email (SendGrid peer),
 credits consumed once and refunded once on failure, 402/404/409/422/503, and `run_render` safe to call again."""
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +20,9 @@ from sqlalchemy import func, select
 from backend.app import credits
 from backend.app.errors import RenderingResourceError
 from backend.app.extensions import db
+from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import CreditEntry, Render, Upload
-from backend.app.renders.runner import run_render, wait_for_renders
+from backend.app.renders.runner import run_render
 from backend.app.services import get_storage
 from tests.conftest import bearer, login
 from tests.contract import assert_error
@@ -74,17 +77,23 @@ class User:
         return response.get_json()["render"]
 
 
-def finish(app: Flask, user: User, render_id: int, timeout: float = 30.0) -> dict[str, Any]:
-    """Wait for the interim pool to run the render, then read it back."""
-    deadline = time.monotonic() + timeout
-    seen = set()
-    while time.monotonic() < deadline:
-        render = user.get(render_id)
-        seen.add(render["status"])
-        if render["status"] in ("succeeded", "failed"):
-            break
-        time.sleep(0.05)
-    wait_for_renders(app)  # the email and refund follow the status write in the same thread
+def run_jobs(app: Flask, *, concurrency: int = 1, seconds: float = 60.0) -> int:
+    """Run the queued jobs to the end in this process (a real worker in drain mode); how many ran."""
+    options = WorkerOptions(
+        concurrency=concurrency,
+        drain=True,
+        schedule=False,
+        install_signals=False,
+        max_seconds=seconds,
+        poll_seconds=0.05,
+        heartbeat_seconds=0.5,
+    )
+    return Worker(app, options).run()
+
+
+def finish(app: Flask, user: User, render_id: int) -> dict[str, Any]:
+    """Let a worker run the render's job (and its settling), then read the render back."""
+    run_jobs(app)
     return user.get(render_id)
 
 
@@ -147,7 +156,7 @@ def test_upload_render_store_download_and_email_end_to_end(
 def test_no_credit_left_is_402_and_leaves_no_render_behind(
     make_app: Callable[..., Flask], audio_files: AudioFactory
 ) -> None:
-    app = render_app(make_app, RENDER_DISPATCH="none")
+    app = render_app(make_app)
     user = User(app.test_client(), "bob@example.com")
     upload_id = user.upload(audio_files.make("mp3").read_bytes())
     assert user.start(upload_id).status_code == 202
@@ -163,7 +172,7 @@ def test_no_credit_left_is_402_and_leaves_no_render_behind(
 def test_a_render_past_its_timeout_fails_with_the_error_refunds_once_and_emails_why(
     make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer, audio_files: AudioFactory
 ) -> None:
-    app = render_app(make_app, sendgrid_peer, RENDER_TIMEOUT_SECONDS=0.3)
+    app = render_app(make_app, sendgrid_peer, RENDER_TIMEOUT_SECONDS=0.3, RENDER_JOB_MAX_ATTEMPTS=1)
     user = User(app.test_client(), "carol@example.com")
     upload_id = user.upload(audio_files.make("wav", seconds=60).read_bytes(), "long.wav")
     response = user.start(upload_id, preset="cqt", resolution="1280x720", fps=60)
@@ -197,7 +206,7 @@ def test_a_render_past_its_timeout_fails_with_the_error_refunds_once_and_emails_
 def test_ffmpeg_failing_on_stored_audio_records_exit_code_and_a_sanitised_stderr_tail(
     make_app: Callable[..., Flask], audio_files: AudioFactory
 ) -> None:
-    app = render_app(make_app, RENDER_DISPATCH="none")
+    app = render_app(make_app)
     user = User(app.test_client(), "dave@example.com")
     upload_id = user.upload(audio_files.make("flac").read_bytes(), "a.flac")
     render_id = user.start(upload_id).get_json()["render"]["id"]
@@ -231,7 +240,7 @@ def test_an_unconfigured_email_service_keeps_the_email_queued_and_the_render_sti
 
 
 def test_someone_elses_upload_or_render_is_404(make_app: Callable[..., Flask], audio_files: AudioFactory) -> None:
-    app = render_app(make_app, RENDER_DISPATCH="none")
+    app = render_app(make_app)
     client = app.test_client()
     owner = User(client, "owner@example.com")
     other = User(client, "other@example.com")
@@ -247,7 +256,7 @@ def test_someone_elses_upload_or_render_is_404(make_app: Callable[..., Flask], a
 
 
 def test_download_is_409_until_the_render_succeeded(make_app: Callable[..., Flask], audio_files: AudioFactory) -> None:
-    app = render_app(make_app, RENDER_DISPATCH="none")
+    app = render_app(make_app)
     user = User(app.test_client(), "frank@example.com")
     render_id = user.start(user.upload(audio_files.make("wav").read_bytes(), "a.wav")).get_json()["render"]["id"]
     body = assert_error(user.client.get(f"/api/renders/{render_id}/download", headers=user.headers), 409, "CONFLICT")
@@ -269,7 +278,7 @@ def test_download_is_409_until_the_render_succeeded(make_app: Callable[..., Flas
 def test_invalid_render_choices_are_422_naming_the_field(
     make_app: Callable[..., Flask], audio_files: AudioFactory, choices: dict[str, Any], field: str
 ) -> None:
-    app = render_app(make_app, RENDER_DISPATCH="none")
+    app = render_app(make_app)
     user = User(app.test_client(), "gina@example.com")
     upload_id = user.upload(audio_files.make("mp3").read_bytes())
     body = assert_error(user.start(upload_id, **choices), 422, "VALIDATION_ERROR")
@@ -293,7 +302,7 @@ def test_no_render_capacity_is_503_with_retry_after_before_any_credit_is_spent(
 def test_a_job_that_will_retry_gets_retryable_errors_back_and_the_render_requeued(
     make_app: Callable[..., Flask], audio_files: AudioFactory
 ) -> None:
-    app = render_app(make_app, RENDER_DISPATCH="none")
+    app = render_app(make_app)
     user = User(app.test_client(), "ivy@example.com")
     render_id = user.start(user.upload(audio_files.make("mp3").read_bytes())).get_json()["render"]["id"]
     app.config["RENDER_MIN_FREE_DISK_MB"] = 10**9  # the disk fills up before the job runs
@@ -314,7 +323,7 @@ def test_a_job_that_will_retry_gets_retryable_errors_back_and_the_render_requeue
 def test_the_list_is_newest_first_and_limit_is_validated(
     make_app: Callable[..., Flask], audio_files: AudioFactory
 ) -> None:
-    app = render_app(make_app, RENDER_DISPATCH="none", FREE_RENDER_CREDITS=3)
+    app = render_app(make_app, FREE_RENDER_CREDITS=3)
     user = User(app.test_client(), "jack@example.com")
     upload_id = user.upload(audio_files.make("mp3").read_bytes())
     ids = [user.start(upload_id).get_json()["render"]["id"] for _ in range(3)]
@@ -325,7 +334,7 @@ def test_the_list_is_newest_first_and_limit_is_validated(
 
 @pytest.mark.postgres
 def test_failure_compensation_happens_once_on_postgresql(pg_app: Flask, audio_files: AudioFactory) -> None:
-    pg_app.config.update(RENDER_DISPATCH="none", RENDER_MIN_FREE_DISK_MB=0, RENDER_MIN_FREE_MEMORY_MB=0)
+    pg_app.config.update(RENDER_MIN_FREE_DISK_MB=0, RENDER_MIN_FREE_MEMORY_MB=0)
     user = User(pg_app.test_client(), "pg@example.com")
     upload_id = user.upload(audio_files.make("wav").read_bytes(), "a.wav")
     render_id = user.start(upload_id).get_json()["render"]["id"]
@@ -345,6 +354,8 @@ def test_progress_is_persisted_while_the_render_runs(make_app: Callable[..., Fla
     user = User(app.test_client(), "kim@example.com")
     upload_id = user.upload(audio_files.make("wav", seconds=12).read_bytes(), "a.wav")
     render_id = user.start(upload_id, preset="cqt", resolution="640x360", fps=30).get_json()["render"]["id"]
+    worker = threading.Thread(target=run_jobs, args=(app,))
+    worker.start()
     observed = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -353,7 +364,7 @@ def test_progress_is_persisted_while_the_render_runs(make_app: Callable[..., Fla
         if render["status"] in ("succeeded", "failed"):
             break
         time.sleep(0.02)
-    wait_for_renders(app)
+    worker.join(60)
     assert observed[-1] == ("succeeded", 100)
     running = [p for status, p in observed if status == "running"]
     assert any(0 < p < 100 for p in running), observed
@@ -369,7 +380,6 @@ def test_the_video_goes_to_the_bucket_and_downloads_by_signed_url(
 ) -> None:
     app = render_app(
         make_app,
-        RENDER_DISPATCH="none",
         GCS_BUCKET=gcs_bucket,
         GCS_ENDPOINT=gcs_emulator.url,
         GCS_TIMEOUT=2.0,
@@ -388,13 +398,13 @@ def test_the_video_goes_to_the_bucket_and_downloads_by_signed_url(
     assert url.startswith(gcs_emulator.url) and "X-Goog-Signature=" in url
 
 
-def test_more_renders_than_slots_queue_in_the_pool_and_all_succeed(
+def test_more_renders_than_worker_threads_wait_in_the_queue_and_all_succeed(
     make_app: Callable[..., Flask], audio_files: AudioFactory
 ) -> None:
     app = render_app(make_app, RENDER_MAX_CONCURRENT=2, FREE_RENDER_CREDITS=4)
     user = User(app.test_client(), "max@example.com")
     upload_id = user.upload(audio_files.make("wav", seconds=2).read_bytes(), "a.wav")
     ids = [user.start(upload_id).get_json()["render"]["id"] for _ in range(4)]
-    wait_for_renders(app)
+    assert run_jobs(app, concurrency=2) == 4
     assert [user.get(render_id)["status"] for render_id in ids] == ["succeeded"] * 4
     assert balance(app, user.id) == 0

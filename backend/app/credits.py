@@ -110,6 +110,33 @@ def grant(user_id: int, amount: int, reason: str, ref: str) -> bool:
     return granted
 
 
+def consume_uncommitted(user_id: int, ref: str) -> None:
+    """Spend one credit for a new `ref` in the caller's transaction; `PaymentError` (rolled back) if none is left.
+
+    For a write that must happen together with others (a render row, its credit and its job): the
+    caller commits. A ref used before fails with IntegrityError at the ledger insert.
+    """
+    _ensure_account(user_id)
+    db.session.execute(insert(CreditEntry).values(user_id=user_id, kind=CONSUME, amount=-1, reason="render", ref=ref))
+    _spend_one(user_id)
+
+
+def _spend_one(user_id: int) -> None:
+    """Take one credit off the balance, or roll back and raise INSUFFICIENT_CREDITS."""
+    spent = db.session.execute(
+        update(CreditAccount)
+        .where(CreditAccount.user_id == user_id, CreditAccount.balance >= 1)
+        .values(balance=CreditAccount.balance - 1)
+    ).rowcount
+    if spent != 1:
+        db.session.rollback()  # drops the ledger row (and the caller's uncommitted writes) too
+        raise PaymentError(
+            "You have no render credits left. Buy a pack to render more videos.",
+            "INSUFFICIENT_CREDITS",
+            {"balance": 0, "buy": "/api/payments/checkout"},
+        )
+
+
 def consume(user_id: int, ref: str) -> None:
     """Spend one credit for `ref` (idempotent); `PaymentError` INSUFFICIENT_CREDITS when none is left."""
     _ensure_account(user_id)
@@ -121,18 +148,7 @@ def consume(user_id: int, ref: str) -> None:
         if existing != user_id:
             raise ValueError(f"credit ref {ref!r} was consumed by another user")
         return  # already consumed for this ref
-    spent = db.session.execute(
-        update(CreditAccount)
-        .where(CreditAccount.user_id == user_id, CreditAccount.balance >= 1)
-        .values(balance=CreditAccount.balance - 1)
-    ).rowcount
-    if spent != 1:
-        db.session.rollback()  # drops the ledger row too
-        raise PaymentError(
-            "You have no render credits left. Buy a pack to render more videos.",
-            "INSUFFICIENT_CREDITS",
-            {"balance": 0, "buy": "/api/payments/checkout"},
-        )
+    _spend_one(user_id)
     _commit_or_replayed(user_id, CONSUME, ref)
 
 

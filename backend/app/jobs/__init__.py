@@ -137,6 +137,7 @@ def import_job_modules(app: Flask) -> None:
 
 def init_jobs(app: Flask) -> None:
     """Attach the job runtime, the built-in kinds, the wake-up hook and the `flask jobs` commands."""
+    from ..services import jobs as _service_jobs  # noqa: F401 - storage sync, email outbox, error pruning
     from . import builtin  # noqa: F401 - registers maintenance kinds and schedules
     from .cli import register_commands
 

@@ -29,7 +29,10 @@ from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from ..models.job import Job, JobStep
+from ..utils.classifier import classify
 from .records import Claim, still_held, utcnow
+from .registry import REGISTRY
+from .retry_policy import RetryPolicy, decide
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,12 @@ class JobContext:
     def idempotency_key(self, step: str) -> str:
         """A key that is the same on every attempt of this job's `step` (for external idempotency)."""
         return f"job-{self.claim.id}-{step}"
+
+    def will_retry(self, exc: BaseException) -> bool:
+        """Whether the worker will retry this job if the attempt now fails with `exc` (its kind's policy)."""
+        kind = REGISTRY.get(self.claim.kind)
+        policy = kind.policy if kind is not None else RetryPolicy(permanent_retries=0)
+        return decide(classify(exc), self.claim.attempt, self.claim.max_attempts, policy).retry
 
     def check_lease(self) -> None:
         """Raise `LeaseLostError` if the heartbeat found the lease gone (long handlers call this between steps)."""

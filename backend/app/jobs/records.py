@@ -104,11 +104,15 @@ def enqueue(
     commit: bool = True,
     now: datetime | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    compensations: Sequence[tuple[str, str, dict[str, Any]]] = (),
 ) -> Job:
     """Record a job (or return the existing one with the same `idempotency_key` for this kind).
 
     With `commit=False` the job joins the caller's transaction: it exists only if the caller's
-    own writes commit (a render row and its job, together or not at all).
+    own writes commit (a render row and its job, together or not at all). `compensations` lists
+    (step, compensation name, args) for work the caller did in that same transaction (a credit
+    spent by the request): they are pending from the start, so the job undoes them if it ends
+    failed or dead even if no attempt ever ran a step.
     """
     spec = REGISTRY.get(kind)
     if spec is None:
@@ -127,8 +131,11 @@ def enqueue(
         "attempts": 0,
         "max_attempts": max_attempts or spec.policy.max_attempts,
         "errors": [],
-        "compensations": [],
-        "compensation_pending": False,
+        "compensations": [
+            {"step": step, "name": name, "args": dict(args), "state": "pending", "attempts": 0}
+            for step, name, args in compensations
+        ],
+        "compensation_pending": False,  # set when the job ends failed or dead with pending entries
         "next_attempt_at": at + timedelta(seconds=max(0.0, delay)),
         "created_at": at,
         "updated_at": at,

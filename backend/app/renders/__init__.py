@@ -1,4 +1,4 @@
-"""Uploads and renders: `POST /api/uploads`, `POST/GET /api/renders`, downloads; `run_render` for the jobs."""
+"""Uploads and renders: `POST /api/uploads`, `POST/GET /api/renders`, downloads; the `render` job kind."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ bp = Blueprint("renders", __name__)
 DEFAULTS = {
     "RATELIMIT_UPLOAD": "30 per minute",
     "RATELIMIT_RENDER": "30 per minute",
-    "RENDER_DISPATCH": "thread",
     "RENDER_DOWNLOAD_URL_SECONDS": 3600,
     "AUDIO_PROBE_TIMEOUT_SECONDS": 60,
 }
@@ -21,6 +20,7 @@ def init_renders(app: Flask) -> None:
     for key, value in DEFAULTS.items():
         app.config.setdefault(key, value)
     app.register_blueprint(bp)
+    from . import jobs  # noqa: F401 - registers the `render` job kind (web processes enqueue it, workers run it)
 
 
 from . import routes  # noqa: E402, F401 - the views attach themselves to `bp`

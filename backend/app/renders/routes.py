@@ -27,7 +27,7 @@ from ..services.audio import inspect_audio
 from ..services.rendering import RenderSpec, ffmpeg_binary
 from ..validation import parse_json
 from . import bp
-from .runner import dispatch_render, queue_render
+from .runner import queue_render
 
 # Room for the multipart boundary and part headers around the file itself.
 MULTIPART_SLACK = 64 * 1024
@@ -128,12 +128,11 @@ def _own(model: type[Upload] | type[Render], object_id: int, what: str) -> Any:
 @login_required
 @idempotent
 def create_render() -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Queue a render: checks resources, spends a credit, then renders in the background."""
+    """Queue a render: checks resources, spends a credit and enqueues its job; a worker renders it."""
     body = parse_json(RenderRequest)
     upload = _own(Upload, body.upload_id, "upload")
     spec = RenderSpec.parse(body.preset, body.resolution, body.fps)
-    render = queue_render(current_user.id, upload, spec, request_id=get_request_id())
-    dispatch_render(render.id)
+    render = queue_render(current_user.id, upload, spec, request_id=get_request_id())  # row, credit and job at once
     return {"render": render.to_dict()}, 202, {"Location": f"/api/renders/{render.id}"}
 
 

@@ -16,11 +16,11 @@ Safe to call again for the same render (a job retried after a crash, a duplicate
 failure (resources busy, storage down, an open breaker) for its next attempt: the render goes back
 to `queued` and the error is raised, with no refund and no email. The default records the failure.
 
-INTERIM dispatch (until the durable jobs of issue 5 take renders over): `dispatch_render` runs
-`run_render` in a small in-process thread pool per app (`RENDER_DISPATCH="thread"`, the default),
-so `POST /api/renders` answers 202 at once. A render queued in that pool is lost if the process
-dies; the render row stays `queued` and the credit consumed until something calls `run_render`
-again. `RENDER_DISPATCH="none"` leaves the call to someone else (a job, a test).
+Under a job (`run_render(id, job=ctx)`, the `render` job kind of `jobs.py`): the job's retry
+policy decides whether a failure is retried (the render goes back to `queued`) or final (the
+render is marked failed, settled, and the error raised so the job record keeps it); the stored
+video is a job step, so an attempt after a crash does not render and upload it again; progress
+checks the job's lease, so a worker that lost its lease stops FFmpeg instead of racing the next one.
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
+from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ...logging_config import log_context
 from ...redaction import redact_value
 from .. import credits
-from ..errors import APIError, NotFoundError, PaymentError
+from ..errors import APIError, NotFoundError
 from ..extensions import db
+from ..jobs import JobContext, LeaseLostError, enqueue
 from ..models.media import FAILED, QUEUED, RUNNING, SUCCEEDED, Render, Upload
 from ..models.user import User, utcnow
 from ..services import get_email, get_storage
@@ -51,7 +51,7 @@ from ..utils.classifier import classify
 
 logger = logging.getLogger(__name__)
 
-EXECUTOR = "render_executor"
+JOB_KIND = "render"
 UNEXPECTED_MESSAGE = "An unexpected error stopped the render."
 
 
@@ -68,7 +68,11 @@ class _Work:
 
 
 def queue_render(user_id: int, upload: Upload, spec: RenderSpec, *, request_id: str | None) -> Render:
-    """Create a queued render and spend its credit (402 `INSUFFICIENT_CREDITS` leaves no render behind)."""
+    """Create a queued render, spend its credit and enqueue its job, in ONE transaction.
+
+    402 `INSUFFICIENT_CREDITS` leaves nothing behind; a crash anywhere before the commit leaves
+    nothing either, so no render row can outlive an unspent credit or miss its job.
+    """
     get_renderer().admit(spec, upload.duration_seconds, input_bytes=upload.size)
     render = Render(
         user_id=user_id,
@@ -82,19 +86,27 @@ def queue_render(user_id: int, upload: Upload, spec: RenderSpec, *, request_id: 
         credit_refunded=False,
         request_id=request_id,
     )
-    db.session.add(render)
-    db.session.commit()  # the credit ref names the render id
     try:
-        credits.consume(user_id, render.credit_ref)
-    except PaymentError:
-        # No credit, no render: remove the row so the list never shows a render nobody paid for.
-        db.session.delete(render)
+        db.session.add(render)
+        db.session.flush()  # the id names the credit ref and the job key; nothing is committed yet
+        credits.consume_uncommitted(user_id, render.credit_ref)  # rolls everything back on 402
+        enqueue(
+            JOB_KIND,
+            {"render_id": render.id},
+            idempotency_key=f"render-{render.id}",
+            max_attempts=current_app.config.get("RENDER_JOB_MAX_ATTEMPTS"),  # None: the kind's policy
+            commit=False,
+            # Pending from the start: a job that ends failed or dead settles the render (refund, email).
+            compensations=[("consume_credit", "settle_failed", {"render_id": render.id})],
+        )
         db.session.commit()
+    except BaseException:
+        db.session.rollback()
         raise
     return render
 
 
-def run_render(render_id: int, *, final_attempt: bool = True) -> None:
+def run_render(render_id: int, *, final_attempt: bool = True, job: JobContext | None = None) -> None:
     """Render `render_id` (or finish what a previous run left undone); see the module docstring."""
     with log_context(render_id=render_id):
         render = db.session.get(Render, render_id)
@@ -110,19 +122,57 @@ def run_render(render_id: int, *, final_attempt: bool = True) -> None:
             _settle(render_id)
             return
         try:
-            stored_key, size, location, degraded = _render_and_store(work)
+            stored = job.step("store_video", lambda: _render_and_store(work, job)) if job else _render_and_store(work)
+        except LeaseLostError:
+            raise  # another worker owns the job now; this run leaves the render to it
         except APIError as exc:
-            if not final_attempt and classify(exc).retryable:
+            if _retry_later(exc, final_attempt, job):
                 _requeue(work)
                 raise
             _finish_failed(work, exc)
+            if job is not None:
+                raise  # the job record keeps the real error; the render is already settled
             return
-        except Exception:
+        except Exception as exc:
             logger.exception("Render %s crashed", render_id)
+            if _retry_later(exc, final_attempt, job):
+                _requeue(work)
+                raise
             # The user sees only that it was unexpected (as a 500 would say); the traceback is in errors.log.
             _finish_failed(work, APIError(UNEXPECTED_MESSAGE))
             raise
-        _finish_succeeded(work, stored_key, size, location, degraded)
+        _finish_succeeded(work, stored["key"], stored["size"], stored["location"], stored["degraded"])
+
+
+def _retry_later(exc: Exception, final_attempt: bool, job: JobContext | None) -> bool:
+    """Whether this failure will be retried: the job's policy decides, else the caller's `final_attempt`."""
+    if job is not None:
+        return job.will_retry(exc)
+    return not final_attempt and classify(exc).retryable
+
+
+def settle_failed(render_id: int, message: str, *, details: dict[str, Any] | None = None) -> None:
+    """Mark a render that is still queued or running failed with `message`, then settle it (refund, email, once).
+
+    The render job's compensation: a job that ended failed or dead without run_render reaching its
+    own failure path (its last attempt was lost with its worker) still settles the render.
+    """
+    db.session.execute(
+        update(Render)
+        .where(Render.id == render_id, Render.status.in_((QUEUED, RUNNING)))
+        .values(
+            status=FAILED,
+            finished_at=utcnow(),
+            error_code=APIError.code,
+            error_status=APIError.status_code,
+            error_message=message,
+            error_details=redact_value("details", dict(details or {})),
+            error_recoverable=True,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    _settle(render_id)
 
 
 def _claim(render_id: int) -> _Work | None:
@@ -156,8 +206,8 @@ def _claim(render_id: int) -> _Work | None:
     return work
 
 
-def _render_and_store(work: _Work) -> tuple[str, int, str, bool]:
-    """Read the audio, render it, store the video; (key, size, location, degraded)."""
+def _render_and_store(work: _Work, job: JobContext | None = None) -> dict[str, Any]:
+    """Read the audio, render it, store the video; {key, size, location, degraded} (a job step's result)."""
     if work.upload_key is None:
         raise NotFoundError("The uploaded audio for this render no longer exists.")
     storage = get_storage()
@@ -174,24 +224,29 @@ def _render_and_store(work: _Work) -> tuple[str, int, str, bool]:
             work.spec,
             duration_seconds=work.duration_seconds,
             demuxer=audio_format.demuxer,
-            progress=_ProgressWriter(work.render_id, work.attempt),
+            progress=_ProgressWriter(work.render_id, work.attempt, job),
         )
         video = output_path.read_bytes()
+    if job is not None:
+        job.check_lease()  # a superseded run must not overwrite the video the new owner may be storing
     stored = storage.save(f"renders/{work.render_id}.mp4", video, "video/mp4")
-    return stored.key, stored.size, stored.location, stored.degraded
+    return {"key": stored.key, "size": stored.size, "location": stored.location, "degraded": stored.degraded}
 
 
 class _ProgressWriter:
     """Persists progress on the render row, at most once per interval unless it jumped far."""
 
-    def __init__(self, render_id: int, attempt: int) -> None:
+    def __init__(self, render_id: int, attempt: int, job: JobContext | None = None) -> None:
         self.render_id = render_id
         self.attempt = attempt
+        self.job = job
         self.interval = float(current_app.config.get("RENDER_PROGRESS_INTERVAL_SECONDS", 1.0))
         self.written = 0
         self.written_at = 0.0
 
     def __call__(self, percent: int) -> None:
+        if self.job is not None:
+            self.job.check_lease()  # raising here kills FFmpeg: the job's new owner renders it
         now = time.monotonic()
         if percent >= 100 or (now - self.written_at < self.interval and percent - self.written < 25):
             return  # 100 is written with the outcome; small steps wait for the interval
@@ -332,39 +387,3 @@ def _notify(render: Render, to: str) -> None:
         reason = render.error_message or UNEXPECTED_MESSAGE
         what = _what_to_do(render.error_code or "", bool(render.error_recoverable))
         email.send_render_failed(to, render_id=render.id, reason=reason, what_to_do=what)
-
-
-# -- interim dispatch (issue 5's durable jobs replace this) ---------------------------------------------------
-
-
-def dispatch_render(render_id: int) -> None:
-    """Start `run_render(render_id)` in the background (INTERIM in-process pool; see the module docstring)."""
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    mode = app.config.get("RENDER_DISPATCH", "thread")
-    if mode == "none":
-        return
-    if mode != "thread":
-        raise ValueError(f"RENDER_DISPATCH must be 'thread' or 'none', got {mode!r}")
-    executor: ThreadPoolExecutor | None = app.extensions.get(EXECUTOR)
-    if executor is None:
-        workers = max(1, int(app.config.get("RENDER_MAX_CONCURRENT", 2)))
-        executor = app.extensions.setdefault(
-            EXECUTOR, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render")
-        )
-    executor.submit(_run_in_app, app, render_id)
-
-
-def _run_in_app(app: Flask, render_id: int) -> None:
-    with app.app_context():
-        try:
-            run_render(render_id)
-        except Exception:
-            # Top of a pool thread: nothing above to raise to. run_render recorded the failure first.
-            logger.exception("Background render %s raised", render_id)
-
-
-def wait_for_renders(app: Flask) -> None:
-    """Block until the interim pool has run everything submitted (tests and shutdown)."""
-    executor: ThreadPoolExecutor | None = app.extensions.pop(EXECUTOR, None)
-    if executor is not None:
-        executor.shutdown(wait=True)
