@@ -275,3 +275,44 @@ def test_email_channel_goes_through_the_email_service(make_app: Callable[..., Fl
     [message] = sendgrid_peer.messages
     assert message.recipients == ["oncall@example.com"] and message.subject == "[FIRING] jobs-dying"
     client.post("/admin/api/monitoring/circuit-breakers/reset/database", headers=headers)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_evaluators_send_one_message(
+    backend: str, request: pytest.FixtureRequest, webhook_receiver: WebhookReceiver
+) -> None:
+    """Eight evaluators racing on one state change write one delivery (optimistic version check)."""
+    from datetime import UTC, datetime
+
+    from backend.app.alerts.engine import evaluate_rule
+    from backend.app.models import AlertRule
+
+    app: Flask = request.getfixturevalue("app" if backend == "sqlite" else "pg_app")
+    client = app.test_client()
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    rule = {
+        "name": "race",
+        "kind": "breaker_open",
+        "params": {"service": "stripe"},
+        "channels": [{"type": "webhook", "url": webhook_receiver.url + "/hook"}],
+    }
+    client.post(CONFIGURE, headers=headers, json=rule)
+    client.post("/admin/api/monitoring/circuit-breakers/stripe/force-open", headers=headers)
+    with app.app_context():
+        rule_id = db.session.execute(db.select(AlertRule.id)).scalar_one()
+    barrier = threading.Barrier(8)
+    events: list[str | None] = []
+
+    def evaluate() -> None:
+        with app.app_context():
+            barrier.wait()
+            events.append(evaluate_rule(app, rule_id, datetime.now(UTC)))
+
+    threads = [threading.Thread(target=evaluate) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(events) == 8 and events.count("firing") == 1 and events.count(None) == 7
+    with app.app_context():
+        assert db.session.execute(db.select(db.func.count()).select_from(AlertDelivery)).scalar_one() == 1
