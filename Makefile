@@ -70,7 +70,7 @@ bench-breaker: $(VENV)/.installed-dev
 
 .PHONY: bench bench-logging
 ## bench: run every benchmark (figures belong in docs/BENCHMARKS.md)
-bench: bench-logging bench-breaker bench-stats bench-jobs
+bench: bench-logging bench-breaker bench-stats bench-jobs bench-observability
 
 ## bench-logging: requests/s under gunicorn with logging + error statistics on vs off (installs wrk)
 bench-logging: $(VENV)/.installed-dev
@@ -81,3 +81,8 @@ bench-logging: $(VENV)/.installed-dev
 ## bench-jobs: no-op jobs/s through the job records (SQLite; Redis + PostgreSQL) and wait after a killed worker
 bench-jobs: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_jobs.py $(BENCH_JOBS_ARGS)
+
+.PHONY: bench-observability
+## bench-observability: metrics/SLO hook cost per request, fault-injection check, health with a hung dependency
+bench-observability: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_observability.py
