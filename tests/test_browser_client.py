@@ -239,3 +239,13 @@ def test_a_render_whose_response_is_lost_is_retried_with_the_same_key_and_happen
         assert len(renders) == 1 and renders[0].id == result["data"]["render"]["id"]
         assert credits.balance(user_id) == before - 1
         assert db.session.scalar(select(func.count()).select_from(Upload)) == 1
+
+
+def test_the_retry_policy_unit_checks_pass_in_chromium(
+    make_app: Callable[..., Flask], browser_page: Callable[[str], Any]
+) -> None:
+    """tests/browser/unit.js: what is and is not retried, waits, keys, deadline (fetch, sleep and clock injected)."""
+    with LiveServer(make_app()) as server:
+        page = browser_page(server.url)
+        result = page.evaluate("async () => (await import('/__tests__/unit.js')).run()")
+    assert result["ran"] >= 7 and result["failures"] == [], result["failures"]
