@@ -339,3 +339,22 @@ def test_the_openapi_document_declares_the_header_on_each_retryable_write(app: F
     )
     in_progress = catalog["IDEMPOTENCY_REQUEST_IN_PROGRESS"]
     assert (in_progress["status"], in_progress["recoverable"]) == (409, True)
+
+
+def test_concurrent_duplicates_on_postgresql_happen_once(pg_app: Flask, wav: bytes) -> None:
+    pg_app.config.update(SETTINGS)
+    _concurrent_duplicates_happen_once(pg_app, wav)
+    assert type(get_store(pg_app)).__name__ == "SqlIdempotencyStore"
+
+
+def test_with_redis_down_a_keyed_write_is_refused_as_retryable_and_nothing_happens(
+    make_app: Callable[..., Flask], wav: bytes
+) -> None:
+    app = make_app(**SETTINGS, REDIS_URL="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    user = Caller(app)
+    refused = user.upload(wav, str(uuid.uuid4()))
+    error = assert_error(refused, 503, "EXTERNAL_SERVICE_UNAVAILABLE")
+    assert error["recoverable"] is True and error["details"] == {"service": "idempotency"}
+    assert refused.headers["Retry-After"] == "1"
+    assert count(app, Upload) == 0
+    assert user.upload(wav).status_code == 201  # without a key nothing depends on Redis

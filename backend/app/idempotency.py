@@ -344,8 +344,8 @@ def fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _store_errors_as_unavailable(exc: Exception) -> ExternalServiceError:
-    logger.error("Idempotency store failed: %s", type(exc).__name__)
+def _store_unavailable(exc: Exception) -> ExternalServiceError:
+    logger.error("Idempotency store (Redis) failed: %s", type(exc).__name__)
     return ExternalServiceError(
         "Requests with an Idempotency-Key cannot be accepted right now; retry shortly.",
         details={"service": "idempotency"},
@@ -377,8 +377,8 @@ def idempotent(view: F) -> F:
         store = get_store()
         try:
             claim = store.begin(user_id, key, fp)
-        except (SQLAlchemyError, _redis_error()) as exc:
-            raise _store_errors_as_unavailable(exc) from exc
+        except _redis_error() as exc:  # SQL errors reach the database handler (503 DATABASE_UNAVAILABLE...)
+            raise _store_unavailable(exc) from exc
         if claim.fingerprint != fp:
             raise IdempotencyKeyReusedError(
                 "This Idempotency-Key was already used for a different request; use a new key.",
@@ -412,9 +412,7 @@ def idempotent(view: F) -> F:
 
 
 def _redis_error() -> type[Exception]:
-    """redis.RedisError if redis is installed (it is a runtime dependency), for except clauses."""
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - redis is in requirements.txt
-        return SQLAlchemyError
+    """redis.RedisError, imported only when a request uses a key (redis is a runtime dependency)."""
+    import redis
+
     return redis.RedisError
