@@ -6,6 +6,7 @@ instance whose upper-case attributes Flask copies into `app.config`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -190,6 +191,11 @@ OPTIONAL_FLOATS = (
     "JOBS_SUCCEEDED_RETENTION_DAYS",
     "RENDER_TIMEOUT_SECONDS",
     "RENDER_PROGRESS_INTERVAL_SECONDS",
+    "ALERTS_EVALUATE_SECONDS",
+    "ALERT_HTTP_TIMEOUT",
+    "HEALTH_PROBE_DEADLINE",
+    "READINESS_DEADLINE",
+    "SLO_FLUSH_SECONDS",
 )
 OPTIONAL_INTS = (
     "JOBS_CONCURRENCY",
@@ -200,6 +206,7 @@ OPTIONAL_INTS = (
     "RENDER_RETRY_AFTER_SECONDS",
     "RENDER_EMAIL_LINK_SECONDS",
     "RENDER_JOB_MAX_ATTEMPTS",
+    "ALERT_DELIVERY_MAX_ATTEMPTS",
 )
 OPTIONAL_STRINGS = ("RENDER_WORK_DIR", "FFMPEG_BINARY")
 
@@ -215,6 +222,17 @@ def _read_optional(cfg: Config, env: Mapping[str, str]) -> None:
     for name in OPTIONAL_STRINGS:
         if env.get(name, "").strip():
             setattr(cfg, name, env[name].strip())
+    for name in ("METRICS_ENABLED", "SLO_ENABLED"):
+        if env.get(name, "").strip():
+            setattr(cfg, name, _bool(env[name]))
+    if env.get("SLOS", "").strip():  # {"*": {"objective": 0.999, "window_days": 30}, "api": {...}}
+        try:
+            slos = json.loads(env["SLOS"])
+        except ValueError as exc:
+            raise ConfigError("SLOS must be a JSON object of endpoint group to objective") from exc
+        if not isinstance(slos, dict) or not all(isinstance(v, dict) for v in slos.values()):
+            raise ConfigError("SLOS must be a JSON object of endpoint group to objective")
+        cfg.SLOS = slos  # type: ignore[attr-defined]
     if env.get("JOBS_IMPORTS", "").strip():  # extra modules that register job kinds, comma-separated
         cfg.JOBS_IMPORTS = tuple(m.strip() for m in env["JOBS_IMPORTS"].split(",") if m.strip())  # type: ignore[attr-defined]
 

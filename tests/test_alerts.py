@@ -316,3 +316,24 @@ def test_concurrent_evaluators_send_one_message(
     assert len(events) == 8 and events.count("firing") == 1 and events.count(None) == 7
     with app.app_context():
         assert db.session.execute(db.select(db.func.count()).select_from(AlertDelivery)).scalar_one() == 1
+
+
+def test_alert_and_slo_settings_come_from_the_environment() -> None:
+    """SLOS (JSON), the evaluation interval and the probe deadline are read from the environment."""
+    from config import ConfigError, load_config
+
+    cfg = load_config(
+        {
+            "FLASK_ENV": "testing",
+            "SLOS": '{"*": {"objective": 0.995}, "api": {"objective": 0.99, "window_days": 7}}',
+            "ALERTS_EVALUATE_SECONDS": "15",
+            "HEALTH_PROBE_DEADLINE": "1.5",
+            "METRICS_ENABLED": "false",
+        }
+    )
+    assert cfg.SLOS["api"] == {"objective": 0.99, "window_days": 7}  # type: ignore[attr-defined]
+    assert cfg.ALERTS_EVALUATE_SECONDS == 15.0  # type: ignore[attr-defined]
+    assert cfg.HEALTH_PROBE_DEADLINE == 1.5  # type: ignore[attr-defined]
+    assert cfg.METRICS_ENABLED is False  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError):
+        load_config({"FLASK_ENV": "testing", "SLOS": "[1, 2]"})
