@@ -77,6 +77,7 @@ def translate_storage_error(exc: BaseException) -> APIError:
         "File storage is unavailable right now. Retry later.",
         details={"service": SERVICE, "reason": verdict.kind.value},
         recoverable=verdict.retryable,
+        retry_after=verdict.retry_after,  # a throttled bucket's Retry-After: the job retrying the call waits it
     )
 
 
