@@ -14,10 +14,10 @@ default) and still needs the record for history, dead letters and admin requeue.
 leases gives both deployments the same code, the same guarantees and one place to look; it adds
 no dependency (redis-py is already pinned for breakers and rate limits).
 
-Settings (app.config, all optional): JOBS_LEASE_SECONDS (30), JOBS_HEARTBEAT_SECONDS (lease/3),
-JOBS_POLL_SECONDS (1), JOBS_CONCURRENCY (1), JOBS_SHUTDOWN_GRACE_SECONDS (30),
-DEAD_LETTER_TTL_DAYS (7), JOBS_SUCCEEDED_RETENTION_DAYS (14), JOBS_IMPORTS (modules that register
-kinds, imported by workers), REDIS_URL.
+Settings (app.config, all optional; config.py reads them from the environment): JOBS_LEASE_SECONDS
+(30), JOBS_HEARTBEAT_SECONDS (lease/3), JOBS_POLL_SECONDS (1), JOBS_CONCURRENCY (1),
+JOBS_SHUTDOWN_GRACE_SECONDS (30), DEAD_LETTER_TTL_DAYS (7), JOBS_SUCCEEDED_RETENTION_DAYS (14),
+JOBS_IMPORTS (modules that register kinds, imported by workers), REDIS_URL.
 """
 
 from __future__ import annotations
