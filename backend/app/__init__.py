@@ -16,6 +16,7 @@ from config import Config, load_config
 
 from ..logging_config import configure_logging
 from ..redaction import register_secrets
+from .admin.cli import init_admin_cli
 from .cli import init_cli
 from .errors import init_error_handlers
 from .extensions import db, jwt, migrate
@@ -24,6 +25,7 @@ from .observability import init_observability
 from .rate_limits import init_rate_limits
 from .request_context import init_request_context
 from .request_metrics import init_request_metrics
+from .routing import IdConverter
 from .services import init_services
 from .utils.resilience import init_resilience
 
@@ -37,6 +39,7 @@ class ApiMap(Map):
         kwargs.setdefault("strict_slashes", False)
         kwargs.setdefault("merge_slashes", False)
         super().__init__(*args, **kwargs)
+        self.converters["int"] = IdConverter  # an id no column can hold is a 404, not a database error
 
 
 class OrielFlask(Flask):
@@ -64,6 +67,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_rate_limits(app)
     init_error_stats(app)
     init_cli(app)
+    init_admin_cli(app)
     return app
 
 
@@ -131,6 +135,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
+    from .admin.dashboard import bp as dashboard_bp
     from .admin.dead_letters import bp as dead_letters_bp
     from .admin.error_monitoring import bp as monitoring_bp
     from .api import bp as api_bp
@@ -142,5 +147,6 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(monitoring_bp)
     app.register_blueprint(dead_letters_bp)
+    app.register_blueprint(dashboard_bp)
     init_renders(app)
     init_jobs(app)

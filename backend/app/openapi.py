@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeVar
 from flask import Flask
 from pydantic import BaseModel
 
+from .routing import MAX_BIGINT
+
 F = TypeVar("F", bound=Callable[..., Any])
 Auth = Literal["user", "refresh", "admin"] | None
 _REF = "#/components/schemas/{model}"
@@ -32,6 +34,7 @@ class OperationDoc:
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, str, str], ...] = ()  # (name, JSON type, description)
     headers: tuple[tuple[str, str], ...] = ()  # (request header name, description)
+    response_content: str = "application/json"  # a model-less success of another type (an HTML page)
 
 
 def documented(
@@ -45,6 +48,7 @@ def documented(
     errors: Iterable[int] = (),
     query: Iterable[tuple[str, str, str]] = (),
     headers: Iterable[tuple[str, str]] = (),
+    response_content: str = "application/json",
 ) -> Callable[[F], F]:
     """Attach OpenAPI metadata to a view function."""
     doc = OperationDoc(
@@ -57,6 +61,7 @@ def documented(
         tuple(errors),
         tuple(query),
         tuple(headers),
+        response_content,
     )
 
     def decorate(view: F) -> F:
@@ -71,18 +76,22 @@ def operation_doc(view: Callable[..., Any]) -> OperationDoc | None:
     return getattr(view, "_openapi", None)
 
 
-_CONVERTER = re.compile(r"<(?:(?P<conv>[a-z]+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+_CONVERTER = re.compile(r"<(?:(?P<conv>[a-z]+)(?:\((?P<args>[^)]*)\))?:)?(?P<name>\w+)>")
+_MAX_ARG = re.compile(r"\bmax=(\d+)")
 _CONVERTER_TYPES = {"int": "integer", "float": "number", None: "string", "string": "string", "path": "string"}
+
+
+def _path_schema(conv: str | None, args: str | None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": _CONVERTER_TYPES.get(conv, "string")}
+    if conv == "int":  # the routing.IdConverter bounds: unsigned, at most the id column's largest value
+        found = _MAX_ARG.search(args or "")
+        schema.update(minimum=0, maximum=int(found[1]) if found else MAX_BIGINT)
+    return schema
 
 
 def _openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
     params = [
-        {
-            "name": m["name"],
-            "in": "path",
-            "required": True,
-            "schema": {"type": _CONVERTER_TYPES.get(m["conv"], "string")},
-        }
+        {"name": m["name"], "in": "path", "required": True, "schema": _path_schema(m["conv"], m["args"])}
         for m in _CONVERTER.finditer(rule)
     ]
     return _CONVERTER.sub(lambda m: "{" + m["name"] + "}", rule), params
@@ -176,6 +185,8 @@ def _operation(
         entry: dict[str, Any] = {"description": "Success"}
         if model is not None:
             entry["content"] = {"application/json": {"schema": schemas.ref(model)}}
+        elif doc.response_content != "application/json":
+            entry["content"] = {doc.response_content: {"schema": {"type": "string"}}}
         responses[str(status)] = entry
     statuses = set(doc.errors) | {429, 500}
     if doc.request is not None:

@@ -1,0 +1,270 @@
+"""`flask monitoring health|stats|breakers|reset|reset-all|dlq|alerts`: the admin API for a shell on the box.
+
+Each command calls the same functions as the admin views (no HTTP), prints a readable table or, with
+`--json`, the API's JSON. Admin actions go to security.log with the actor "cli:<os user>".
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
+
+from ...logging_config import log_security_event
+from ..extensions import db
+from ..utils.circuit_breaker import BreakerRegistry
+
+GROUP = "monitoring"
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (the admin API's shape).")
+
+
+def cli_actor() -> str:
+    """The actor recorded for an admin action from the command line: "cli:<os user>"."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry): the uid still says who
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A plain-text table, columns padded to their widest cell."""
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+
+
+def _registry() -> BreakerRegistry:
+    return current_app.extensions["breakers"]  # type: ignore[no-any-return]
+
+
+def _breaker_rows(snapshots: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            name,
+            s["state"],
+            f"{s['failures_in_window']}/{s['calls_in_window']}",
+            f"{s['failure_rate']:.0%}",
+            s.get("retry_after") or "",
+            s["storage"],
+        ]
+        for name, s in sorted(snapshots.items())
+    ]
+
+
+BREAKER_HEADERS = ("service", "state", "failures", "rate", "retry after", "storage")
+
+
+@click.command("health")
+@json_option
+@with_appcontext
+def health(as_json: bool) -> None:
+    """Every dependency: probe, latency, breaker (the /health/services view)."""
+    from ..monitoring.health import service_health
+
+    report = service_health(current_app._get_current_object())  # type: ignore[attr-defined]
+    rows = []
+    for name, svc in sorted(report["services"].items()):
+        probe = svc.get("probe") or {}
+        breaker = svc.get("breaker") or {}
+        latency = probe.get("latency_ms")
+        rows.append(
+            [
+                name,
+                "yes" if svc.get("configured") else "no",
+                probe.get("status"),
+                "" if latency is None else f"{latency} ms",
+                breaker.get("state", "-"),
+                probe.get("reason") or probe.get("detail") or "",
+            ]
+        )
+    queue = report.get("queue") or {}
+    text = "\n".join(
+        [
+            f"Overall: {report['status']}",
+            table(("service", "configured", "probe", "latency", "breaker", "detail"), rows),
+            f"Queue depth {queue.get('depth')}, workers alive {queue.get('workers_alive')}, "
+            f"dead letters {queue.get('dead_letters')}; logs {report.get('logs', {}).get('state')}",
+        ]
+    )
+    _emit(report, as_json, text)
+
+
+@click.command("stats")
+@json_option
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 50), help="How many top groups.")
+@with_appcontext
+def stats(as_json: bool, top: int) -> None:
+    """Totals, rates over 1m/5m/1h/24h and the top groups (the /errors/stats view)."""
+    from ..monitoring.stats import error_stats
+
+    data = error_stats(db.session, top=top)
+    totals = data["totals"]
+    rates = [
+        [
+            name,
+            r["errors"],
+            r["requests"],
+            r["errors_per_minute"],
+            "n/a" if r["error_ratio"] is None else f"{r['error_ratio']:.2%}",
+        ]
+        for name, r in data["rates"].items()
+    ]
+    groups = [[g["id"], g["code"], g["count_24h"], g["count"], g["status"], g["title"]] for g in data["top_groups"]]
+    text = "\n\n".join(
+        [
+            f"Errors: {totals['errors']} in {totals['groups']} groups "
+            f"({totals['unresolved']} unresolved, {totals['acknowledged']} acknowledged, "
+            f"{totals['resolved']} resolved, {totals['regressed']} regressed)",
+            table(("window", "errors", "requests", "errors/min", "error ratio"), rates),
+            "Top groups (24 h):\n" + table(("id", "code", "24h", "total", "status", "title"), groups)
+            if groups
+            else "Top groups (24 h): none",
+        ]
+    )
+    _emit(data, as_json, text)
+
+
+@click.command("breakers")
+@json_option
+@with_appcontext
+def breakers(as_json: bool) -> None:
+    """Every breaker's state and window."""
+    registry = _registry()
+    snapshots = registry.snapshot()
+    _emit(
+        {"storage": registry.storage, "breakers": snapshots}, as_json, table(BREAKER_HEADERS, _breaker_rows(snapshots))
+    )
+
+
+@click.command("reset")
+@click.argument("service")
+@json_option
+@with_appcontext
+def reset(service: str, as_json: bool) -> None:
+    """Reset one breaker (closed, fresh window) as the CLI actor."""
+    breaker = _registry().all().get(service)
+    if breaker is None:
+        known = ", ".join(sorted(_registry().all()))
+        raise click.ClickException(f"No circuit breaker named {service!r} (known: {known}).")
+    breaker.reset(cli_actor())  # the breaker writes the action, with the actor, to security.log
+    snap = {service: breaker.snapshot()}
+    data = {"status": "success", "action": "reset", "breakers": snap}
+    _emit(data, as_json, f"Reset {service}.\n" + table(BREAKER_HEADERS, _breaker_rows(snap)))
+
+
+@click.command("reset-all")
+@json_option
+@with_appcontext
+def reset_all(as_json: bool) -> None:
+    """Reset every breaker as the CLI actor."""
+    registry = _registry()
+    registry.reset_all(cli_actor())
+    snaps = registry.snapshot()
+    data = {"status": "success", "action": "reset", "breakers": snaps}
+    _emit(data, as_json, f"Reset {len(snaps)} breakers.\n" + table(BREAKER_HEADERS, _breaker_rows(snaps)))
+
+
+@click.command("list")
+@json_option
+@click.option("--kind", default=None, help="Only this job kind.")
+@click.option("--archived", is_flag=True, help="List archived dead letters instead.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100), help="At most this many.")
+@with_appcontext
+def dlq_list(as_json: bool, kind: str | None, archived: bool, limit: int) -> None:
+    """Dead letters, newest first (the dead-letters list view)."""
+    from ..jobs.dead_letters import DeadLetterFilter, list_dead_letters, summary
+
+    items, total = list_dead_letters(DeadLetterFilter(kind=kind, archived=archived), page=1, per_page=limit)
+    rows = [summary(job) for job in items]
+    text = table(
+        ("id", "kind", "analysis", "attempts", "dead at", "error"),
+        [
+            [
+                r["id"],
+                r["kind"],
+                r["failure_analysis"],
+                f"{r['attempts']}/{r['max_attempts']}",
+                r["dead_at"],
+                f"{r['last_error_code'] or ''} {(r['last_error_message'] or '')[:60]}".strip(),
+            ]
+            for r in rows
+        ],
+    )
+    _emit({"items": rows, "total": total}, as_json, f"{total} dead letter(s)\n{text}")
+
+
+@click.command("requeue")
+@click.argument("job_id", type=int)
+@json_option
+@with_appcontext
+def dlq_requeue(job_id: int, as_json: bool) -> None:
+    """Put one dead letter back in its queue with fresh attempts."""
+    from ..jobs.dead_letters import get_dead_letter, requeue
+
+    actor = cli_actor()
+    if get_dead_letter(job_id) is None or not requeue(job_id, actor=actor):
+        raise click.ClickException(f"No dead letter with id {job_id}.")
+    log_security_event("dead_letter_requeued", f"Dead letter requeued by {actor}", actor=actor, job_ids=[job_id])
+    data = {"message": "Requeued 1 dead letter.", "job_ids": [job_id]}
+    _emit(data, as_json, f"Requeued dead letter {job_id}.")
+
+
+@click.command("test")
+@click.argument("name", metavar="RULE")
+@json_option
+@with_appcontext
+def alerts_test(name: str, as_json: bool) -> None:
+    """Evaluate one rule's condition now, without changing its state or sending anything."""
+    from ..alerts.engine import evaluate_condition
+    from ..models import AlertRule
+
+    rule = db.session.scalar(select(AlertRule).where(AlertRule.name == name))
+    if rule is None:
+        raise click.ClickException(f"No alert rule named {name!r}.")
+    firing, value, summary = evaluate_condition(current_app._get_current_object(), rule, datetime.now(UTC))  # type: ignore[attr-defined]
+    data = {
+        "rule": rule.name,
+        "kind": rule.kind,
+        "enabled": rule.enabled,
+        "state": rule.state,
+        "would_fire": firing,
+        "value": value,
+        "summary": summary,
+    }
+    verdict = "WOULD FIRE" if firing else "would not fire"
+    enabled = "enabled" if rule.enabled else "disabled"
+    text = f"{rule.name} ({rule.kind}, {enabled}, now {rule.state}): {verdict}\n{summary}"
+    _emit(data, as_json, text)
+
+
+dlq = click.Group("dlq", help="Dead letters: list and requeue.", commands=[dlq_list, dlq_requeue])
+alerts = click.Group("alerts", help="Alert rules: test one now.", commands=[alerts_test])
+COMMANDS: tuple[click.Command, ...] = (health, stats, breakers, reset, reset_all, dlq, alerts)
+
+
+def init_admin_cli(app: Flask) -> None:
+    """Add the admin commands to the `flask monitoring` group of `app` (created if missing)."""
+    group = app.cli.commands.get(GROUP)
+    if not isinstance(group, click.Group):
+        group = AppGroup(GROUP)
+        app.cli.add_command(group)
+    # Extends the stats engineer's group (prune-errors) rather than replacing it.
+    group.help = "Monitoring: health, error statistics, breakers, dead letters, alerts, maintenance."
+    for command in COMMANDS:
+        group.add_command(command)

@@ -1,0 +1,192 @@
+"""The admin dashboard: the page at /admin and the two reads it needs that the monitoring API lacks.
+
+The page itself is static HTML, CSS and ES modules under static/admin/ (no build step); it logs in
+through /api/auth/login and reads everything else from the admin monitoring API with the token it
+keeps in memory. Its own errors are the usual JSON envelopes (only the page is HTML).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, request
+from pydantic import BaseModel
+from sqlalchemy import case, select
+
+from ..auth.decorators import admin_required
+from ..errors import ValidationError
+from ..extensions import db
+from ..models import ErrorMinute, Render
+from ..models.media import QUEUED, RENDER_STATUSES, RUNNING
+from ..monitoring.stats import iso
+from ..monitoring.store import floor_minute
+from ..openapi import documented
+
+bp = Blueprint("dashboard", __name__)
+
+PAGE = Path(__file__).resolve().parents[1] / "static" / "admin" / "index.html"
+#: Self only, no inline script or style: the page's code is the ES modules beside it.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+#: Chart windows: (total minutes, minutes per point).
+WINDOWS = {"1h": (60, 1), "24h": (1440, 30)}
+
+
+class SeriesPoint(BaseModel):
+    """Errors and requests in one bucket starting at `at`."""
+
+    at: str
+    errors: int
+    requests: int
+    error_ratio: float | None
+
+
+class TimeseriesOut(BaseModel):
+    """Error and request counts over a window, oldest bucket first."""
+
+    window: str
+    bucket_minutes: int
+    points: list[SeriesPoint]
+
+
+class AdminRender(BaseModel):
+    """A render as the admin sees it (any user's)."""
+
+    id: int
+    user_id: int
+    status: str
+    progress: int
+    preset: str
+    resolution: str
+    attempts: int
+    error_code: str | None
+    request_id: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class AdminRendersOut(BaseModel):
+    """Renders across every user."""
+
+    renders: list[AdminRender]
+
+
+@bp.get("/admin")
+@documented(
+    "The admin dashboard page (HTML; its data comes from the admin API with the admin's token)",
+    tag="monitoring",
+    response_content="text/html",
+)
+def page() -> Response:
+    """Serve the dashboard shell: no data and no token in it, so it needs no authentication."""
+    response = Response(PAGE.read_bytes(), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _window(raw: str | None) -> str:
+    window = raw or "1h"
+    if window not in WINDOWS:
+        raise ValidationError(f"window must be one of {', '.join(WINDOWS)}", field="window")
+    return window
+
+
+def timeseries(window: str, now: datetime | None = None) -> dict[str, Any]:
+    """Errors and requests per bucket over the window, from the per-minute rollup (at most 1,440 rows)."""
+    total, step = WINDOWS[window]
+    current = floor_minute(now or datetime.now(UTC))
+    first = current - timedelta(minutes=total - step)
+    first = first.replace(minute=first.minute - first.minute % step)
+    buckets = [first + timedelta(minutes=step * i) for i in range((current - first) // timedelta(minutes=step) + 1)]
+    sums = {at: [0, 0] for at in buckets}
+    rows = db.session.execute(
+        select(ErrorMinute.minute, ErrorMinute.errors, ErrorMinute.requests).where(ErrorMinute.minute >= first)
+    )
+    for minute, errors, requests in rows:
+        minute = minute.replace(tzinfo=UTC) if minute.tzinfo is None else minute.astimezone(UTC)
+        offset = (minute - first) // timedelta(minutes=step)
+        if 0 <= offset < len(buckets):
+            sums[buckets[offset]][0] += int(errors or 0)
+            sums[buckets[offset]][1] += int(requests or 0)
+    points = [
+        {"at": iso(at), "errors": e, "requests": r, "error_ratio": round(e / r, 4) if r else None}
+        for at, (e, r) in sums.items()
+    ]
+    return {"window": window, "bucket_minutes": step, "points": points}
+
+
+@bp.get("/admin/api/dashboard/timeseries")
+@documented(
+    "Errors and requests per bucket over the last hour (per minute) or day (per 30 minutes)",
+    tag="monitoring",
+    responses={200: TimeseriesOut},
+    auth="admin",
+    errors=(422,),
+    query=(("window", "string", "1h (default) or 24h"),),
+)
+@admin_required
+def timeseries_view() -> dict[str, Any]:
+    """The chart's data."""
+    return timeseries(_window(request.args.get("window")))
+
+
+def admin_render(render: Render) -> dict[str, Any]:
+    """The admin view of a render."""
+    return {
+        "id": render.id,
+        "user_id": render.user_id,
+        "status": render.status,
+        "progress": render.progress,
+        "preset": render.preset,
+        "resolution": render.resolution,
+        "attempts": render.attempts,
+        "error_code": render.error_code,
+        "request_id": render.request_id,
+        "created_at": iso(render.created_at),
+        "started_at": iso(render.started_at),
+        "finished_at": iso(render.finished_at),
+    }
+
+
+def list_renders(status: str | None, limit: int) -> list[dict[str, Any]]:
+    """Renders of every user: running first, then queued, then the rest, newest first within each."""
+    query = select(Render)
+    if status == "active":
+        query = query.where(Render.status.in_((RUNNING, QUEUED)))
+    elif status is not None:
+        query = query.where(Render.status == status)
+    order = case((Render.status == RUNNING, 0), (Render.status == QUEUED, 1), else_=2)
+    rows = db.session.scalars(query.order_by(order, Render.id.desc()).limit(limit))
+    return [admin_render(r) for r in rows]
+
+
+@bp.get("/admin/api/dashboard/renders")
+@documented(
+    "Renders across every user with their progress (running first)",
+    tag="monitoring",
+    responses={200: AdminRendersOut},
+    auth="admin",
+    errors=(422,),
+    query=(
+        ("status", "string", "active (queued or running), queued, running, succeeded or failed"),
+        ("limit", "integer", "At most this many (1-200, default 50)"),
+    ),
+)
+@admin_required
+def renders_view() -> dict[str, Any]:
+    """The renders panel's data."""
+    status = request.args.get("status") or None
+    if status is not None and status != "active" and status not in RENDER_STATUSES:
+        raise ValidationError(f"status must be active or one of {', '.join(RENDER_STATUSES)}", field="status")
+    limit = request.args.get("limit", default=50, type=int)
+    if limit is None or not 1 <= limit <= 200:
+        raise ValidationError("limit must be between 1 and 200.", field="limit")
+    return {"renders": list_renders(status, limit)}

@@ -1,0 +1,435 @@
+/**
+ * The admin dashboard: signs in through /api/auth/login (the token stays in this module's client, in
+ * memory), then polls the admin monitoring API and draws each panel. Every call goes through
+ * oriel-client.js, so writes carry an Idempotency-Key and failures arrive as OrielError; a panel whose
+ * call failed shows the error's message, code and request ID instead of going blank.
+ */
+import { createClient, OrielError } from "/static/js/oriel-client.js";
+import { el, clear, lineChart, gauge } from "/static/admin/draw.js";
+
+const REFRESH_MS = 5000;
+const MON = "/admin/api/monitoring";
+const api = createClient({ baseUrl: "", maxAttempts: 2, deadlineMs: 8000, timeoutMs: 8000 });
+const $ = (sel) => document.querySelector(sel);
+
+const state = { window: "1h", requestId: "", timer: null, signedIn: false, current: null };
+
+/** Show a failure in a panel: message, code, request ID; never a blank panel. */
+function showError(panel, error) {
+  const box = panel.querySelector(".panel-error");
+  clear(box);
+  const err = error instanceof OrielError ? error : null;
+  box.append(
+    el("strong", {}, err ? err.message : String(error && error.message ? error.message : error)),
+    err ? el("span", {}, ` (${err.code}${err.status ? `, HTTP ${err.status}` : ""})`) : "",
+    err && err.requestId ? el("div", {}, "Request ID: ", el("code", { class: "request-id" }, err.requestId)) : "",
+  );
+  box.hidden = false;
+  if (err && err.status === 401 && state.signedIn) signOut("Your session ended; sign in again.");
+}
+
+function hideError(panel) {
+  panel.querySelector(".panel-error").hidden = true;
+}
+
+/** Run one panel's load: its error box shows the failure; other panels are not affected. */
+async function load(panelId, loader) {
+  const panel = document.getElementById(panelId);
+  try {
+    await loader();
+    hideError(panel);
+  } catch (error) {
+    showError(panel, error);
+  }
+}
+
+function toast(text) {
+  const box = $("#toast");
+  box.textContent = text;
+  box.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { box.hidden = true; }, 4000);
+}
+
+/** A write from a button: the panel shows its failure, the dashboard refreshes on success. */
+async function act(panelId, label, call) {
+  const panel = document.getElementById(panelId);
+  try {
+    const { data } = await call();
+    hideError(panel);
+    toast(data && data.message ? data.message : `${label}: done`);
+    await refresh();
+    return data;
+  } catch (error) {
+    showError(panel, error);
+    return null;
+  }
+}
+
+const stateClass = (s) =>
+  ({ ok: "state-ok", closed: "state-ok", degraded: "state-warn", half_open: "state-warn", not_configured: "state-off",
+    disabled: "state-off", open: "state-bad", forced_open: "state-bad", error: "state-bad", timeout: "state-bad",
+    down: "state-bad", unhealthy: "state-bad" })[s] || "state-unknown";
+
+function fmtTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+}
+
+function emptyRow(tbody, cols, text) {
+  tbody.append(el("tr", {}, el("td", { colspan: String(cols), class: "empty" }, text)));
+}
+
+// -- panels ---------------------------------------------------------------------------------------
+
+/** A service is red when its probe fails or its breaker is open; amber when degraded or half-open. */
+function serviceState(svc) {
+  const probe = svc.probe ? svc.probe.status : "unknown";
+  const breaker = svc.breaker ? svc.breaker.state : null;
+  if (["error", "timeout", "down"].includes(probe) || ["open", "forced_open"].includes(breaker)) return "bad";
+  if (probe === "degraded" || breaker === "half_open") return "warn";
+  if (probe === "not_configured") return "off";
+  return probe === "ok" ? "ok" : "unknown";
+}
+
+async function loadServices() {
+  const { data } = await api.get(`${MON}/health/services`);
+  const tiles = $("#services");
+  clear(tiles);
+  let worst = "ok";
+  for (const [name, svc] of Object.entries(data.services).sort()) {
+    const s = serviceState(svc);
+    if (s === "bad") worst = "bad";
+    else if (s === "warn" && worst !== "bad") worst = "warn";
+    const probe = svc.probe || {};
+    tiles.append(
+      el("div", { class: `tile state-${s}`, "data-service": name, "data-state": s },
+        el("h3", {}, name),
+        el("div", { class: "state" }, probe.status || "unknown"),
+        el("div", { class: "meta" }, probe.latency_ms != null ? `${probe.latency_ms} ms` : "no latency"),
+        el("div", { class: "meta" }, svc.breaker ? `breaker ${svc.breaker.state}` : "no breaker"),
+        probe.detail || probe.reason ? el("div", { class: "meta muted" }, probe.reason || probe.detail) : "",
+      ),
+    );
+  }
+  const overall = $("#overall");
+  const label = data.status === "ok" && worst === "ok" ? "ok" : worst === "bad" ? "unhealthy" : data.status;
+  overall.textContent = label;
+  overall.className = `pill ${stateClass(label)}`;
+  overall.dataset.state = label;
+  const q = data.queue || {};
+  const depth = q.depth || {};
+  $("#queue-line").textContent =
+    `Queue: ${depth.ready ?? 0} ready, ${depth.scheduled ?? 0} scheduled, ${depth.running ?? 0} running; ` +
+    `${q.workers_alive ?? 0} worker(s) alive; ${q.dead_letters ?? 0} dead letter(s). Logs: ${data.logs ? data.logs.state : "?"}.`;
+}
+
+async function loadTraffic() {
+  const [{ data: stats }, { data: series }] = await Promise.all([
+    api.get(`${MON}/errors/stats?top=10`),
+    api.get(`/admin/api/dashboard/timeseries?window=${state.window}`),
+  ]);
+  const rates = $("#rates");
+  clear(rates);
+  for (const name of ["5m", "1h", "24h"]) {
+    const r = stats.rates[name];
+    if (!r) continue;
+    const ratio = r.error_ratio == null ? "n/a" : `${(r.error_ratio * 100).toFixed(2)}%`;
+    rates.append(el("span", {}, `${name}: `, el("b", {}, ratio), ` (${r.errors} errors / ${r.requests} requests)`));
+  }
+  const chart = $("#chart");
+  clear(chart);
+  chart.append(lineChart(series.points, series.bucket_minutes));
+  renderGroups(stats.top_groups || []);
+}
+
+function renderGroups(groups) {
+  const tbody = $("#groups tbody");
+  clear(tbody);
+  if (!groups.length) emptyRow(tbody, 5, "No errors in the last 24 hours.");
+  for (const g of groups) {
+    const triage = (status) => () =>
+      act("groups-panel", `Group ${g.id} ${status}`, () => api.post(`/api/errors/acknowledge/${g.id}`, { status }));
+    tbody.append(
+      el("tr", { "data-group": String(g.id) },
+        el("td", { class: "mono" }, g.code),
+        el("td", {}, g.title || g.exc_type || "", g.regressed ? el("span", { class: "pill state-bad" }, "regressed") : ""),
+        el("td", {}, String(g.count_24h ?? g.count)),
+        el("td", { class: "status" }, g.status),
+        el("td", { class: "actions" },
+          g.status !== "acknowledged" ? el("button", { type: "button", onclick: triage("acknowledged") }, "Acknowledge") : "",
+          g.status !== "resolved" ? el("button", { type: "button", onclick: triage("resolved") }, "Resolve") : "",
+        ),
+      ),
+    );
+  }
+}
+
+async function loadBudgets() {
+  const { data } = await api.get(`${MON}/slo`);
+  const box = $("#budgets");
+  clear(box);
+  if (!data.budgets.length) box.append(el("p", { class: "empty" }, "No SLOs configured."));
+  for (const b of data.budgets) {
+    const firing = (b.burn || []).some((w) => w.firing);
+    box.append(gauge(b.group, b.budget_remaining, `${(b.objective * 100).toFixed(2)}% SLO`, firing));
+  }
+}
+
+async function loadRecent() {
+  const q = state.requestId ? `&request_id=${encodeURIComponent(state.requestId)}` : "";
+  const { data } = await api.get(`${MON}/logs/recent-errors?limit=25${q}`);
+  const tbody = $("#recent tbody");
+  clear(tbody);
+  if (!data.events.length) emptyRow(tbody, 6, state.requestId ? "No errors with this request ID." : "No recent errors.");
+  for (const e of data.events) {
+    tbody.append(
+      el("tr", {},
+        el("td", {}, fmtTime(e.occurred_at)),
+        el("td", { class: "mono" }, e.code),
+        el("td", {}, String(e.status_code ?? "")),
+        el("td", { class: "mono" }, `${e.method || ""} ${e.path || ""}`),
+        el("td", {}, e.message || ""),
+        el("td", { class: "mono" }, e.request_id || ""),
+      ),
+    );
+  }
+}
+
+async function loadBreakers() {
+  const { data } = await api.get(`${MON}/circuit-breakers`);
+  const tbody = $("#breakers tbody");
+  clear(tbody);
+  for (const [name, b] of Object.entries(data.breakers).sort()) {
+    const call = (path, label) => () =>
+      act("breakers-panel", `${name}: ${label}`, () => api.post(`${MON}/circuit-breakers/${path}`, {}));
+    const svc = encodeURIComponent(name);
+    tbody.append(
+      el("tr", { "data-breaker": name, "data-state": b.state },
+        el("td", {}, name),
+        el("td", {}, el("span", { class: `pill ${stateClass(b.state)}` }, b.state)),
+        el("td", {}, `${b.failures_in_window}/${b.calls_in_window} (${Math.round((b.failure_rate || 0) * 100)}%)`),
+        el("td", { class: "actions" },
+          el("button", { type: "button", "data-action": "reset", onclick: call(`reset/${svc}`, "reset") }, "Reset"),
+          el("button", { type: "button", class: "danger", "data-action": "force-open", onclick: call(`${svc}/force-open`, "forced open") }, "Force open"),
+          b.state === "disabled"
+            ? el("button", { type: "button", "data-action": "enable", onclick: call(`${svc}/enable`, "enabled") }, "Enable")
+            : el("button", { type: "button", "data-action": "disable", onclick: call(`${svc}/disable`, "disabled") }, "Disable"),
+        ),
+      ),
+    );
+  }
+}
+
+async function loadDeadLetters() {
+  const { data } = await api.get(`${MON}/dead-letters?per_page=25`);
+  $("#dlq-total").textContent = `(${data.total})`;
+  const tbody = $("#dlq tbody");
+  clear(tbody);
+  if (!data.items.length) emptyRow(tbody, 5, "The dead-letter queue is empty.");
+  for (const d of data.items) {
+    const inspect = async () => {
+      try {
+        const { data: one } = await api.get(`${MON}/dead-letters/${d.id}`);
+        const pre = $("#dlq-detail");
+        pre.textContent = JSON.stringify(one.dead_letter, null, 2);
+        pre.hidden = false;
+        hideError(document.getElementById("dlq-panel"));
+      } catch (error) {
+        showError(document.getElementById("dlq-panel"), error);
+      }
+    };
+    const requeue = () => act("dlq-panel", `Dead letter ${d.id} requeued`, () => api.post(`${MON}/dead-letters/${d.id}/requeue`, {}));
+    tbody.append(
+      el("tr", { "data-dead-letter": String(d.id) },
+        el("td", {}, String(d.id)),
+        el("td", { class: "mono" }, d.kind),
+        el("td", {}, d.failure_analysis),
+        el("td", {}, `${d.last_error_code || ""} ${d.last_error_message || ""}`.trim()),
+        el("td", { class: "actions" },
+          el("button", { type: "button", "data-action": "inspect", onclick: inspect }, "Inspect"),
+          el("button", { type: "button", "data-action": "requeue", onclick: requeue }, "Requeue"),
+        ),
+      ),
+    );
+  }
+}
+
+const RULE_FIELDS = ["name", "kind", "params", "channels", "severity", "cooldown_seconds", "enabled"];
+
+function editRule(rule) {
+  const body = rule
+    ? Object.fromEntries(RULE_FIELDS.map((k) => [k, rule[k]]))
+    : { name: "high-error-rate", kind: "error_rate", params: { threshold: 0.05, window_seconds: 300 },
+        channels: [{ type: "webhook", url: "https://hooks.example.com/oriel" }], severity: "HIGH",
+        cooldown_seconds: 300, enabled: true };
+  $("#alert-json").value = JSON.stringify(body, null, 2);
+  const form = $("#alert-form");
+  form.querySelector(".panel-error").hidden = true;
+  form.hidden = false;
+}
+
+async function loadAlerts() {
+  const { data } = await api.get(`${MON}/alerts/configure`);
+  const tbody = $("#alerts tbody");
+  clear(tbody);
+  if (!data.rules.length) emptyRow(tbody, 6, "No alert rules yet.");
+  for (const r of data.rules) {
+    tbody.append(
+      el("tr", { "data-rule": r.name },
+        el("td", {}, r.name, r.enabled ? "" : el("span", { class: "muted" }, " (disabled)")),
+        el("td", {}, r.kind),
+        el("td", {}, r.severity),
+        el("td", {}, el("span", { class: `pill ${r.state === "firing" ? "state-bad" : "state-ok"}` }, r.state)),
+        el("td", {}, r.last_value == null ? "" : String(Math.round(r.last_value * 1000) / 1000)),
+        el("td", { class: "actions" }, el("button", { type: "button", onclick: () => editRule(r) }, "Edit")),
+      ),
+    );
+  }
+}
+
+async function saveRule(event) {
+  event.preventDefault();
+  const form = $("#alert-form");
+  let body;
+  try {
+    body = JSON.parse($("#alert-json").value);
+  } catch (error) {
+    showError(form, new Error(`The rule is not valid JSON: ${error.message}`));
+    return;
+  }
+  try {
+    await api.post(`${MON}/alerts/configure`, body);
+    form.hidden = true;
+    toast(`Alert rule ${body.name} saved`);
+    await load("alerts-panel", loadAlerts);
+  } catch (error) {
+    showError(form, error);
+    if (error instanceof OrielError && error.fields) {
+      const box = form.querySelector(".panel-error");
+      for (const [field, msg] of Object.entries(error.fields)) box.append(el("div", {}, `${field}: ${msg}`));
+    }
+  }
+}
+
+async function loadRenders() {
+  const { data } = await api.get("/admin/api/dashboard/renders?status=active&limit=20");
+  const box = $("#renders");
+  clear(box);
+  if (!data.renders.length) box.append(el("p", { class: "empty" }, "No render is queued or running."));
+  for (const r of data.renders) {
+    const fill = el("span", {});
+    fill.style.width = `${Math.max(0, Math.min(100, r.progress))}%`; // CSSOM, allowed by the CSP
+    box.append(
+      el("div", { class: "render", "data-render": String(r.id) },
+        el("div", { class: "name" }, `#${r.id} ${r.preset} ${r.resolution} (user ${r.user_id}) `, el("span", { class: "muted" }, r.status)),
+        el("div", { class: `bar ${r.status === "failed" ? "state-bad" : ""}`, role: "progressbar", "aria-valuenow": String(r.progress), "aria-valuemin": "0", "aria-valuemax": "100" }, fill),
+        el("div", {}, `${r.progress}%`),
+      ),
+    );
+  }
+}
+
+// -- refresh, sign-in -----------------------------------------------------------------------------
+
+/** Reload every panel; a poll skips while one is running, an admin action waits for it and reloads. */
+async function refresh({ poll = false } = {}) {
+  if (!state.signedIn) return;
+  if (state.current) {
+    if (poll) return;
+    await state.current.catch(() => {});
+  }
+  state.current = reloadAll();
+  try {
+    await state.current;
+  } finally {
+    state.current = null;
+  }
+}
+
+async function reloadAll() {
+  await Promise.all([
+    load("services-panel", loadServices),
+    load("traffic-panel", loadTraffic),
+    load("budgets-panel", loadBudgets),
+    load("recent-panel", loadRecent),
+    load("breakers-panel", loadBreakers),
+    load("dlq-panel", loadDeadLetters),
+    load("alerts-panel", loadAlerts),
+    load("renders-panel", loadRenders),
+  ]);
+  // The groups table is filled by the traffic call; its panel shows that call's failure too.
+  const trafficError = document.querySelector("#traffic-panel .panel-error");
+  const groupsError = document.querySelector("#groups-panel .panel-error");
+  groupsError.hidden = trafficError.hidden;
+  groupsError.replaceChildren(...[...trafficError.childNodes].map((n) => n.cloneNode(true)));
+  $("#refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  document.body.dataset.refreshed = String(Date.now());
+}
+
+function signOut(reason) {
+  state.signedIn = false;
+  clearInterval(state.timer);
+  api.setToken(null);
+  $("#dashboard").hidden = true;
+  $("#login-panel").hidden = false;
+  $("#logout").hidden = true;
+  $("#refresh").hidden = true;
+  const overall = $("#overall");
+  overall.textContent = "not signed in";
+  overall.className = "pill state-unknown";
+  overall.dataset.state = "unknown";
+  if (reason) showError($("#login-panel"), new Error(reason));
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const panel = $("#login-panel");
+  try {
+    const { data } = await api.post("/api/auth/login", { email: $("#email").value, password: $("#password").value });
+    api.setToken(data.access_token); // memory only: never stored, never in a URL
+    $("#password").value = "";
+    hideError(panel);
+    state.signedIn = true;
+    panel.hidden = true;
+    $("#dashboard").hidden = false;
+    $("#logout").hidden = false;
+    $("#refresh").hidden = false;
+    await refresh();
+    state.timer = setInterval(() => refresh({ poll: true }), REFRESH_MS);
+  } catch (error) {
+    showError(panel, error);
+  }
+}
+
+function init() {
+  $("#login-form").addEventListener("submit", signIn);
+  $("#logout").addEventListener("click", () => signOut(""));
+  $("#refresh").addEventListener("click", () => refresh());
+  $("#recent-search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.requestId = $("#recent-request-id").value.trim();
+    load("recent-panel", loadRecent);
+  });
+  $("#recent-clear").addEventListener("click", () => {
+    $("#recent-request-id").value = "";
+    state.requestId = "";
+    load("recent-panel", loadRecent);
+  });
+  $("#reset-all").addEventListener("click", () =>
+    act("breakers-panel", "Every breaker reset", () => api.post(`${MON}/circuit-breakers/reset-all`, {})));
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => {
+      state.window = tab.dataset.window;
+      for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t === tab);
+      load("traffic-panel", loadTraffic);
+    });
+  }
+  $("#alert-new").addEventListener("click", () => editRule(null));
+  $("#alert-cancel").addEventListener("click", () => { $("#alert-form").hidden = true; });
+  $("#alert-form").addEventListener("submit", saveRule);
+  document.body.dataset.ready = "true";
+}
+
+init();

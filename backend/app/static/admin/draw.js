@@ -1,0 +1,80 @@
+/**
+ * DOM and SVG helpers for the admin dashboard: elements built with text nodes (never innerHTML, so no
+ * server string is ever parsed as markup), a two-line chart and a budget gauge, both inline SVG.
+ */
+const SVG = "http://www.w3.org/2000/svg";
+
+/** An element with attributes (on* attributes become listeners) and children (strings become text). */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  setAttrs(node, attrs);
+  for (const child of children) if (child !== "" && child != null) node.append(child);
+  return node;
+}
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  setAttrs(node, attrs);
+  for (const child of children) if (child !== "" && child != null) node.append(child);
+  return node;
+}
+
+function setAttrs(node, attrs) {
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+    else if (value != null) node.setAttribute(key, String(value));
+  }
+}
+
+/** Remove every child. */
+export function clear(node) {
+  node.replaceChildren();
+}
+
+function label(iso, bucketMinutes) {
+  const d = new Date(iso);
+  const hm = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+  return bucketMinutes >= 30 ? `${d.getDate()}/${d.getMonth() + 1} ${hm}` : hm;
+}
+
+/** Requests and errors per bucket as two polylines on one scale, with a few time labels. */
+export function lineChart(points, bucketMinutes) {
+  const W = 600, H = 180, L = 36, R = 8, T = 8, B = 22;
+  const max = Math.max(1, ...points.map((p) => p.requests), ...points.map((p) => p.errors));
+  const x = (i) => L + (points.length > 1 ? (i * (W - L - R)) / (points.length - 1) : 0);
+  const y = (v) => T + (H - T - B) * (1 - v / max);
+  const line = (key) => points.map((p, i) => `${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
+    "aria-label": `requests and errors per ${bucketMinutes} minute(s)` });
+  for (const v of [0, max / 2, max]) {
+    root.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
+    root.append(svg("text", { x: 2, y: y(v) + 3 }, String(Math.round(v))));
+  }
+  const step = Math.max(1, Math.floor(points.length / 4));
+  for (let i = 0; i < points.length; i += step) {
+    root.append(svg("text", { x: x(i) - 12, y: H - 6 }, label(points[i].at, bucketMinutes)));
+  }
+  root.append(svg("polyline", { class: "requests", points: line("requests") }));
+  root.append(svg("polyline", { class: "errors", points: line("errors") }));
+  return root;
+}
+
+/** A half-circle gauge of the error budget left (0..1; negative when overspent). */
+export function gauge(name, remaining, caption, firing) {
+  const value = Math.max(0, Math.min(1, remaining));
+  const state = firing || remaining <= 0 ? "state-bad" : remaining < 0.25 ? "state-warn" : "state-ok";
+  const r = 45, cx = 55, cy = 55;
+  const angle = Math.PI * (1 - value);
+  const end = [cx + r * Math.cos(angle), cy - r * Math.sin(angle)];
+  const arc = (x, yy) => `M ${cx - r} ${cy} A ${r} ${r} 0 0 1 ${x.toFixed(2)} ${yy.toFixed(2)}`;
+  const root = svg("svg", { viewBox: "0 0 110 66", role: "img", "aria-label": `${name} budget` },
+    svg("path", { class: "track", d: arc(cx + r, cy) }),
+    value > 0 ? svg("path", { class: `value ${state}`, d: arc(end[0], end[1]) }) : "",
+    svg("text", { class: "pct", x: cx, y: cy - 4, "text-anchor": "middle" }, `${Math.round(remaining * 100)}%`),
+  );
+  return el("div", { class: "gauge", "data-slo": name, "data-state": state.replace("state-", "") },
+    root,
+    el("div", { class: "label" }, el("b", {}, name)),
+    el("div", { class: "label muted" }, `${caption}${firing ? " · burning" : ""}`),
+  );
+}
