@@ -3,7 +3,8 @@
 - transient (the bucket refuses connections while the audio is read): retried with exponential backoff,
   the render back to `queued` in between, nothing refunded; succeeds once the bucket is back;
 - permanent (FFmpeg rejects the stored audio): one retry, then dead; the render failed, refunded once,
-  one email; the dead letter holds the real FFmpeg error of both attempts;
+  one email; the dead letter holds the real FFmpeg error of both attempts, and both reached the error
+  statistics through monitoring.record_error;
 - throttled: an open storage breaker (CIRCUIT_OPEN) makes the next attempt wait its Retry-After, and a
   bucket answering 429 with Retry-After makes it wait that (the storage error carries it), not the backoff.
 A real worker (in this process, burst mode) runs each attempt; between attempts the clock is moved to
@@ -25,7 +26,9 @@ from backend.app.extensions import db
 from backend.app.jobs.records import as_utc, utcnow
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import CreditEntry, Upload
+from backend.app.models.error_event import ErrorEvent
 from backend.app.models.job import Job
+from backend.app.monitoring import flush_error_stats
 from backend.app.services import get_storage
 from backend.app.utils.resilience import get_breaker
 from tests.peers.audio import AudioFactory
@@ -168,6 +171,13 @@ def test_an_ffmpeg_input_error_gets_one_retry_then_a_dead_letter_with_the_real_e
 
     clock.now += timedelta(hours=1)
     assert attempt(app, clock) == 0  # dead stays dead: nothing runs again by itself
+
+    flush_error_stats(app)  # each failed attempt went to the error statistics, with its real message
+    with app.app_context():
+        events = db.session.execute(
+            select(ErrorEvent.source, ErrorEvent.code, ErrorEvent.message).where(ErrorEvent.endpoint == "job:render")
+        ).all()
+    assert [tuple(e) for e in events] == [("job", "FFMPEG_ERROR", "FFmpeg failed to render the video.")] * 2
 
 
 @pytest.mark.slow
