@@ -233,6 +233,14 @@ def _read_optional(cfg: Config, env: Mapping[str, str]) -> None:
         if not isinstance(slos, dict) or not all(isinstance(v, dict) for v in slos.values()):
             raise ConfigError("SLOS must be a JSON object of endpoint group to objective")
         cfg.SLOS = slos  # type: ignore[attr-defined]
+    if env.get("CIRCUIT_BREAKERS", "").strip():  # {"*": {"recovery_timeout": 5}, "stripe": {"min_calls": 10}}
+        try:
+            breakers = json.loads(env["CIRCUIT_BREAKERS"])
+        except ValueError as exc:
+            raise ConfigError("CIRCUIT_BREAKERS must be a JSON object of service to breaker settings") from exc
+        if not isinstance(breakers, dict) or not all(isinstance(v, dict) for v in breakers.values()):
+            raise ConfigError("CIRCUIT_BREAKERS must be a JSON object of service to breaker settings")
+        cfg.CIRCUIT_BREAKERS = breakers  # type: ignore[attr-defined]
     if env.get("JOBS_IMPORTS", "").strip():  # extra modules that register job kinds, comma-separated
         cfg.JOBS_IMPORTS = tuple(m.strip() for m in env["JOBS_IMPORTS"].split(",") if m.strip())  # type: ignore[attr-defined]
 

@@ -1,0 +1,344 @@
+"""Fault injection under load: the production shape keeps its promises while its dependencies fail.
+
+gunicorn (3 workers) and 2 `flask jobs worker` processes on PostgreSQL + Redis, the bucket emulator, the Stripe
+peer and the SendGrid peer each behind a fault proxy, all on 127.0.0.1. Six client threads register, log in,
+upload real audio, start renders, buy credits (Checkout + Stripe's signed webhook) and poll, for
+FAULT_LOAD_SECONDS (default 90). Meanwhile each dependency in turn goes down, hangs and throttles (429 +
+Retry-After) and recovers; at the end one gunicorn worker and one job worker are SIGKILLed.
+
+After recovery and a bounded drain (storage sync, email outbox, Stripe's webhook redelivery, jobs), the run
+is checked (see `check_*`): every accepted upload in the bucket, every email sent exactly once, every job
+succeeded or dead-lettered, every credit accounted for, and the error statistics matching what clients saw.
+`make fault-load` runs it alone; the figures land in tests/artifacts/fault_under_load.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from backend.app.jobs.registry import REGISTRY
+from tests.peers.audio import AudioFactory
+from tests.peers.gcs_emulator import GCSEmulator
+from tests.production_stack import Answer, Ledger, Load, Stack, production_stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+SECONDS = float(os.environ.get("FAULT_LOAD_SECONDS", "90"))
+DRAIN_SECONDS = float(os.environ.get("FAULT_LOAD_DRAIN_SECONDS", "150"))
+RECOVERY = 3.0  # breaker recovery_timeout in this run: a healed dependency is tried again within 3 s
+DEDUP_HEADER = "X-Oriel-Dedup-Key"
+ARTIFACT = Path(__file__).parent / "artifacts" / "fault_under_load.json"
+
+#: (dependency, mode) in the order they are injected; "kill" SIGKILLs a gunicorn worker and a job worker.
+FAULTS = [
+    ("storage", "down"),
+    ("storage", "hang"),
+    ("storage", "throttle"),
+    ("email", "down"),
+    ("email", "hang"),
+    ("email", "throttle"),
+    ("stripe", "down"),
+    ("stripe", "hang"),
+    ("stripe", "throttle"),
+    ("workers", "kill"),
+]
+#: Which client operations may see a dependency's outage as an error. Uploads fall back to local storage
+#: and renders only queue work, so neither may fail; a checkout cannot succeed without Stripe (no fake payment).
+VISIBLE = {"stripe": {"checkout"}, "storage": set(), "email": set(), "workers": set()}
+#: What a checkout answers while Stripe is down, hanging or throttling (with details.service "stripe").
+STRIPE_FAULT_CODES = {"PAYMENTS_UNAVAILABLE", "CIRCUIT_OPEN"}
+#: How long after a fault heals its errors may still show: the breaker's recovery plus a call in flight.
+GRACE = RECOVERY + 5.0
+
+
+@dataclass
+class Window:
+    """One injected fault: the dependency, the mode and when it was on (monotonic seconds)."""
+
+    service: str
+    mode: str
+    start: float
+    end: float = 0.0
+
+
+def inject(stack: Stack, service: str, mode: str) -> None:
+    """Break one dependency's wire."""
+    proxy = stack.proxies[service]
+    if mode == "down":
+        proxy.down()
+    elif mode == "hang":
+        proxy.hang()
+    else:
+        proxy.status(429, retry_after=2)
+
+
+def kill_workers(stack: Stack) -> dict[str, int]:
+    """SIGKILL one gunicorn worker (the master forks a new one) and one job worker (start a replacement)."""
+    web = stack.web_pids()[0]
+    os.kill(web, signal.SIGKILL)
+    job = stack.job_workers[0]
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait(10)
+    stack.start_job_worker()
+    return {"web_pid": web, "job_pid": job.pid}
+
+
+def run_faults(stack: Stack, seconds: float) -> tuple[list[Window], dict[str, int]]:
+    """Warm up, then each fault on for 60% of its slot and healed for the rest; the windows."""
+    slot = seconds / (len(FAULTS) + 1)
+    time.sleep(slot)  # warm-up: healthy traffic first
+    windows: list[Window] = []
+    killed: dict[str, int] = {}
+    for service, mode in FAULTS:
+        window = Window(service, mode, time.monotonic())
+        if service == "workers":
+            killed = kill_workers(stack)
+        else:
+            inject(stack, service, mode)
+        time.sleep(slot * 0.6)
+        if service != "workers":
+            stack.proxies[service].passthrough()
+        window.end = time.monotonic()
+        windows.append(window)
+        time.sleep(slot * 0.4)
+    return windows, killed
+
+
+# -- drain ---------------------------------------------------------------------------------------------------
+
+
+def redeliver_webhooks(stack: Stack, ledger: Ledger) -> Counter[int]:
+    """Stripe redelivers every event until it gets a 2xx: send each completed event once more (same id)."""
+    statuses: Counter[int] = Counter()
+    for event in ledger.events.values():
+        from tests.peers.stripe_peer import signed_webhook
+
+        payload, headers = signed_webhook(event, stack.stripe.webhook_secret)
+        answer = requests.post(
+            stack.server.url("/api/payments/webhook"), data=payload.encode(), headers=headers, timeout=10
+        )
+        statuses[answer.status_code] += 1
+    return statuses
+
+
+def periodic_kinds() -> set[str]:
+    """Kinds the scheduler enqueues on its own (one always waits for its next run)."""
+    return {p.name for p in REGISTRY.periodic()}
+
+
+def unfinished(stack: Stack) -> dict[str, int]:
+    """Work not done yet: pending syncs, queued emails, unfinished work jobs, unsettled renders."""
+    periodic = tuple(periodic_kinds())
+    jobs = stack.sql(
+        "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running', 'retrying') AND NOT (kind = ANY(%s))",
+        list(periodic),
+    )[0][0]
+    return {
+        "pending_sync": stack.sql("SELECT count(*) FROM storage_pending_sync WHERE synced_at IS NULL")[0][0],
+        "outbox": stack.sql("SELECT count(*) FROM email_outbox WHERE status <> 'sent'")[0][0],
+        "jobs": jobs,
+        "renders": stack.sql("SELECT count(*) FROM renders WHERE status NOT IN ('succeeded', 'failed')")[0][0],
+    }
+
+
+def drain(stack: Stack, timeout: float) -> tuple[dict[str, int], float]:
+    """Replay the fallbacks' work (as the periodic jobs would, sooner) until nothing is left, bounded in time."""
+    started = time.monotonic()
+    left = unfinished(stack)
+    while any(left.values()) and time.monotonic() - started < timeout:
+        stack.flask("services", "sync-storage")
+        stack.flask("services", "resend-email")
+        time.sleep(1.0)
+        left = unfinished(stack)
+    return left, round(time.monotonic() - started, 1)
+
+
+# -- checks --------------------------------------------------------------------------------------------------
+
+
+def check_uploads(stack: Stack, ledger: Ledger) -> dict[str, int]:
+    """Every accepted upload (and every stored one) is in the bucket, whole; none waits in the fallback."""
+    rows = {
+        int(i): (key, int(size), loc)
+        for i, key, size, loc in stack.sql("SELECT id, storage_key, size, location FROM uploads")
+    }
+    accepted = dict(ledger.uploads)
+    assert set(accepted) <= set(rows), "an accepted upload has no row"
+    bucket = {
+        b.name: b.size for b in stack.gcs.client().list_blobs(stack.bucket, prefix="uploads/", timeout=10, retry=None)
+    }
+    for upload_id, (key, size, _) in rows.items():
+        assert bucket.get(key) == size, f"upload {upload_id} ({key}) is not whole in the bucket"
+    for upload_id, size in accepted.items():
+        assert rows[upload_id][1] == size
+    return {
+        "accepted": len(accepted),
+        "stored": len(rows),
+        "via_local_fallback": sum(1 for _, _, loc in rows.values() if loc == "local"),
+        "synced": stack.sql("SELECT count(*) FROM storage_pending_sync WHERE synced_at IS NOT NULL")[0][0],
+    }
+
+
+def check_emails(stack: Stack) -> dict[str, int]:
+    """Every email in the outbox was sent, and reached SendGrid exactly once (counted by its dedup key)."""
+    rows = stack.sql("SELECT dedup_key, status FROM email_outbox")
+    for key, status in rows:
+        assert status == "sent", (key, status)
+        assert stack.sendgrid.count(header=(DEDUP_HEADER, key)) == 1, (
+            f"email {key} reached SendGrid {stack.sendgrid.count(header=(DEDUP_HEADER, key))} times"
+        )
+    assert len(stack.sendgrid.messages) == len(rows), "SendGrid got a message that is not in the outbox"
+    return {
+        "emails": len(rows),
+        "via_outbox_resend": stack.sql("SELECT count(*) FROM email_outbox WHERE attempts > 1")[0][0],
+    }
+
+
+def check_jobs(stack: Stack) -> dict[str, int]:
+    """Every work job succeeded or is dead-lettered; no periodic job is stuck running on an expired lease."""
+    periodic = list(periodic_kinds())
+    statuses = Counter(s for (s,) in stack.sql("SELECT status FROM jobs WHERE NOT (kind = ANY(%s))", periodic))
+    assert set(statuses) <= {"succeeded", "dead"}, statuses
+    stuck = stack.sql(
+        "SELECT id, kind FROM jobs WHERE status = 'running' AND lease_expires_at < now() - interval '5 seconds'"
+    )
+    assert not stuck, f"jobs stuck running: {stuck}"
+    lost = stack.sql("SELECT count(*) FROM jobs WHERE errors::text LIKE '%%WORKER_LOST%%'")[0][0]
+    return {"succeeded": statuses["succeeded"], "dead": statuses["dead"], "worker_lost_attempts": lost}
+
+
+def check_credits(stack: Stack, ledger: Ledger) -> dict[str, int]:
+    """Granted = consumed - refunded + balance; one grant per paid session, one refund per failed render."""
+    per_user = stack.sql(
+        "SELECT a.user_id, a.balance, coalesce(sum(e.amount), 0) FROM credit_accounts a "
+        "LEFT JOIN credit_entries e ON e.user_id = a.user_id GROUP BY a.user_id, a.balance"
+    )
+    for user_id, balance, ledger_sum in per_user:
+        assert balance == ledger_sum, f"user {user_id}: balance {balance} but ledger sums to {ledger_sum}"
+    entries = Counter((kind, ref) for kind, ref in stack.sql("SELECT kind, ref FROM credit_entries"))
+    assert all(n == 1 for n in entries.values()), [k for k, n in entries.items() if n > 1]
+    grants = {ref for kind, ref in entries if kind == "grant" and not ref.startswith("signup:")}
+    paid = set(ledger.events)
+    assert len(grants) == len(paid), f"{len(grants)} credit grants for {len(paid)} paid Checkout Sessions"
+    assert all(any(session in ref for ref in grants) for session in paid), "a paid session granted nothing"
+    renders = dict(stack.sql("SELECT id, status FROM renders"))
+    assert set(ledger.renders) <= set(renders)
+    consumed = {ref for kind, ref in entries if kind == "consume"}
+    refunded = {ref for kind, ref in entries if kind == "refund"}
+    assert consumed == {f"render:{i}" for i in renders}, "a render without its credit, or a credit without its render"
+    assert refunded == {f"render:{i}" for i, s in renders.items() if s == "failed"}, (
+        "refunds do not match failed renders"
+    )
+    total = stack.sql("SELECT coalesce(sum(amount), 0) FROM credit_entries WHERE kind = 'grant'")[0][0]
+    balances = sum(b for _, b, _ in per_user)
+    assert total == len(consumed) - len(refunded) + balances
+    return {
+        "granted": int(total),
+        "consumed": len(consumed),
+        "refunded": len(refunded),
+        "balance": int(balances),
+        "paid_sessions": len(paid),
+    }
+
+
+def check_error_stats(stack: Stack, ledger: Ledger, windows: list[Window]) -> dict[str, Any]:
+    """The error statistics match what clients saw, and every 5xx is explained by an injected fault.
+
+    "Match", precisely: (1) every error answer a client received (status >= 400, with its X-Request-ID) is
+    one recorded HTTP error event with the same request ID and code, except answers within the kill window
+    (a SIGKILLed worker loses the events it had not flushed yet: at most ERROR_STATS_FLUSH_MS of them, and
+    those are counted and reported); (2) recorded HTTP events that no client saw are at most the requests
+    that got no answer (transport failures); (3) `GET .../errors/stats` by_code totals equal the recorded
+    events per code; (4) every 5xx is a fault's: a checkout during a Stripe fault (plus the breaker's
+    recovery time), or a request cut by the kill; no 500 at all.
+    """
+    time.sleep(1.0)  # the recorders flush every 200 ms
+    kill = next(w for w in windows if w.service == "workers")
+    in_kill = lambda a: kill.start - 1.0 <= a.at <= kill.start + 3.0  # noqa: E731 - a one-line predicate
+    events = {
+        rid: (code, status)
+        for rid, code, status in stack.sql(
+            "SELECT request_id, code, status_code FROM error_events WHERE source = 'http'"
+        )
+    }
+    errors = [a for a in ledger.answers if a.status >= 400]
+    missing = [a for a in errors if events.get(a.request_id or "", (None,))[0] != a.code]
+    assert all(in_kill(a) for a in missing), [(a.op, a.status, a.code) for a in missing if not in_kill(a)]
+    seen = {a.request_id for a in errors}
+    unseen = [rid for rid in events if rid not in seen]
+    transport = sum(1 for a in ledger.answers if a.status == 0)
+    assert len(unseen) <= transport, f"{len(unseen)} recorded errors no client saw, {transport} unanswered requests"
+    admin = requests.Session()
+    admin.headers["Authorization"] = f"Bearer {stack.admin_token()}"
+    stats = admin.get(stack.server.url("/admin/api/monitoring/errors/stats"), timeout=10).json()
+    recorded = Counter(code for (code,) in stack.sql("SELECT code FROM error_events"))
+    assert {c: v["total"] for c, v in stats["by_code"].items()} == dict(recorded)
+    assert not [a for a in ledger.answers if a.status == 500], "an unexpected 500"
+    unexplained = [a for a in ledger.answers if a.status >= 500 and not explained(a, windows, in_kill(a))]
+    assert not unexplained, [(a.op, a.status, a.code) for a in unexplained]
+    return {
+        "client_errors_by_code": dict(Counter(a.code for a in errors)),
+        "recorded_http_by_code": dict(Counter(code for code, _ in events.values())),
+        "stats_by_code": {c: v["total"] for c, v in stats["by_code"].items()},
+        "missing_in_kill_window": len(missing),
+        "recorded_unanswered": len(unseen),
+        "transport_failures": transport,
+        "client_5xx": sum(1 for a in ledger.answers if a.status >= 500),
+    }
+
+
+def explained(answer: Answer, windows: list[Window], in_kill_window: bool) -> bool:
+    """Whether a 5xx answer is the visible effect of an injected fault."""
+    if in_kill_window:
+        return True
+    for w in windows:
+        if answer.op in VISIBLE[w.service] and w.start <= answer.at <= w.end + GRACE:
+            details = ((answer.body or {}).get("error") or {}).get("details") or {}
+            return answer.code in STRIPE_FAULT_CODES and details.get("service") == w.service
+    return False
+
+
+def test_every_dependency_failing_in_turn_under_load_loses_and_duplicates_nothing(
+    gcs_emulator: GCSEmulator, gcs_bucket: str, audio_files: AudioFactory, tmp_path: Path
+) -> None:
+    audio = audio_files.make("wav", seconds=1.0).read_bytes()
+    breakers = json.dumps({"*": {"recovery_timeout": RECOVERY, "window_seconds": 10.0}})
+    with production_stack(tmp_path, gcs_emulator, gcs_bucket, extra={"CIRCUIT_BREAKERS": breakers}) as stack:
+        load = Load(stack, audio, users=6).start(SECONDS + 30)
+        try:
+            windows, killed = run_faults(stack, SECONDS)
+        finally:
+            load.stop()
+        ledger = load.ledger
+        redelivered = redeliver_webhooks(stack, ledger)
+        assert set(redelivered) <= {200}, redelivered
+        left, drain_seconds = drain(stack, DRAIN_SECONDS)
+        assert not any(left.values()), f"not drained in {DRAIN_SECONDS} s: {left}"
+        report = {
+            "seconds": SECONDS,
+            "requests": len(ledger.answers),
+            "by_status": dict(sorted(ledger.by_status().items())),
+            "by_op_status": dict(Counter(f"{a.op} {a.status}" for a in ledger.answers)),
+            "faults": [{"service": w.service, "mode": w.mode, "seconds": round(w.end - w.start, 1)} for w in windows],
+            "killed": killed,
+            "proxy_counts": {name: proxy.counts for name, proxy in stack.proxies.items()},
+            "drain_seconds": drain_seconds,
+            "uploads": check_uploads(stack, ledger),
+            "emails": check_emails(stack),
+            "jobs": check_jobs(stack),
+            "credits": check_credits(stack, ledger),
+            "errors": check_error_stats(stack, ledger, windows),
+        }
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    ARTIFACT.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print("fault under load:", json.dumps(report))
