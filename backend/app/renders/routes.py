@@ -21,6 +21,7 @@ from ..models.media import SUCCEEDED, Render, Upload
 from ..openapi import documented
 from ..rate_limits import rate_limited
 from ..request_context import get_request_id
+from ..routing import MAX_INT
 from ..schemas import RenderDownloadOut, RenderEnvelope, RenderList, RenderRequest, UploadEnvelope, UploadForm
 from ..services import get_storage
 from ..services.audio import inspect_audio
@@ -156,7 +157,7 @@ def list_renders() -> dict[str, Any]:
     return {"renders": [row.to_dict() for row in rows]}
 
 
-@bp.get("/api/renders/<int:render_id>")
+@bp.get(f"/api/renders/<int(max={MAX_INT}):render_id>")
 @documented(
     "A render's status, progress and, when it failed, the error",
     tag="renders",
@@ -170,7 +171,7 @@ def get_render(render_id: int) -> dict[str, Any]:
     return {"render": _own(Render, render_id, "render").to_dict()}
 
 
-@bp.get("/api/renders/<int:render_id>/download")
+@bp.get(f"/api/renders/<int(max={MAX_INT}):render_id>/download")
 @documented(
     "A short-lived download URL for a finished render (302 to it with ?redirect=true)",
     tag="renders",

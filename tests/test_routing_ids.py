@@ -1,0 +1,36 @@
+"""Regression (found by the fuzzer): a path id larger than any id column could hold was a 500 DATABASE_ERROR on
+PostgreSQL (the driver refuses the parameter); it is a 404 now, and the OpenAPI document states the bounds."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from backend.app.routing import MAX_BIGINT, MAX_INT
+from tests.conftest import ADMIN_EMAIL, bearer, login
+from tests.contract import assert_error
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/admin/api/monitoring/dead-letters/{MAX_BIGINT + 1}"),
+        ("POST", f"/admin/api/monitoring/dead-letters/{2**64}/requeue"),
+        ("POST", f"/admin/api/monitoring/dead-letters/{2**70}/archive"),
+        ("GET", f"/api/renders/{MAX_INT + 1}"),
+        ("GET", f"/api/renders/{MAX_BIGINT}/download"),
+    ],
+)
+def test_ids_no_column_can_hold_are_not_found(pg_app: Flask, method: str, path: str) -> None:
+    client = pg_app.test_client()
+    token = login(client, ADMIN_EMAIL)["access_token"]
+    assert_error(client.open(path, method=method, headers=bearer(token)), 404)
+
+
+def test_openapi_states_the_id_bounds(app: Flask) -> None:
+    paths = app.test_client().get("/api/openapi.json").get_json()["paths"]
+    render = paths["/api/renders/{render_id}"]["get"]["parameters"][0]["schema"]
+    job = paths["/admin/api/monitoring/dead-letters/{job_id}"]["get"]["parameters"][0]["schema"]
+    assert (render["minimum"], render["maximum"]) == (0, MAX_INT)
+    assert (job["minimum"], job["maximum"]) == (0, MAX_BIGINT)
