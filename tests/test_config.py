@@ -63,3 +63,13 @@ def test_default_database_is_sqlite_in_the_instance_folder(tmp_path) -> None:  #
     app = create_app(DevelopmentConfig, LOG_DIR=str(tmp_path / "logs"))
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     assert uri.startswith("sqlite:///") and uri.endswith("instance/oriel.db")
+
+
+def test_circuit_breakers_come_from_the_environment_as_json_and_bad_json_is_refused() -> None:
+    cfg = load_config({"FLASK_ENV": "testing", "CIRCUIT_BREAKERS": '{"*": {"recovery_timeout": 3}}'})
+    assert cfg.CIRCUIT_BREAKERS == {"*": {"recovery_timeout": 3}}  # type: ignore[attr-defined]
+    app = create_app(cfg)
+    assert app.config["CIRCUIT_BREAKERS"] == {"*": {"recovery_timeout": 3}}
+    for bad in ("{not json", '["stripe"]', '{"stripe": 3}'):
+        with pytest.raises(ConfigError, match="CIRCUIT_BREAKERS"):
+            load_config({"FLASK_ENV": "testing", "CIRCUIT_BREAKERS": bad})
