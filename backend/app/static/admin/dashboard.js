@@ -139,8 +139,9 @@ async function loadTraffic() {
     rates.append(el("span", {}, `${name}: `, el("b", {}, ratio), ` (${r.errors} errors / ${r.requests} requests)`));
   }
   const chart = $("#chart");
+  const width = chart.clientWidth;
   clear(chart);
-  chart.append(lineChart(series.points, series.bucket_minutes));
+  chart.append(lineChart(series.points, series.bucket_minutes, width || 600));
   renderGroups(stats.top_groups || []);
 }
 
@@ -240,7 +241,10 @@ async function loadDeadLetters() {
         showError(document.getElementById("dlq-panel"), error);
       }
     };
-    const requeue = () => act("dlq-panel", `Dead letter ${d.id} requeued`, () => api.post(`${MON}/dead-letters/${d.id}/requeue`, {}));
+    const requeue = async () => {
+      const done = await act("dlq-panel", `Dead letter ${d.id} requeued`, () => api.post(`${MON}/dead-letters/${d.id}/requeue`, {}));
+      if (done) $("#dlq-detail").hidden = true;
+    };
     tbody.append(
       el("tr", { "data-dead-letter": String(d.id) },
         el("td", {}, String(d.id)),

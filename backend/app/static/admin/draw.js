@@ -38,19 +38,20 @@ function label(iso, bucketMinutes) {
 }
 
 /** Requests and errors per bucket as two polylines on one scale, with a few time labels. */
-export function lineChart(points, bucketMinutes) {
-  const W = 600, H = 180, L = 36, R = 8, T = 8, B = 22;
+export function lineChart(points, bucketMinutes, width = 600) {
+  // Drawn at the container's pixel width (not stretched), so the labels keep their shape.
+  const W = Math.max(240, Math.round(width)), H = 180, L = 36, R = 8, T = 8, B = 22;
   const max = Math.max(1, ...points.map((p) => p.requests), ...points.map((p) => p.errors));
   const x = (i) => L + (points.length > 1 ? (i * (W - L - R)) / (points.length - 1) : 0);
   const y = (v) => T + (H - T - B) * (1 - v / max);
   const line = (key) => points.map((p, i) => `${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
     "aria-label": `requests and errors per ${bucketMinutes} minute(s)` });
   for (const v of [0, max / 2, max]) {
     root.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
     root.append(svg("text", { x: 2, y: y(v) + 3 }, String(Math.round(v))));
   }
-  const step = Math.max(1, Math.floor(points.length / 4));
+  const step = Math.max(1, Math.floor(points.length / Math.max(2, Math.floor(W / 120))));
   for (let i = 0; i < points.length; i += step) {
     root.append(svg("text", { x: x(i) - 12, y: H - 6 }, label(points[i].at, bucketMinutes)));
   }

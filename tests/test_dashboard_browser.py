@@ -1,0 +1,260 @@
+"""The admin dashboard (/admin) in headless Chromium against the real app on a real loopback server.
+
+An admin signs in through the page; the email tile goes red when the SendGrid peer's fault proxy stops
+answering; a breaker is forced open and reset with clicks; a real dead letter (made by the job engine)
+is inspected and requeued; an error group is acknowledged; recent errors are found by request ID; an
+alert rule is created and edited; a queued render shows its progress bar; a failing call shows its
+message and request ID. Screenshots at 1280x800 and 375x812 go to tests/artifacts/ (git-ignored), and
+the page logs no console errors. Chromium is Debian's, driven by Playwright (see test_browser_client).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from backend.app.errors import ValidationError
+from backend.app.extensions import db
+from backend.app.jobs import REGISTRY, JobContext, enqueue
+from backend.app.jobs.registry import JobKind
+from backend.app.jobs.retry_policy import RetryPolicy
+from backend.app.jobs.worker import Worker, WorkerOptions
+from backend.app.models.job import DEAD, QUEUED, Job
+from backend.app.monitoring import flush_error_stats
+from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
+from tests.peers.audio import AudioFactory
+from tests.test_browser_client import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PASSWORD, LiveServer, _playwright
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 375, "height": 812}
+BAD_KIND = "test.dashboard_bad_data"
+WAIT_MS = 15_000
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Debian Chromium (never downloaded), closed after the test."""
+    sync_playwright = _playwright()
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS[1:])
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+class Page:
+    """A page in its own context at a viewport, recording console errors and uncaught exceptions."""
+
+    def __init__(self, browser: Any, base_url: str, viewport: dict[str, int]) -> None:
+        self.context = browser.new_context(viewport=viewport)
+        self.page = self.context.new_page()
+        self.console_errors: list[str] = []
+        self.page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
+        self.page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
+        self.page.goto(f"{base_url}/admin")
+        self.page.wait_for_selector("body[data-ready='true']", timeout=WAIT_MS)
+
+    def sign_in(self, email: str = ADMIN_EMAIL) -> None:
+        """Sign in through the page's form (the token stays in the module's memory)."""
+        self.page.fill("#email", email)
+        self.page.fill("#password", PASSWORD)
+        self.page.click("#login-form button[type=submit]")
+        self.page.wait_for_selector("body[data-refreshed]", timeout=WAIT_MS)
+
+    def refreshed(self) -> None:
+        """Click Refresh and wait for the reload it starts to finish."""
+        before = self.page.get_attribute("body", "data-refreshed")
+        self.page.click("#refresh")
+        self.page.wait_for_function(
+            "(b) => document.body.dataset.refreshed !== b", arg=before, timeout=WAIT_MS, polling=50
+        )
+
+    def shot(self, name: str, *, full_page: bool = True) -> None:
+        """A screenshot (the whole page, or what the viewport shows) under tests/artifacts/."""
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=full_page)
+
+
+def _dead_letter(app: Flask) -> int:
+    """A real dead letter: a job whose handler rejects its data, run by a real worker, with no retry."""
+
+    def handler(ctx: JobContext) -> None:
+        raise ValidationError("Audio file has no samples", field="file")
+
+    REGISTRY.register(JobKind(BAD_KIND, handler, policy=RetryPolicy(permanent_retries=0)), replace=True)
+    with app.app_context():
+        job_id = enqueue(BAD_KIND, {"upload": 1}).id
+    options = WorkerOptions(
+        install_signals=False,
+        schedule=False,
+        poll_seconds=0.02,
+        heartbeat_seconds=0.1,
+        lease_seconds=5.0,
+        burst=True,
+        max_seconds=10.0,
+    )
+    Worker(app, options).run()
+    with app.app_context():
+        assert db.session.get(Job, job_id).status == DEAD
+    return job_id
+
+
+@pytest.fixture
+def dashboard_app(
+    make_app: Callable[..., Flask], sendgrid_peer: Any, make_fault_proxy: Callable[..., Any]
+) -> Iterator[tuple[Flask, Any]]:
+    """The app with SendGrid reached through a fault proxy (so the test can take it down)."""
+    proxy = make_fault_proxy(sendgrid_peer.url, max_hold=5.0)
+    app = make_app(
+        SENDGRID_API_KEY=sendgrid_peer.api_key,
+        SENDGRID_API_HOST=proxy.url,
+        HEALTH_PROBE_DEADLINE=0.5,
+        RETRY_SLEEP_ENABLED=False,
+        RENDER_MIN_FREE_DISK_MB=0,
+        RENDER_MIN_FREE_MEMORY_MB=0,
+    )
+    yield app, proxy
+    REGISTRY.unregister(BAD_KIND)
+
+
+def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
+    dashboard_app: tuple[Flask, Any], browser: Any, audio_files: AudioFactory
+) -> None:
+    from tests.test_browser_client import _user_with_upload
+
+    app, proxy = dashboard_app
+    client = app.test_client()
+    assert login(client, ADMIN_EMAIL, PASSWORD)["access_token"]  # the admin account exists
+    dead_id = _dead_letter(app)
+    _, upload_id = _user_with_upload(app, audio_files, "artist@example.com")
+    user = bearer(login(client, "artist@example.com", PASSWORD)["access_token"])
+    queued = client.post("/api/renders", json={"upload_id": upload_id, "preset": "waveform"}, headers=user)
+    assert queued.status_code == 202, queued.get_json()
+    missing = client.get("/api/renders/987654", headers=user)  # a recorded 404: an error group and an event
+    assert missing.status_code == 404
+    missing_rid = missing.headers["X-Request-ID"]
+    flush_error_stats(app)
+
+    with LiveServer(app) as server:
+        desk = Page(browser, server.url, DESKTOP)
+        desk.sign_in()
+        page = desk.page
+        page.wait_for_selector("[data-service='email'][data-state='ok']", timeout=WAIT_MS)
+        assert page.locator(".tile").count() >= 6
+        assert page.locator("#chart svg polyline.requests").count() == 1
+        assert page.locator(".gauge").count() >= 1
+        assert page.locator(f"tr[data-dead-letter='{dead_id}']").count() == 1
+        assert page.locator(".render [role=progressbar]").count() == 1
+        assert "RESOURCE_NOT_FOUND" in page.inner_text("#groups") or page.locator("#groups tr[data-group]").count()
+        desk.shot("1280-healthy")
+
+        # The SendGrid peer stops answering: the email tile goes red and the overall pill says so.
+        proxy.down()
+        desk.refreshed()
+        page.wait_for_selector("[data-service='email'][data-state='bad']", timeout=WAIT_MS)
+        assert page.get_attribute("#overall", "data-state") == "unhealthy"
+        assert page.inner_text("[data-service='email'] .state").lower() == "error"
+        desk.shot("1280-email-down")
+        proxy.up()
+
+        # Force the storage breaker open, then reset it, with clicks.
+        page.click("tr[data-breaker='storage'] button[data-action='force-open']")
+        page.wait_for_selector("tr[data-breaker='storage'][data-state='forced_open']", timeout=WAIT_MS)
+        page.wait_for_selector("[data-service='storage'][data-state='bad']", timeout=WAIT_MS)
+        desk.shot("1280-breaker-forced-open")
+        page.click("tr[data-breaker='storage'] button[data-action='reset']")
+        page.wait_for_selector("tr[data-breaker='storage'][data-state='closed']", timeout=WAIT_MS)
+        assert app.extensions["breakers"].get("storage").snapshot()["state"] == "closed"
+
+        # Recent errors found by the request ID of the 404.
+        page.fill("#recent-request-id", missing_rid)
+        page.click("#recent-search button[type=submit]")
+        page.wait_for_function(
+            "(rid) => [...document.querySelectorAll('#recent tbody tr')].length === 1 && "
+            "document.querySelector('#recent tbody').innerText.includes(rid)",
+            arg=missing_rid,
+            timeout=WAIT_MS,
+        )
+
+        # Acknowledge the top error group.
+        row = page.locator("#groups tr[data-group]").first
+        group_id = row.get_attribute("data-group")
+        row.locator("button", has_text="Acknowledge").click()
+        page.wait_for_function(
+            "(g) => document.querySelector(`#groups tr[data-group='${g}'] .status`)?.innerText === 'acknowledged'",
+            arg=group_id,
+            timeout=WAIT_MS,
+        )
+
+        # Inspect, then requeue, the dead letter.
+        page.click(f"tr[data-dead-letter='{dead_id}'] button[data-action='inspect']")
+        page.wait_for_selector("#dlq-detail:not([hidden])", timeout=WAIT_MS)
+        detail = json.loads(page.inner_text("#dlq-detail"))
+        assert detail["id"] == dead_id and detail["kind"] == BAD_KIND and detail["failure_analysis"] == "data_issue"
+        page.click(f"tr[data-dead-letter='{dead_id}'] button[data-action='requeue']")
+        page.wait_for_selector(f"tr[data-dead-letter='{dead_id}']", state="detached", timeout=WAIT_MS)
+        with app.app_context():
+            assert db.session.get(Job, dead_id).status == QUEUED
+
+        # Create an alert rule, then edit it.
+        page.click("#alert-new")
+        page.click("#alert-form button[type=submit]")
+        page.wait_for_selector("tr[data-rule='high-error-rate']", timeout=WAIT_MS)
+        page.click("tr[data-rule='high-error-rate'] button")
+        rule = json.loads(page.input_value("#alert-json"))
+        rule["severity"] = "CRITICAL"
+        page.fill("#alert-json", json.dumps(rule))
+        page.click("#alert-form button[type=submit]")
+        page.wait_for_function(
+            "() => document.querySelector(\"tr[data-rule='high-error-rate']\")?.innerText.includes('CRITICAL')",
+            timeout=WAIT_MS,
+        )
+        desk.shot("1280-after-actions")
+        assert desk.console_errors == [], desk.console_errors
+
+        # A failing call is shown with its message, code and request ID (the API refuses this ID).
+        page.fill("#recent-request-id", "not a request id!")
+        page.click("#recent-search button[type=submit]")
+        error_box = page.locator("#recent-panel .panel-error")
+        error_box.wait_for(state="visible", timeout=WAIT_MS)
+        shown = error_box.inner_text()
+        assert "VALIDATION_ERROR" in shown and "HTTP 422" in shown
+        assert len(page.inner_text("#recent-panel .panel-error .request-id")) >= 16
+        desk.shot("1280-error-shown")
+        # The only console message is Chromium's own note about that refused request.
+        assert all("422" in line for line in desk.console_errors), desk.console_errors
+
+        phone = Page(browser, server.url, PHONE)
+        phone.sign_in()
+        phone.page.wait_for_selector("[data-service='email'][data-state='ok']", timeout=WAIT_MS)
+        width = phone.page.evaluate("() => document.documentElement.scrollWidth")
+        phone.shot("375-phone")
+        phone.shot("375-phone-top", full_page=False)
+        phone.page.locator("#breakers-panel").scroll_into_view_if_needed()
+        phone.shot("375-phone-breakers", full_page=False)
+        assert width <= PHONE["width"], width  # nothing wider than the phone
+        assert phone.console_errors == [], phone.console_errors
+        assert "access_token" not in phone.page.url and "access_token" not in desk.page.url
+        desk.context.close()
+        phone.context.close()
+
+    security = read_log(app, "security.log")
+    actions = [(e.get("action"), e.get("actor")) for e in security if e.get("breaker") == "storage"]
+    assert ("force_open", f"admin user {admin_user_id(app)}") in actions and actions[-1][0] == "reset"
+
+
+def admin_user_id(app: Flask) -> int:
+    """The admin account's id."""
+    from sqlalchemy import select
+
+    from backend.app.models import User
+
+    with app.app_context():
+        return int(db.session.scalars(select(User.id).where(User.email == ADMIN_EMAIL)).one())
