@@ -153,14 +153,23 @@ _known_secrets: set[str] = set()
 _clean_cache: dict[str, str] = {}
 _CACHE_MAX_ENTRIES = 4096
 _CACHE_MAX_LENGTH = 256
+# Bumped whenever the secrets change, so that other caches of cleaned values know to start over.
+_generation = 0
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
     """Mask these exact values everywhere (configured keys, passwords known to the process)."""
+    global _generation
     for value in values:
         if value and len(value) >= 6:
             _known_secrets.add(value)
     _clean_cache.clear()  # cached results predate the new secrets
+    _generation += 1
+
+
+def secrets_generation() -> int:
+    """A number that changes whenever secrets are registered (callers caching cleaned text compare it)."""
+    return _generation
 
 
 def redact(text: str) -> str:

@@ -43,22 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--breakdown", action="store_true", help="also run logs-only and stats-only servers")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target ratio is missed")
+    parser.add_argument("--only", default="", help="run only the endpoints whose label contains this (e.g. 401)")
     args = parser.parse_args(argv)
+    endpoints = {label: spec for label, spec in ENDPOINTS.items() if args.only in label}
     if not wrk_available():
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
     modes = {**MODES, **(BREAKDOWN if args.breakdown else {})}
     names = list(modes)
-    results: dict[str, dict[str, list[float]]] = {ep: {m: [] for m in names} for ep in ENDPOINTS}
+    results: dict[str, dict[str, list[float]]] = {ep: {m: [] for m in names} for ep in endpoints}
     # Server CPU per request: far steadier than req/s on a machine other jobs share.
-    cpu: dict[str, dict[str, list[float]]] = {ep: {m: [] for m in names} for ep in ENDPOINTS}
+    cpu: dict[str, dict[str, list[float]]] = {ep: {m: [] for m in names} for ep in endpoints}
     with ExitStack() as stack:
         servers = {}
         for mode, settings in modes.items():
             env = base_env(stack.enter_context(workdir(f"bench-log-{mode.replace(' ', '-')}-")), settings)
             migrate(env)
             servers[mode] = stack.enter_context(gunicorn(env))
-        for endpoint, (path, _target) in ENDPOINTS.items():
+        for endpoint, (path, _target) in endpoints.items():
             for mode in names:  # warm every server up (imports, first-request caches)
                 run_wrk(servers[mode].url(path), seconds=1, connections=args.connections)
             for rnd in range(args.rounds):
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(head + "ratio ON/OFF | target | met |")
     print("| --- " + "| ---: " * (4 + len(extra_cols)) + "| --- |")
     missed = False
-    for endpoint, (_path, target) in ENDPOINTS.items():
+    for endpoint, (_path, target) in endpoints.items():
         med = {m: median(results[endpoint][m]) for m in names}
         ratio = med["on"] / med["off"] if med["off"] else 0.0
         missed |= ratio < target
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nServer CPU per request (gunicorn master + workers, all threads), median:\n")
     print("| endpoint | " + "".join(f"{m} µs | " for m in names) + "CPU ratio OFF/ON |")
     print("| --- " + "| ---: " * (len(names) + 1) + "|")
-    for endpoint in ENDPOINTS:
+    for endpoint in endpoints:
         med = {m: median(cpu[endpoint][m]) for m in names}
         cols = "".join(f"{med[m]:.0f} | " for m in names)
         print(f"| {endpoint} | {cols}{med['off'] / med['on']:.3f} |")

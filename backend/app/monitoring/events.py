@@ -1,9 +1,17 @@
-"""Build error events from API errors, exceptions and browser reports (cheap; no I/O)."""
+"""Build error events from API errors, exceptions and browser reports (cheap; no I/O).
+
+Recording runs on the request thread of every error response, so it captures only what differs
+between occurrences (time, IDs, path) and what cannot be kept for later (the in-app frames: a
+traceback holds every frame's locals alive). Everything derived from the error's shape (cleaned
+message, fingerprint, title, category, severity) is the same for every occurrence of a group, so
+it is computed once and remembered in a small bounded cache.
+"""
 
 from __future__ import annotations
 
 import json
-import uuid
+import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +19,8 @@ from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from ...logging_config import current_log_context
-from ...redaction import neutralise, redact, redact_value
+from ...redaction import clean_text as clean_log_text
+from ...redaction import redact_value, secrets_generation
 from ..errors import APIError
 from ..request_context import get_request_id
 from .classify import Category, categorise, categorise_client, severity_for
@@ -19,22 +28,82 @@ from .fingerprint import exception_frames, fingerprint, normalise_message
 from .store import ErrorEventData
 
 MESSAGE_LIMIT = 1000
+# Derived fields are cached per distinct error shape; messages longer than this are not cached
+# (they are rare, and would make the cache's memory unbounded).
+_DERIVED_MAX_ENTRIES = 2048
+_DERIVED_MAX_MESSAGE = 2000
 
 
 def clean_text(text: str, limit: int = MESSAGE_LIMIT) -> str:
     """Secrets masked and control characters escaped, cut to `limit` characters."""
-    return neutralise(redact(text))[:limit]
+    return clean_log_text(text)[:limit]
 
 
-def _request_fields() -> dict[str, Any]:
-    if not has_request_context():
-        return {"endpoint": None, "method": None, "path": None}
-    rule = request.url_rule
-    return {
-        "endpoint": request.endpoint or (rule.rule if rule is not None else None),
-        "method": request.method,
-        "path": clean_text(request.path, 500),
-    }
+def new_event_id() -> str:
+    """A fresh, unguessable 32-hex-digit event id (os.urandom; a third of the cost of uuid4)."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """What an error's shape determines: the same for every occurrence with that shape."""
+
+    fingerprint: str
+    category: str
+    severity: str
+    title: str
+    message: str
+    frames: str | None
+
+
+class _DerivedCache:
+    """Bounded memo of derived fields, emptied when full or when new secrets are registered."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], _Derived] = {}
+        self._generation = secrets_generation()
+
+    def get(self, key: tuple[Any, ...]) -> _Derived | None:
+        """The cached fields for `key`, or None (also after the redaction secrets changed)."""
+        if self._generation != secrets_generation():
+            self._entries = {}  # cleaned messages and titles predate the new secrets
+            self._generation = secrets_generation()
+            return None
+        return self._entries.get(key)
+
+    def put(self, key: tuple[Any, ...], derived: _Derived) -> None:
+        """Remember `derived` (a full cache starts over: cheaper than LRU bookkeeping on every hit)."""
+        if len(self._entries) >= _DERIVED_MAX_ENTRIES:
+            self._entries = {}
+        self._entries[key] = derived
+
+
+_derived_cache = _DerivedCache()
+
+
+def _derive(
+    *,
+    source: str,
+    original: BaseException,
+    code: str,
+    status_code: int | None,
+    endpoint: str | None,
+    frames: tuple[str, ...],
+    raw_message: str,
+) -> _Derived:
+    exc_type = type(original).__name__
+    message = clean_text(raw_message or exc_type)
+    category = categorise(code, status_code, None if isinstance(original, APIError) else original)
+    return _Derived(
+        fingerprint=fingerprint(
+            source=source, exc_type=exc_type, code=code, endpoint=endpoint, frames=frames, message=raw_message
+        ),
+        category=category.value,
+        severity=severity_for(category, status_code).value,
+        title=f"{exc_type}: {normalise_message(message)}"[:300],
+        message=message,
+        frames="\n".join(frames) or None,
+    )
 
 
 def _context_ids() -> tuple[str | None, int | None]:
@@ -69,38 +138,49 @@ def from_error(
         raw_message = error.message
     else:
         raw_message = str(original)
-    message = clean_text(raw_message or type(original).__name__)
-    exc_type = type(original).__name__
-    fields = _request_fields()
-    if endpoint is not None:
-        fields["endpoint"] = endpoint
-    frames = exception_frames(original)
-    category = categorise(code, status_code, None if isinstance(original, APIError) else original)
+    method = path = None
+    if has_request_context():
+        req = request._get_current_object()  # type: ignore[attr-defined] - one proxy lookup, not five
+        if endpoint is None:
+            rule = req.url_rule
+            endpoint = req.endpoint or (rule.rule if rule is not None else None)
+        method = req.method
+        path = clean_text(req.path, 500)
+    frames = tuple(exception_frames(original))
+    key = (source, type(original), code, status_code, endpoint, frames, raw_message)
+    derived = _derived_cache.get(key) if len(raw_message) <= _DERIVED_MAX_MESSAGE else None
+    if derived is None:
+        derived = _derive(
+            source=source,
+            original=original,
+            code=code,
+            status_code=status_code,
+            endpoint=endpoint,
+            frames=frames,
+            raw_message=raw_message,
+        )
+        if len(raw_message) <= _DERIVED_MAX_MESSAGE:
+            _derived_cache.put(key, derived)
     request_id, user_id = _context_ids()
     return ErrorEventData(
-        event_id=uuid.uuid4().hex,
+        event_id=new_event_id(),
         occurred_at=datetime.now(UTC),
-        fingerprint=fingerprint(
-            source=source,
-            exc_type=exc_type,
-            code=code,
-            endpoint=fields["endpoint"],
-            frames=frames,
-            message=raw_message,
-        ),
+        fingerprint=derived.fingerprint,
         source=source,
         code=code,
         status_code=status_code,
-        category=category.value,
-        severity=severity_for(category, status_code).value,
-        title=f"{exc_type}: {normalise_message(message)}"[:300],
-        message=message,
-        exc_type=exc_type,
+        category=derived.category,
+        severity=derived.severity,
+        title=derived.title,
+        message=derived.message,
+        exc_type=type(original).__name__,
+        endpoint=endpoint,
+        method=method,
+        path=path,
         request_id=request_id,
         user_id=user_id,
-        frames="\n".join(frames) or None,
+        frames=derived.frames,
         context=json.dumps(redact_value("context", context), default=str)[:4000] if context else None,
-        **fields,
     )
 
 
@@ -120,7 +200,7 @@ def from_client_report(
     category: Category = categorise_client(error_type, message, status_code)
     code = code or "CLIENT_ERROR"
     return ErrorEventData(
-        event_id=uuid.uuid4().hex,
+        event_id=new_event_id(),
         occurred_at=datetime.now(UTC),
         fingerprint=fingerprint(
             source="client",

@@ -108,8 +108,13 @@ class ErrorRecorder:
             requests, self._requests = self._requests, {}
         return events, requests, 0
 
-    def flush(self) -> int:
-        """Write everything pending now; the number of events written."""
+    def flush(self, *, everything: bool = True) -> int:
+        """Write what is pending now; the number of events written.
+
+        `everything=False` (the writer thread) writes one batch, and more only while a full batch is
+        waiting: under steady load, draining to empty would chase the events that arrive during each
+        write and turn one batch per interval into a stream of tiny ones, each paying a transaction.
+        """
         total = 0
         with self._flush_lock:
             while True:
@@ -119,6 +124,8 @@ class ErrorRecorder:
                 if not self._write(events, requests, attempts):
                     break
                 total += len(events)
+                if not everything and len(self._buffer) < self.batch_size:
+                    break
             self._last_flush = time.monotonic()
         return total
 
@@ -185,7 +192,7 @@ class _Writer:
             for recorder in list(self._recorders):
                 if recorder.due():
                     try:
-                        recorder.flush()
+                        recorder.flush(everything=False)
                     except Exception:  # the writer must outlive one bad batch; the failure is logged
                         logger.exception("Error statistics writer failed to flush")
 

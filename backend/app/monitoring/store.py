@@ -67,15 +67,30 @@ def _insert(conn: Connection, table: Table) -> Any:
     raise NotImplementedError(f"error statistics need SQLite or PostgreSQL, not {conn.dialect.name}")
 
 
+# Upsert constructs built once per dialect and shape: building one (its `excluded` columns and
+# SET clause) costs more than running it on a batch, and the writer thread runs them every flush.
+_statements: dict[tuple[Any, ...], Any] = {}
+
+
+def _upsert_add_statement(conn: Connection, table: Table, keys: tuple[str, ...], add: tuple[str, ...]) -> Any:
+    cache_key = ("add", conn.dialect.name, table, keys, add)
+    stmt = _statements.get(cache_key)
+    if stmt is None:
+        stmt = _insert(conn, table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in add}
+        )
+        _statements[cache_key] = stmt
+    return stmt
+
+
 def upsert_add(
     conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str], add: Iterable[str]
 ) -> None:
     """Insert rows, or add their counter columns to the existing rows with the same keys."""
     if not rows:
         return
-    stmt = _insert(conn, table)
-    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in add})
-    conn.execute(stmt, list(rows))
+    conn.execute(_upsert_add_statement(conn, table, tuple(keys), tuple(add)), list(rows))
 
 
 def _group_rows(events: Sequence[ErrorEventData]) -> list[dict[str, Any]]:
@@ -108,12 +123,11 @@ def _group_rows(events: Sequence[ErrorEventData]) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda row: row["fingerprint"])
 
 
-def upsert_groups(conn: Connection, events: Sequence[ErrorEventData]) -> dict[str, int]:
-    """Create or update the groups of `events` (regressing resolved ones); fingerprint → group id."""
-    rows = _group_rows(events)
-    if not rows:
-        return {}
-    table = ErrorGroup.__table__
+def _group_upsert_statement(conn: Connection, table: Table) -> Any:
+    cache_key = ("groups", conn.dialect.name, table)
+    stmt = _statements.get(cache_key)
+    if stmt is not None:
+        return stmt
     stmt = _insert(conn, table)
     new = stmt.excluded
     # A resolved group that happens again after it was resolved is a regression.
@@ -130,7 +144,17 @@ def upsert_groups(conn: Connection, events: Sequence[ErrorEventData]) -> dict[st
             "regressed": case((regression, literal(True)), else_=table.c.regressed),
         },
     )
-    conn.execute(stmt, rows)
+    _statements[cache_key] = stmt
+    return stmt
+
+
+def upsert_groups(conn: Connection, events: Sequence[ErrorEventData]) -> dict[str, int]:
+    """Create or update the groups of `events` (regressing resolved ones); fingerprint → group id."""
+    rows = _group_rows(events)
+    if not rows:
+        return {}
+    table = ErrorGroup.__table__
+    conn.execute(_group_upsert_statement(conn, table), rows)
     fingerprints = [row["fingerprint"] for row in rows]
     found = conn.execute(select(table.c.fingerprint, table.c.id).where(table.c.fingerprint.in_(fingerprints)))
     return {fp: gid for fp, gid in found}
