@@ -168,10 +168,15 @@ def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
         page.click("tr[data-breaker='storage'] button[data-action='force-open']")
         page.wait_for_selector("tr[data-breaker='storage'][data-state='forced_open']", timeout=WAIT_MS)
         page.wait_for_selector("[data-service='storage'][data-state='bad']", timeout=WAIT_MS)
+        page.wait_for_selector("#degradation [data-degraded='storage']", timeout=WAIT_MS)  # what users see
         desk.shot("1280-breaker-forced-open")
         page.click("tr[data-breaker='storage'] button[data-action='reset']")
         page.wait_for_selector("tr[data-breaker='storage'][data-state='closed']", timeout=WAIT_MS)
         assert app.extensions["breakers"].get("storage").snapshot()["state"] == "closed"
+        page.click("tr[data-breaker='stripe'] button[data-action='disable']")
+        page.wait_for_selector("tr[data-breaker='stripe'][data-state='disabled']", timeout=WAIT_MS)
+        page.click("tr[data-breaker='stripe'] button[data-action='enable']")
+        page.wait_for_selector("tr[data-breaker='stripe'][data-state='closed']", timeout=WAIT_MS)
 
         # Recent errors found by the request ID of the 404.
         page.fill("#recent-request-id", missing_rid)
@@ -189,6 +194,12 @@ def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
         row.locator("button", has_text="Acknowledge").click()
         page.wait_for_function(
             "(g) => document.querySelector(`#groups tr[data-group='${g}'] .status`)?.innerText === 'acknowledged'",
+            arg=group_id,
+            timeout=WAIT_MS,
+        )
+        page.locator(f"#groups tr[data-group='{group_id}'] button", has_text="Resolve").click()
+        page.wait_for_function(
+            "(g) => document.querySelector(`#groups tr[data-group='${g}'] .status`)?.innerText === 'resolved'",
             arg=group_id,
             timeout=WAIT_MS,
         )

@@ -125,6 +125,34 @@ async function loadServices() {
     `${q.workers_alive ?? 0} worker(s) alive; ${q.dead_letters ?? 0} dead letter(s). Logs: ${data.logs ? data.logs.state : "?"}.`;
 }
 
+/** The degradation mode (open breakers and what users should expect) and the admin's notifications. */
+async function loadImpact() {
+  const [{ data: mode }, { data: notes }] = await Promise.all([
+    api.get("/api/errors/degradation-mode"),
+    api.get("/api/errors/notifications?limit=10"),
+  ]);
+  const level = $("#degradation-level");
+  level.textContent = mode.level;
+  level.className = `pill ${mode.level === "ok" ? "state-ok" : mode.level === "down" ? "state-bad" : "state-warn"}`;
+  level.dataset.level = mode.level;
+  const list = $("#degradation");
+  clear(list);
+  if (!mode.services.length) list.append(el("li", { class: "empty" }, "Every feature works normally."));
+  for (const s of mode.services) {
+    list.append(el("li", { "data-degraded": s.service },
+      el("b", {}, `${s.service} (${s.state})`), `: ${s.features.join(", ")}. ${s.user_impact}`,
+      s.fallback_active ? el("span", { class: "muted" }, ` Fallback: ${s.fallback}.`) : ""));
+  }
+  const box = $("#notifications");
+  clear(box);
+  if (!notes.notifications.length) box.append(el("li", { class: "empty" }, "No notifications."));
+  for (const n of notes.notifications) {
+    box.append(el("li", {},
+      el("span", { class: `pill ${n.severity === "CRITICAL" || n.severity === "HIGH" ? "state-bad" : "state-warn"}` }, n.severity),
+      ` ${n.title} `, el("span", { class: "muted" }, n.action || "")));
+  }
+}
+
 async function loadTraffic() {
   const [{ data: stats }, { data: series }] = await Promise.all([
     api.get(`${MON}/errors/stats?top=10`),
@@ -355,6 +383,7 @@ async function refresh({ poll = false } = {}) {
 async function reloadAll() {
   await Promise.all([
     load("services-panel", loadServices),
+    load("impact-panel", loadImpact),
     load("traffic-panel", loadTraffic),
     load("budgets-panel", loadBudgets),
     load("recent-panel", loadRecent),
