@@ -47,8 +47,9 @@ class Caller:
         client = app.test_client()
         self.token = login(client, email)["access_token"]
         self.id = client.get("/api/me", headers=bearer(self.token)).get_json()["user"]["id"]
-        with app.app_context():
-            credits.grant(self.id, credit, "test credits", f"test:{uuid.uuid4().hex}")
+        if credit:
+            with app.app_context():
+                credits.grant(self.id, credit, "test credits", f"test:{uuid.uuid4().hex}")
 
     def headers(self, key: str | None) -> dict[str, str]:
         return {**bearer(self.token), **({"Idempotency-Key": key} if key is not None else {})}
@@ -358,3 +359,18 @@ def test_with_redis_down_a_keyed_write_is_refused_as_retryable_and_nothing_happe
     assert refused.headers["Retry-After"] == "1"
     assert count(app, Upload) == 0
     assert user.upload(wav).status_code == 201  # without a key nothing depends on Redis
+
+
+def test_a_402_is_not_stored_so_the_same_key_renders_after_buying_credits(
+    make_app: Callable[..., Flask], wav: bytes
+) -> None:
+    app = make_app(**SETTINGS, FREE_RENDER_CREDITS=0)
+    user = Caller(app, credit=0)
+    upload_id = user.upload(wav).get_json()["upload"]["id"]
+    key = str(uuid.uuid4())
+    assert_error(user.render(upload_id, key), 402, "INSUFFICIENT_CREDITS")
+    with app.app_context():
+        credits.grant(user.id, 1, "bought a pack", "test:pack")
+    started = user.render(upload_id, key)
+    assert started.status_code == 202 and "Idempotent-Replayed" not in started.headers
+    assert user.balance() == 0 and count(app, Render) == 1

@@ -13,9 +13,10 @@ The semantics (after Stripe's; the README's "Retrying safely: idempotency keys" 
   IDEMPOTENCY_KEY_REUSED, and nothing runs.
 - A retry while the first request still runs is 409 IDEMPOTENCY_REQUEST_IN_PROGRESS with `retry_after`
   and `Retry-After`.
-- What is stored: every response except the ones a retry may change, i.e. 5xx and 408/409/425/429. For
-  those the key is released, so the client retries with the same key and the work is attempted again.
-  Other 4xx (validation, 402 no credits, 404) are deterministic and replayed as they were.
+- What is stored: successes, and the 4xx that judge the request itself (400, 404, 413, 415, 422...), which
+  a retry of the same request would only repeat. Responses a retry may change release the key instead,
+  so the client retries with the same key and the work is attempted again: 5xx, 408/409/425/429, and 402
+  (a payment outcome or credit balance: the provider or the balance changes, e.g. after buying credits).
 - The lock has a lease (`IDEMPOTENCY_LEASE_SECONDS`, default 60, longer than any of these requests):
   a process that dies mid-request frees the key when the lease ends instead of holding it for ever.
 
@@ -68,7 +69,7 @@ HEADER_DOC = (
 _KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 _STORED_HEADERS = ("Content-Type", "Location")
 # Responses a retry may change: released, not stored (5xx are released too).
-_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+_RETRYABLE_4XX = frozenset({402, 408, 409, 425, 429})
 
 
 class IdempotencyKeyReusedError(ValidationError):

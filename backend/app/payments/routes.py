@@ -21,6 +21,8 @@ from ..validation import parse_json
 from . import bp
 from .events import process_event
 
+STRIPE_KEY_ROOM = 200  # of Stripe's 255 characters, what is left after "checkout:<user id>:"
+
 
 @bp.post("/api/payments/checkout")
 @documented(
@@ -39,9 +41,14 @@ def checkout() -> tuple[dict[str, Any], int]:
     body = parse_json(CheckoutRequest)
     # `@idempotent` replays a finished request with this key; Stripe's key (derived from the client's, so a
     # request that died before storing its answer meets the same session again) covers the call itself.
-    # Hashed: per user, at most 255 characters whatever the client sent.
+    # Per user; a client key too long for Stripe's 255 characters with the prefix is hashed.
     client_key = read_idempotency_key()
-    suffix = hashlib.sha256(client_key.encode()).hexdigest() if client_key else uuid.uuid4().hex
+    if client_key is None:
+        suffix = uuid.uuid4().hex
+    elif len(client_key) <= STRIPE_KEY_ROOM:
+        suffix = client_key
+    else:
+        suffix = "sha256-" + hashlib.sha256(client_key.encode()).hexdigest()
     key = f"checkout:{current_user.id}:{suffix}"
     session = get_payments().create_checkout_session(current_user, body.pack, idempotency_key=key)
     return {"checkout_url": session.checkout_url, "session_id": session.session_id}, 201
