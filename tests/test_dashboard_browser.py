@@ -27,7 +27,15 @@ from backend.app.models.job import DEAD, QUEUED, Job
 from backend.app.monitoring import flush_error_stats
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.peers.audio import AudioFactory
-from tests.test_browser_client import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PASSWORD, LiveServer, _playwright
+from tests.test_browser_client import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    LiveServer,
+    _playwright,
+    _user_with_upload,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -127,8 +135,6 @@ def dashboard_app(
 def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
     dashboard_app: tuple[Flask, Any], browser: Any, audio_files: AudioFactory
 ) -> None:
-    from tests.test_browser_client import _user_with_upload
-
     app, proxy = dashboard_app
     client = app.test_client()
     assert login(client, ADMIN_EMAIL, PASSWORD)["access_token"]  # the admin account exists
@@ -243,6 +249,15 @@ def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
         assert all("422" in line for line in desk.console_errors), desk.console_errors
 
         phone = Page(browser, server.url, PHONE)
+        phone.page.fill("#email", ADMIN_EMAIL)
+        phone.page.fill("#password", "wrong-password-123")
+        phone.page.click("#login-form button[type=submit]")
+        refused = phone.page.locator("#login-panel .panel-error")
+        refused.wait_for(state="visible", timeout=WAIT_MS)
+        assert "HTTP 401" in refused.inner_text() and phone.page.locator("#login-panel .request-id").count() == 1
+        phone.shot("375-login-refused", full_page=False)
+        assert all("401" in line for line in phone.console_errors), phone.console_errors
+        phone.console_errors.clear()
         phone.sign_in()
         phone.page.wait_for_selector("[data-service='email'][data-state='ok']", timeout=WAIT_MS)
         width = phone.page.evaluate("() => document.documentElement.scrollWidth")
