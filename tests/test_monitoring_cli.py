@@ -88,6 +88,7 @@ def test_health_as_table_and_json(app: Flask) -> None:
     database = next(line for line in lines if line.startswith("database "))
     assert database.split()[:4] == ["database", "yes", "ok", database.split()[3]] and "closed" in database
     assert any(line.startswith("stripe ") and "not_configured" in line for line in lines)
+    assert lines[-1] == "Queue: 0 ready, 0 scheduled, 0 running; 0 worker(s) alive; 0 dead letter(s). Logs: ok."
     data = run_json(app, "health")
     assert set(data["services"]) == set(api(app, "/admin/api/monitoring/health/services")["services"])
     assert data["services"]["database"]["probe"]["status"] == "ok"

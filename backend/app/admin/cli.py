@@ -94,12 +94,14 @@ def health(as_json: bool) -> None:
             ]
         )
     queue = report.get("queue") or {}
+    depth = queue.get("depth") or {}
     text = "\n".join(
         [
             f"Overall: {report['status']}",
             table(("service", "configured", "probe", "latency", "breaker", "detail"), rows),
-            f"Queue depth {queue.get('depth')}, workers alive {queue.get('workers_alive')}, "
-            f"dead letters {queue.get('dead_letters')}; logs {report.get('logs', {}).get('state')}",
+            f"Queue: {depth.get('ready', 0)} ready, {depth.get('scheduled', 0)} scheduled, "
+            f"{depth.get('running', 0)} running; {queue.get('workers_alive', 0)} worker(s) alive; "
+            f"{queue.get('dead_letters', 0)} dead letter(s). Logs: {report.get('logs', {}).get('state')}.",
         ]
     )
     _emit(report, as_json, text)
