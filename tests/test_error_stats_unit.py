@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -142,3 +143,50 @@ def test_a_full_buffer_drops_and_counts_instead_of_blocking(app: object) -> None
     accepted = [recorder.submit(_event(i)) for i in range(5)]
     assert accepted == [True, True, True, False, False]
     assert recorder.status()["dropped"] == 2 and recorder.pending == 3
+
+
+def _refuse_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """The next `times` batch writes fail as they do while the database is unreachable."""
+    from backend.app.monitoring import recorder as recorder_module
+
+    real = recorder_module.write_batch
+    left = [times]
+
+    def refusing(engine: Any, events: Any, requests: Any) -> None:
+        if left[0]:
+            left[0] -= 1
+            raise OperationalError("INSERT INTO error_events", {}, ConnectionRefusedError("connection refused"))
+        real(engine, events, requests)
+
+    monkeypatch.setattr(recorder_module, "write_batch", refusing)
+
+
+def test_events_are_kept_through_a_database_outage_and_written_when_it_returns(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression (fault under load): after 3 failed flushes (0.6-1.5 s) a batch used to be dropped, so the
+    # 503s of a database outage never reached the statistics.
+    from backend.app.models.error_event import ErrorEvent
+
+    _refuse_writes(monkeypatch, 20)
+    recorder = ErrorRecorder(app, batch_size=10, interval=60, retry_seconds=300)
+    recorder.submit(_event(1))
+    recorder.submit(_event(2))
+    for _ in range(20):
+        assert recorder.flush() == 0
+    recorder.submit(_event(3))
+    assert recorder.status() == {"pending": 3, "dropped": 0, "failed_flushes": 20}
+    assert recorder.flush() == 3  # the kept batch first, then the newer event
+    with app.app_context():
+        assert {e.event_id for e in ErrorEvent.query.all()} >= {f"{n:032x}" for n in (1, 2, 3)}
+
+
+def test_a_batch_refused_for_longer_than_retry_seconds_is_dropped_and_counted(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _refuse_writes(monkeypatch, 2)
+    recorder = ErrorRecorder(app, batch_size=10, interval=60, retry_seconds=0.0)
+    recorder.submit(_event(1))
+    assert recorder.flush() == 0  # kept for a retry
+    assert recorder.flush() == 0  # refused again past retry_seconds: dropped
+    assert recorder.status() == {"pending": 0, "dropped": 1, "failed_flushes": 2}

@@ -16,7 +16,7 @@ from flask import Flask, Response, current_app, has_app_context
 from ..error_handlers import error_occurred
 from ..errors import APIError
 from .events import from_error
-from .recorder import ErrorRecorder, flush_all, register_recorder
+from .recorder import RETRY_SECONDS, ErrorRecorder, flush_all, register_recorder
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def init_error_stats(app: Flask) -> None:
         batch_size=int(app.config.get("ERROR_STATS_BATCH_SIZE", 500)),
         interval=int(app.config.get("ERROR_STATS_FLUSH_MS", 500)) / 1000,
         capacity=int(app.config.get("ERROR_STATS_BUFFER_SIZE", 10_000)),
+        retry_seconds=float(app.config.get("ERROR_STATS_RETRY_SECONDS", RETRY_SECONDS)),
     )
     app.extensions[EXTENSION] = recorder
     register_recorder(recorder)

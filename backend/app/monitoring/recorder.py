@@ -28,14 +28,25 @@ from .store import ErrorEventData, write_batch
 
 logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3  # a batch the database keeps refusing is dropped (and logged) after this many
+# A batch the database keeps refusing is kept and retried this long, then dropped (and logged). It must
+# outlast a database outage: the errors of that outage are the ones an operator most needs counted.
+RETRY_SECONDS = 300.0
 
 
 class ErrorRecorder:
     """The per-app buffer of error events and per-minute request counts."""
 
-    def __init__(self, app: Flask, *, batch_size: int = 500, interval: float = 0.5, capacity: int = 10_000) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        batch_size: int = 500,
+        interval: float = 0.5,
+        capacity: int = 10_000,
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> None:
         self._app = app
+        self.retry_seconds = retry_seconds
         self.batch_size = max(1, batch_size)
         self.interval = max(0.01, interval)
         self.capacity = max(self.batch_size, capacity)
@@ -45,7 +56,8 @@ class ErrorRecorder:
     def _reset_state(self) -> None:
         self._buffer: deque[ErrorEventData] = deque()
         self._requests: dict[int, int] = {}
-        self._retry: tuple[list[ErrorEventData], dict[int, int], int] | None = None
+        # A batch whose write failed, with when it first failed (monotonic): retried before newer events.
+        self._retry: tuple[list[ErrorEventData], dict[int, int], float] | None = None
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._last_flush = time.monotonic()
@@ -96,7 +108,7 @@ class ErrorRecorder:
                 self._engine = db.engine
         return self._engine
 
-    def _take(self) -> tuple[list[ErrorEventData], dict[int, int], int]:
+    def _take(self) -> tuple[list[ErrorEventData], dict[int, int], float | None]:
         if self._retry is not None:
             batch, self._retry = self._retry, None
             return batch
@@ -106,7 +118,7 @@ class ErrorRecorder:
             events.append(buffer.popleft())
         with self._lock:
             requests, self._requests = self._requests, {}
-        return events, requests, 0
+        return events, requests, None
 
     def flush(self, *, everything: bool = True) -> int:
         """Write what is pending now; the number of events written.
@@ -118,10 +130,10 @@ class ErrorRecorder:
         total = 0
         with self._flush_lock:
             while True:
-                events, requests, attempts = self._take()
+                events, requests, failing_since = self._take()
                 if not events and not requests:
                     break
-                if not self._write(events, requests, attempts):
+                if not self._write(events, requests, failing_since):
                     break
                 total += len(events)
                 if not everything and len(self._buffer) < self.batch_size:
@@ -129,19 +141,25 @@ class ErrorRecorder:
             self._last_flush = time.monotonic()
         return total
 
-    def _write(self, events: list[ErrorEventData], requests: dict[int, int], attempts: int) -> bool:
+    def _write(self, events: list[ErrorEventData], requests: dict[int, int], failing_since: float | None) -> bool:
         try:
             write_batch(self._engine_for_app(), events, requests)
         except SQLAlchemyError:
             self.failed_flushes += 1
-            if attempts + 1 >= MAX_ATTEMPTS:
+            now = time.monotonic()
+            if failing_since is not None and now - failing_since >= self.retry_seconds:
                 self.dropped += len(events)
                 logger.error(
-                    "Error statistics: dropped a batch of %s events after %s attempts", len(events), MAX_ATTEMPTS
+                    "Error statistics: dropped a batch of %s events after %.0f s of failed writes",
+                    len(events),
+                    now - failing_since,
                 )
             else:
-                self._retry = (events, requests, attempts + 1)
-                logger.warning("Error statistics: writing %s events failed; retrying later", len(events), exc_info=True)
+                self._retry = (events, requests, now if failing_since is None else failing_since)
+                if failing_since is None:  # once per outage, not once per retry
+                    logger.warning(
+                        "Error statistics: writing %s events failed; retrying later", len(events), exc_info=True
+                    )
             return False
         self.written += len(events)
         return True
