@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
@@ -35,6 +36,7 @@ from tests.peers.fault_proxy import FaultProxy
 from tests.peers.gcs_emulator import GCSEmulator, fake_service_account_info
 from tests.peers.sendgrid_peer import SendGridPeer
 from tests.peers.stripe_peer import StripePeer, signed_webhook
+from tests.peers.tcp_fault_proxy import TcpFaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -54,6 +56,7 @@ class Stack:
     gcs: GCSEmulator
     bucket: str
     proxies: dict[str, FaultProxy]
+    database_proxy: TcpFaultProxy  # every app process reaches PostgreSQL through it; `sql()` goes direct
     job_workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -155,6 +158,10 @@ def production_stack(
 ) -> Iterator[Stack]:
     """Peers behind fault proxies, a fresh database, gunicorn and job workers, until the block ends."""
     database_url, admin_url = _fresh_database()
+    parts = urlsplit(database_url)
+    database_proxy = TcpFaultProxy(parts.port or 5432, target_host=parts.hostname or "127.0.0.1")
+    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    proxied_database_url = urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{database_proxy.port}"))
     redis_url = _redis_url(redis_db)
     stripe = StripePeer().start()
     sendgrid = SendGridPeer().start()
@@ -170,7 +177,7 @@ def production_stack(
         {
             "FLASK_ENV": "testing",
             "FLASK_APP": "wsgi",
-            "DATABASE_URL": database_url,
+            "DATABASE_URL": proxied_database_url,
             "REDIS_URL": redis_url,
             "RATELIMIT_ENABLED": "false",  # the only errors are the injected faults' (a 429 of ours would blur them)
             "ADMIN_EMAILS": ADMIN_EMAIL,
@@ -207,7 +214,7 @@ def production_stack(
     try:
         migrate(env)
         with gunicorn(env, workers=web_workers, threads=4, ready_path="/healthz") as server:
-            stack = Stack(server, env, database_url, stripe, sendgrid, gcs, bucket, proxies)
+            stack = Stack(server, env, database_url, stripe, sendgrid, gcs, bucket, proxies, database_proxy)
             for _ in range(job_workers):
                 stack.start_job_worker()
             yield stack
@@ -224,6 +231,7 @@ def production_stack(
                     worker.wait(5)
         for proxy in proxies.values():
             proxy.stop()
+        database_proxy.close()
         stripe.stop()
         sendgrid.stop()
         with contextlib.suppress(redis.RedisError):
