@@ -105,12 +105,12 @@ class ContextQueueHandler(QueueHandler):
         # A shallow copy without LogRecord.__init__ (which costs more than the rest of this method);
         # other handlers (pytest's caplog) still see the original.
         prepared = logging.LogRecord.__new__(logging.LogRecord)
-        prepared.__dict__.update(record.__dict__)
-        prepared.msg = clean_text(record.getMessage())
-        prepared.args = None
-        prepared.message = prepared.msg
-        for key in record.__dict__.keys() - _RESERVED:
-            setattr(prepared, key, redact_value(key, record.__dict__[key]))
+        attrs, fields = record.__dict__, prepared.__dict__
+        fields.update(attrs)
+        fields["msg"] = fields["message"] = clean_text(record.getMessage())
+        fields["args"] = None
+        for key in attrs.keys() - _RESERVED:
+            fields[key] = redact_value(key, attrs[key])
         if record.exc_info and record.exc_info[1] is not None:
             prepared.exc_type = type(record.exc_info[1]).__name__
             prepared.traceback = redact("".join(traceback.format_exception(*record.exc_info)))
@@ -124,8 +124,8 @@ class ContextQueueHandler(QueueHandler):
         context = _log_context.get()
         if context:
             for key, value in context.items():
-                if getattr(prepared, key, None) is None:
-                    setattr(prepared, key, value)
+                if fields.get(key) is None:  # an explicit extra wins over the bound context
+                    fields[key] = value
         return prepared
 
     def enqueue(self, record: logging.LogRecord) -> None:

@@ -209,6 +209,8 @@ def clean_text(text: str) -> str:
 
 def redact_value(key: str, value: Any, _depth: int = 0) -> Any:
     """Redact a structured value: secret-named keys are masked whole, strings by `redact`."""
+    if type(value) is str:  # the common case first: most log fields are plain strings
+        return MASK if key and is_secret_key(key) else clean_text(value)
     if value is None or isinstance(value, bool):
         return value
     if key and is_secret_key(key):
