@@ -86,3 +86,16 @@ bench-jobs: $(VENV)/.installed-dev
 ## bench-observability: metrics/SLO hook cost per request, fault-injection check, health with a hung dependency
 bench-observability: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_observability.py
+
+.PHONY: fuzz security consistency
+## fuzz: schemathesis against /api/openapi.json of gunicorn on PostgreSQL + Redis (FUZZ_EXAMPLES per operation, identity and mode; default 20, >= 5,000 requests)
+fuzz: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -s tests/test_fuzz_api.py $(PYTEST_ARGS)
+
+## security: forged/expired JWTs, admin matrix, brute force, error-report abuse, header injection, canary secrets
+security: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q tests/test_security_tokens.py tests/test_security_system.py tests/test_admin_matrix.py $(PYTEST_ARGS)
+
+## consistency: breakers, rate limits, error stats and metrics agree across 4 gunicorn workers + 2 job workers
+consistency: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q tests/test_consistency_multiprocess.py $(PYTEST_ARGS)
