@@ -87,6 +87,15 @@ bench-jobs: $(VENV)/.installed-dev
 bench-observability: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_observability.py
 
+.PHONY: fault-load soak
+## fault-load: storage, email, Stripe and PostgreSQL fail in turn under load, workers SIGKILLed (FAULT_LOAD_SECONDS, default 90)
+fault-load: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -s tests/test_fault_under_load.py $(PYTEST_ARGS)
+
+## soak: RSS, descriptors and threads of web and job workers under steady load (SOAK_SECONDS, default 75)
+soak: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -s tests/test_soak.py $(PYTEST_ARGS)
+
 .PHONY: fuzz security consistency
 ## fuzz: schemathesis against /api/openapi.json of gunicorn on PostgreSQL + Redis (FUZZ_EXAMPLES per operation, identity and mode; default 20, >= 5,000 requests)
 fuzz: $(VENV)/.installed-dev

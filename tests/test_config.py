@@ -73,3 +73,8 @@ def test_circuit_breakers_come_from_the_environment_as_json_and_bad_json_is_refu
     for bad in ("{not json", '["stripe"]', '{"stripe": 3}'):
         with pytest.raises(ConfigError, match="CIRCUIT_BREAKERS"):
             load_config({"FLASK_ENV": "testing", "CIRCUIT_BREAKERS": bad})
+
+
+def test_email_lease_and_error_stats_retry_come_from_the_environment() -> None:
+    cfg = load_config({"FLASK_ENV": "testing", "EMAIL_LEASE_SECONDS": "15", "ERROR_STATS_RETRY_SECONDS": "60"})
+    assert (cfg.EMAIL_LEASE_SECONDS, cfg.ERROR_STATS_RETRY_SECONDS) == (15.0, 60.0)  # type: ignore[attr-defined]
