@@ -28,8 +28,13 @@ function showError(panel, error) {
   if (err && err.status === 401 && state.signedIn) signOut("Your session ended; sign in again.");
 }
 
-function hideError(panel) {
-  panel.querySelector(".panel-error").hidden = true;
+const STICKY_MS = 20000;
+
+/** Hide a panel's error, unless it is an admin action's failure shown less than STICKY_MS ago. */
+function hideError(panel, { force = false } = {}) {
+  const box = panel.querySelector(".panel-error");
+  if (!force && Date.now() - Number(box.dataset.shownAt || 0) < STICKY_MS) return;
+  box.hidden = true;
 }
 
 /** Run one panel's load: its error box shows the failure; other panels are not affected. */
@@ -56,12 +61,14 @@ async function act(panelId, label, call) {
   const panel = document.getElementById(panelId);
   try {
     const { data } = await call();
-    hideError(panel);
+    hideError(panel, { force: true });
     toast(data && data.message ? data.message : `${label}: done`);
     await refresh();
     return data;
   } catch (error) {
     showError(panel, error);
+    // A failed action stays on screen through the next polls (they would otherwise hide it).
+    panel.querySelector(".panel-error").dataset.shownAt = String(Date.now());
     return null;
   }
 }
@@ -395,8 +402,10 @@ async function reloadAll() {
   // The groups table is filled by the traffic call; its panel shows that call's failure too.
   const trafficError = document.querySelector("#traffic-panel .panel-error");
   const groupsError = document.querySelector("#groups-panel .panel-error");
-  groupsError.hidden = trafficError.hidden;
-  groupsError.replaceChildren(...[...trafficError.childNodes].map((n) => n.cloneNode(true)));
+  if (Date.now() - Number(groupsError.dataset.shownAt || 0) >= STICKY_MS) {
+    groupsError.hidden = trafficError.hidden;
+    groupsError.replaceChildren(...[...trafficError.childNodes].map((n) => n.cloneNode(true)));
+  }
   $("#refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
   document.body.dataset.refreshed = String(Date.now());
 }
@@ -423,7 +432,7 @@ async function signIn(event) {
     const { data } = await api.post("/api/auth/login", { email: $("#email").value, password: $("#password").value });
     api.setToken(data.access_token); // memory only: never stored, never in a URL
     $("#password").value = "";
-    hideError(panel);
+    hideError(panel, { force: true });
     state.signedIn = true;
     panel.hidden = true;
     $("#dashboard").hidden = false;
