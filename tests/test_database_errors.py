@@ -67,3 +67,35 @@ def test_registration_works_on_postgres(pg_app: Flask) -> None:
     assert register(client, "pg@example.com").status_code == 201
     assert_error(register(client, "PG@example.com"), 409, "EMAIL_TAKEN")
     assert login(client, "pg@example.com")["refresh_token"]
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_mid_request_still_answers_and_the_next_request_reconnects(
+    make_app: Callable[..., Flask], _postgres_migrated: str
+) -> None:
+    # Regression (fault under load): the session's rollback at teardown raised on the dead connection and
+    # escaped Flask, so gunicorn replaced the answer with a bare, non-JSON 500.
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.peers.tcp_fault_proxy import TcpFaultProxy
+
+    parts = urlsplit(_postgres_migrated)
+    proxy = TcpFaultProxy(parts.port or 5432, target_host=parts.hostname or "127.0.0.1")
+    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    try:
+        app = make_app(SQLALCHEMY_DATABASE_URI=urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{proxy.port}")))
+
+        @app.get("/_test/cut-after-query")
+        def cut_after_query() -> dict[str, int]:
+            value = db.session.execute(text("SELECT 7")).scalar_one()  # a transaction is open now
+            proxy.down()  # PostgreSQL goes away before the teardown's rollback
+            return {"value": value}
+
+        client = app.test_client()
+        answer = client.get("/_test/cut-after-query")
+        assert answer.status_code == 200 and answer.get_json() == {"value": 7}
+        proxy.up()
+        with app.app_context():
+            assert db.session.execute(text("SELECT 1")).scalar_one() == 1  # the pool replaced the dead connection
+    finally:
+        proxy.close()

@@ -179,3 +179,22 @@ def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(InternalServerError, handle_internal_error)
     app.register_error_handler(SQLAlchemyError, handle_database_error)
+    # Registered after Flask-SQLAlchemy's own teardown, so it runs first (teardowns run in reverse).
+    app.teardown_appcontext(_release_session)
+
+
+def _release_session(exc: BaseException | None) -> None:
+    """End the request's session; a connection the database dropped must not fail the answered request.
+
+    Closing a session rolls back its transaction. When the database went away mid-request that rollback
+    raises, and from a teardown it escapes Flask: the server then replaces the response (often our 503)
+    with a bare, non-JSON 500. The connection is already invalidated, so the session is only forgotten.
+    """
+    db_ext = current_app.extensions.get("sqlalchemy")
+    if db_ext is None:
+        return
+    try:
+        db_ext.session.remove()
+    except SQLAlchemyError:
+        logger.warning("Closing the request's database session failed (connection lost)", exc_info=True)
+        db_ext.session.registry.clear()
