@@ -122,6 +122,7 @@ def gunicorn(
     threads: int = 4,
     preload: bool = False,
     ready_path: str = "/api/errors/catalog",
+    ready_timeout: float = 30.0,
 ) -> Iterator[Server]:
     """Run `gunicorn wsgi:app` (gthread) on a free loopback port until the block ends."""
     port = free_port()
@@ -146,7 +147,7 @@ def gunicorn(
     process = subprocess.Popen(args, cwd=ROOT, env=dict(env), start_new_session=True)
     server = Server(port=port, process=process, env=dict(env))
     try:
-        _wait_ready(server, ready_path)
+        _wait_ready(server, ready_path, ready_timeout)
         yield server
     finally:
         stop(server)

@@ -205,7 +205,8 @@ def production_stack(
             "JOBS_POLL_SECONDS": "0.2",
             "JOBS_LEASE_SECONDS": "3",
             "JOBS_HEARTBEAT_SECONDS": "0.5",
-            "ERROR_STATS_FLUSH_MS": "200",
+            # A send takes a few seconds at most here (1 s timeout, a few retries): a killed sender's row returns soon.
+            "EMAIL_LEASE_SECONDS": "15",
             **(extra or {}),
         },
     )
@@ -213,7 +214,8 @@ def production_stack(
     stack: Stack | None = None
     try:
         migrate(env)
-        with gunicorn(env, workers=web_workers, threads=4, ready_path="/healthz") as server:
+        # A shared, loaded machine can take a while to boot 3 workers: wait up to 120 s for the first answer.
+        with gunicorn(env, workers=web_workers, threads=4, ready_path="/healthz", ready_timeout=120) as server:
             stack = Stack(server, env, database_url, stripe, sendgrid, gcs, bucket, proxies, database_proxy)
             for _ in range(job_workers):
                 stack.start_job_worker()
