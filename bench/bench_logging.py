@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                     res = run_wrk(servers[mode].url(path), seconds=args.seconds, connections=args.connections)
                     results[endpoint][mode].append(res.rps)
                     cpu[endpoint][mode].append((servers[mode].cpu_seconds() - cpu_before) / res.requests * 1e6)
-                    print(f"{endpoint:30} {mode:10} round {rnd + 1}: {res.rps:8.1f} req/s", file=sys.stderr)
+                    print(
+                        f"{endpoint:30} {mode:10} round {rnd + 1}: {res.rps:8.1f} req/s"
+                        f" {cpu[endpoint][mode][-1]:7.0f} µs CPU/request",
+                        file=sys.stderr,
+                    )
         log_lines = _count_lines(servers["on"].log_dir)
 
     print(f"\n{args.rounds} rounds x {args.seconds:g} s per mode, wrk -c{args.connections}, 2 gthread workers\n")
@@ -87,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         met = "yes" if ratio >= target else "NO"
         print(f"| {endpoint} | {med['on']:.0f} | {med['off']:.0f} | {cols}{ratio:.3f} | {target:.2f} | {met} |")
     print("\nServer CPU per request (gunicorn master + workers, all threads), median:\n")
-    print("| endpoint | " + "".join(f"{m} µs | " for m in names) + "CPU ratio OFF/ON |")
-    print("| --- " + "| ---: " * (len(names) + 1) + "|")
+    print("| endpoint | " + "".join(f"{m} µs | " for m in names) + "CPU ratio OFF/ON | per-round range |")
+    print("| --- " + "| ---: " * (len(names) + 2) + "|")
     for endpoint in endpoints:
         med = {m: median(cpu[endpoint][m]) for m in names}
         cols = "".join(f"{med[m]:.0f} | " for m in names)
-        print(f"| {endpoint} | {cols}{med['off'] / med['on']:.3f} |")
+        # Ratios of rounds run back to back (same round number), to show the spread of the ratio itself.
+        paired = sorted(off / on for on, off in zip(cpu[endpoint]["on"], cpu[endpoint]["off"], strict=True))
+        print(f"| {endpoint} | {cols}{med['off'] / med['on']:.3f} | {paired[0]:.2f}-{paired[-1]:.2f} |")
     print(f"\nLines written by the ON server: {log_lines}")
     return 1 if missed and args.strict else 0
 
