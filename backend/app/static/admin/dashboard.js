@@ -338,6 +338,13 @@ async function saveRule(event) {
     showError(form, new Error(`The rule is not valid JSON: ${error.message}`));
     return;
   }
+  // The API shows PagerDuty routing keys masked ("abcd..."): saving one back would store the mask.
+  const masked = (Array.isArray(body.channels) ? body.channels : []).some(
+    (c) => typeof c.routing_key === "string" && c.routing_key.endsWith("..."));
+  if (masked) {
+    showError(form, new Error("Enter the PagerDuty routing key again: the one shown is masked."));
+    return;
+  }
   try {
     await api.post(`${MON}/alerts/configure`, body);
     form.hidden = true;
