@@ -319,11 +319,33 @@ class ConsoleFormatter(logging.Formatter):
 _STOP = object()
 
 
+class LogQueue(queue.Queue[Any]):
+    """The bounded record queue, drained a batch at a time: one lock round per batch, not two per record."""
+
+    def get_many(self, limit: int) -> list[Any]:
+        """Up to `limit` queued items, without waiting (an empty list when there are none)."""
+        with self.not_empty:  # the queue's one mutex
+            items = [self._get() for _ in range(min(limit, self._qsize()))]
+            if items:
+                self.not_full.notify(len(items))
+        return items
+
+    def tasks_done(self, count: int) -> None:
+        """`task_done()` for `count` items at once (what `flush_logs` waits on)."""
+        with self.all_tasks_done:
+            unfinished = self.unfinished_tasks - count
+            if unfinished < 0:
+                raise ValueError("tasks_done() called too many times")
+            if unfinished == 0:
+                self.all_tasks_done.notify_all()
+            self.unfinished_tasks = unfinished
+
+
 class BatchingListener:
     """Drains the queue on one thread and writes each batch to the file sinks in one go per file."""
 
     def __init__(
-        self, log_queue: queue.Queue[Any], sinks: list[SafeRotatingFileHandler], others: list[logging.Handler]
+        self, log_queue: LogQueue, sinks: list[SafeRotatingFileHandler], others: list[logging.Handler]
     ) -> None:
         self.queue = log_queue
         self.sinks = sinks
@@ -359,11 +381,7 @@ class BatchingListener:
                 # turns three syscall rounds per request into one per file per linger.
                 self._hurry.wait(BATCH_LINGER_SECONDS)
                 self._hurry.clear()
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch += self.queue.get_many(MAX_BATCH - 1)
             stop = any(item is _STOP for item in batch)
             try:
                 self.write_batch([r for r in batch if r is not _STOP])
@@ -371,8 +389,7 @@ class BatchingListener:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
-                for _ in batch:
-                    self.queue.task_done()
+                self.queue.tasks_done(len(batch))
             if stop:
                 return
 
@@ -445,7 +462,7 @@ def configure_logging(
     """Set up the four JSON log files behind one queue; safe to call again (reconfigures)."""
     with _state.lock:
         shutdown_logging()
-        log_queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        log_queue = LogQueue(maxsize=queue_size)
         logging.config.dictConfig(
             {
                 "version": 1,
@@ -488,7 +505,7 @@ def _restart_after_fork() -> None:
         if sink.stream is not None:
             _state.inherited.append(sink.stream)
             sink.stream = None  # type: ignore[assignment] - reopened on the next write
-    fresh: queue.Queue[Any] = queue.Queue(maxsize=old.queue.maxsize)
+    fresh = LogQueue(maxsize=old.queue.maxsize)
     qh.queue = fresh
     qh.dropped, qh.last_drop = 0, None
     _state.listener = BatchingListener(fresh, old.sinks, old.others)
