@@ -281,8 +281,11 @@ class Ledger:
 class Client:
     """One user: a requests session (keep-alive) that records every answer in the ledger."""
 
-    def __init__(self, base_url: str, ledger: Ledger, email: str, audio: bytes, rng: random.Random) -> None:
+    def __init__(
+        self, base_url: str, ledger: Ledger, email: str, audio: bytes, rng: random.Random, *, keepalive: bool = True
+    ) -> None:
         self.base = base_url
+        self.keepalive = keepalive
         self.ledger = ledger
         self.email = email
         self.audio = audio
@@ -297,6 +300,8 @@ class Client:
         headers = dict(kwargs.pop("headers", {}))
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        if not self.keepalive:
+            headers["Connection"] = "close"  # a new connection per request: the kernel spreads them over workers
         try:
             response = self.http.request(method, self.base + path, headers=headers, timeout=10, **kwargs)
         except requests.RequestException:
@@ -401,7 +406,9 @@ class Client:
 class Load:
     """`users` client threads, each doing `step()` with a pause, until `stop()` or `seconds` pass."""
 
-    def __init__(self, stack: Stack, audio: bytes, *, users: int = 6, pause: float = 0.05, seed: int = 9) -> None:
+    def __init__(
+        self, stack: Stack, audio: bytes, *, users: int = 6, pause: float = 0.05, seed: int = 9, keepalive: bool = True
+    ) -> None:
         if not stack.base_url.startswith("http://127.0.0.1:"):
             raise ValueError("load is only ever sent to loopback")
         self.stack = stack
@@ -409,7 +416,14 @@ class Load:
         self.pause = pause
         self._stop = threading.Event()
         self.clients = [
-            Client(stack.base_url, self.ledger, f"user{i}-{seed}@example.com", audio, random.Random(seed * 100 + i))
+            Client(
+                stack.base_url,
+                self.ledger,
+                f"user{i}-{seed}@example.com",
+                audio,
+                random.Random(seed * 100 + i),
+                keepalive=keepalive,
+            )
             for i in range(users)
         ]
         self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in self.clients]

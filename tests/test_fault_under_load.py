@@ -215,7 +215,7 @@ def check_emails(stack: Stack) -> dict[str, int]:
     }
 
 
-def check_jobs(stack: Stack) -> dict[str, int]:
+def check_jobs(stack: Stack) -> dict[str, Any]:
     """Every work job succeeded or is dead-lettered; no periodic job is stuck running on an expired lease."""
     periodic = list(periodic_kinds())
     statuses = Counter(s for (s,) in stack.sql("SELECT status FROM jobs WHERE NOT (kind = ANY(%s))", periodic))
@@ -225,7 +225,15 @@ def check_jobs(stack: Stack) -> dict[str, int]:
     )
     assert not stuck, f"jobs stuck running: {stuck}"
     lost = stack.sql("SELECT count(*) FROM jobs WHERE errors::text LIKE '%%WORKER_LOST%%'")[0][0]
-    return {"succeeded": statuses["succeeded"], "dead": statuses["dead"], "worker_lost_attempts": lost}
+    dead_by = Counter(
+        f"{kind} {code}" for kind, code in stack.sql("SELECT kind, last_error_code FROM jobs WHERE status = 'dead'")
+    )
+    return {
+        "succeeded": statuses["succeeded"],
+        "dead": statuses["dead"],
+        "dead_by_kind_and_error": dict(dead_by),
+        "worker_lost_attempts": lost,
+    }
 
 
 def check_credits(stack: Stack, ledger: Ledger) -> dict[str, int]:
