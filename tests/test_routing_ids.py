@@ -34,3 +34,22 @@ def test_openapi_states_the_id_bounds(app: Flask) -> None:
     job = paths["/admin/api/monitoring/dead-letters/{job_id}"]["get"]["parameters"][0]["schema"]
     assert (render["minimum"], render["maximum"]) == (0, MAX_INT)
     assert (job["minimum"], job["maximum"]) == (0, MAX_BIGINT)
+
+
+@pytest.mark.postgres
+def test_render_of_an_upload_id_no_column_can_hold_is_422(pg_app: Flask) -> None:
+    """Found by the fuzzer: POST /api/renders {"upload_id": 439964821563} was a 500 DATABASE_ERROR."""
+    client = pg_app.test_client()
+    token = login(client)["access_token"]
+    response = client.post("/api/renders", json={"upload_id": 439964821563, "preset": "cqt"}, headers=bearer(token))
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert "upload_id" in str(error["details"])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("error_id", [str(MAX_INT + 1), "99999999999", "9" * 40, "9" * 5000])
+def test_acknowledging_a_group_id_no_column_can_hold_is_404(pg_app: Flask, error_id: str) -> None:
+    client = pg_app.test_client()
+    token = login(client, ADMIN_EMAIL)["access_token"]
+    response = client.post(f"/api/errors/acknowledge/{error_id}", json={}, headers=bearer(token))
+    assert_error(response, 404)

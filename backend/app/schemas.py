@@ -541,7 +541,7 @@ class UploadEnvelope(BaseModel):
 class RenderRequest(StrictModel):
     """A render of an uploaded file (one render credit)."""
 
-    upload_id: int = Field(gt=0)
+    upload_id: int = Field(gt=0, le=2**31 - 1)  # uploads.id is INTEGER: a bigger id is invalid, not a 500
     preset: Literal["waveform", "spectrum", "cqt", "vectorscope"]
     resolution: Literal["320x180", "640x360", "1280x720", "1920x1080"] = "1280x720"
     fps: Literal[24, 30, 60] = 30

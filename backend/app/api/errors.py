@@ -27,6 +27,7 @@ from ..monitoring.stats import group_dict, summary
 from ..openapi import documented
 from ..rate_limits import rate_limited
 from ..request_context import get_request_id
+from ..routing import MAX_INT
 from ..schemas import (
     CatalogOut,
     ClientErrorReport,
@@ -67,7 +68,7 @@ def error_summary() -> dict[str, Any]:
 
 def _find_group(error_id: str) -> ErrorGroup:
     group: ErrorGroup | None = None
-    if error_id.isdigit() and len(error_id) < 12:
+    if error_id.isdigit() and len(error_id) <= 10 and int(error_id) <= MAX_INT:  # error_groups.id is INTEGER
         group = db.session.get(ErrorGroup, int(error_id))
     elif EVENT_ID.match(error_id):
         group_id = db.session.scalar(select(ErrorEvent.group_id).where(ErrorEvent.event_id == error_id))
