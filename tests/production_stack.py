@@ -86,12 +86,9 @@ class Stack:
         self.job_workers.append(worker)
         return worker
 
-    def flask(self, *args: str, timeout: float = 60.0) -> str:
-        """Run one `flask ...` command against this system; its output."""
-        done = subprocess.run(
-            [FLASK, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, check=True
-        )
-        return done.stdout
+    def flask(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run one `flask ...` command against this system (its exit code is the caller's to judge)."""
+        return subprocess.run([FLASK, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         """Rows of one read-only query on the system's database."""
