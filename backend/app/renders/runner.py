@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from .. import credits
 from ..errors import APIError, NotFoundError
 from ..extensions import db
 from ..jobs import JobContext, LeaseLostError, enqueue
+from ..jobs.records import still_held
 from ..models.media import FAILED, QUEUED, RUNNING, SUCCEEDED, Render, Upload
 from ..models.user import User, utcnow
 from ..services import get_email, get_storage
@@ -65,6 +66,7 @@ class _Work:
     upload_key: str | None
     upload_format: str
     duration_seconds: float
+    job: JobContext | None = None  # the job attempt running this, whose lease fences every outcome
 
 
 def queue_render(user_id: int, upload: Upload, spec: RenderSpec, *, request_id: str | None) -> Render:
@@ -121,6 +123,7 @@ def run_render(render_id: int, *, final_attempt: bool = True, job: JobContext | 
         if work is None:
             _settle(render_id)
             return
+        work = replace(work, job=job)
         try:
             stored = job.step("store_video", lambda: _render_and_store(work, job)) if job else _render_and_store(work)
         except LeaseLostError:
@@ -266,8 +269,21 @@ class _ProgressWriter:
         self.written, self.written_at = percent, now
 
 
+def _fence(work: _Work) -> None:
+    """In the current transaction, raise `LeaseLostError` unless this run's job still holds its lease.
+
+    A worker starved past its lease may still be running when the reaper hands the job to another
+    worker; if the render's own claim was not taken over yet, only the job's fence stops the stale
+    run from failing (and refunding) a render the new owner is about to finish.
+    """
+    if work.job is not None and not still_held(db.session, work.job.claim):
+        db.session.rollback()
+        raise LeaseLostError(f"render {work.render_id} attempt {work.attempt}: job lease lost")
+
+
 def _outcome(work: _Work, **values: Any) -> bool:
-    """Write the outcome if this run still holds the latest claim."""
+    """Write the outcome if this run still holds the latest claim (and its job's lease)."""
+    _fence(work)
     written = db.session.execute(
         update(Render)
         .where(Render.id == work.render_id, Render.attempts == work.attempt, Render.status == RUNNING)
@@ -281,6 +297,7 @@ def _outcome(work: _Work, **values: Any) -> bool:
 
 
 def _requeue(work: _Work) -> None:
+    _fence(work)
     db.session.execute(
         update(Render)
         .where(Render.id == work.render_id, Render.attempts == work.attempt, Render.status == RUNNING)
