@@ -120,11 +120,12 @@ def gunicorn(
     *,
     workers: int = 2,
     threads: int = 4,
+    worker_class: str = "gthread",
     preload: bool = False,
     ready_path: str = "/api/errors/catalog",
     ready_timeout: float = 30.0,
 ) -> Iterator[Server]:
-    """Run `gunicorn wsgi:app` (gthread) on a free loopback port until the block ends."""
+    """Run `gunicorn wsgi:app` (gthread unless `worker_class` says otherwise) on a free loopback port."""
     port = free_port()
     args = [
         str(VENV_BIN / "gunicorn"),
@@ -133,7 +134,7 @@ def gunicorn(
         "--workers",
         str(workers),
         "--worker-class",
-        "gthread",
+        worker_class,
         "--threads",
         str(threads),
         "--graceful-timeout",

@@ -95,7 +95,9 @@ def test_four_gunicorn_workers_add_up(tmp_path: Path, migrated_sqlite_template: 
     env = base_env(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "METRICS_TOKEN": "t0k"})
     shutil.copy(migrated_sqlite_template, tmp_path / "bench.db")  # the real migrations, run once per session
     sent = 300
-    with gunicorn(env, workers=4, threads=2, ready_path="/healthz") as server:
+    # Sync workers take one connection at a time, so concurrent clients really spread over them; a
+    # gthread worker accepts greedily and, on a loaded machine, one of them could take every request.
+    with gunicorn(env, workers=4, threads=1, worker_class="sync", ready_path="/healthz", ready_timeout=120) as server:
         url = server.url("/api/errors/system-health")
 
         def hit(_: int) -> int:
