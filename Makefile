@@ -70,7 +70,7 @@ bench-breaker: $(VENV)/.installed-dev
 
 .PHONY: bench bench-logging
 ## bench: run every benchmark (figures belong in docs/BENCHMARKS.md)
-bench: bench-logging bench-breaker bench-stats bench-jobs bench-observability
+bench: bench-logging bench-breaker bench-stats bench-jobs bench-observability bench-hung
 
 ## bench-logging: requests/s under gunicorn with logging + error statistics on vs off (installs wrk)
 bench-logging: $(VENV)/.installed-dev
@@ -86,6 +86,12 @@ bench-jobs: $(VENV)/.installed-dev
 ## bench-observability: metrics/SLO hook cost per request, fault-injection check, health with a hung dependency
 bench-observability: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_observability.py
+
+.PHONY: bench-hung
+## bench-hung: healthy req/s under gunicorn while Stripe hangs, breakers on vs off vs no outage (installs wrk)
+bench-hung: $(VENV)/.installed-dev
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/bench_hung_dependency.py $(BENCH_HUNG_ARGS)
 
 .PHONY: fault-load soak
 ## fault-load: storage, email, Stripe and PostgreSQL fail in turn under load, workers SIGKILLed (FAULT_LOAD_SECONDS, default 90)
