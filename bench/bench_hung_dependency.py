@@ -11,7 +11,8 @@ Three scenarios, interleaved in every round (a fresh gunicorn, 2 gthread workers
 In each, `--clients` background threads keep calling `POST /api/payments/checkout` (a logged-in user, a short
 think time between calls) while wrk measures `GET /api/errors/catalog`, which never touches Stripe. wrk starts
 after `--warmup` seconds so the breaker (one per worker, memory storage) has had its failures and opened.
-Reported: median req/s per scenario and the ratios to `no outage` (target: breakers on >= 0.8).
+Reported: median req/s per scenario and the ratios to `no outage` (target: breakers on >= 0.8), the healthy
+p99 and wrk's timeouts (requests it gave up on after 2 s), and what the checkout callers got and how fast.
 Everything is on 127.0.0.1; every loop stops at the end of its round and has a hard deadline.
 """
 
@@ -20,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -33,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import Server, base_env, gunicorn, median, migrate, run_wrk, workdir, wrk_available
+from bench.harness import Server, base_env, gunicorn, median, migrate, workdir, wrk_available
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.stripe_peer import StripePeer
 
@@ -43,6 +46,40 @@ SCENARIOS = ("no outage", "hang, breakers on", "hang, breakers off")
 TARGET = 0.8
 EMAIL = "bench-buyer@example.com"
 PASSWORD = "bench-password-123"
+
+
+_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_P99 = re.compile(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_TIMEOUTS = re.compile(r"timeout (\d+)")
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass
+class WrkResult:
+    """Requests/s, p99 latency (ms) and requests wrk gave up on (its 2 s timeout) for one run."""
+
+    rps: float
+    p99_ms: float
+    timeouts: int
+
+
+def run_wrk(url: str, *, seconds: float, connections: int) -> WrkResult:
+    """wrk with --latency against a loopback URL, bounded by its duration."""
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError("load is only ever sent to loopback")
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+    rps, p99, timeouts = _RPS.search(out), _P99.search(out), _TIMEOUTS.search(out)
+    if rps is None or p99 is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    return WrkResult(
+        float(rps.group(1)), float(p99.group(1)) * _UNIT[p99.group(2)], int(timeouts.group(1)) if timeouts else 0
+    )
 
 
 def _post(url: str, body: dict[str, Any], *, token: str | None = None, timeout: float = 30.0) -> tuple[int, Any]:
@@ -115,7 +152,8 @@ class RoundResult:
     """One scenario in one round."""
 
     rps: float
-    non_2xx: int
+    p99_ms: float
+    timeouts: int
     checkout: Counter[str]
     checkout_seconds: list[float]
 
@@ -151,7 +189,7 @@ def run_scenario(
             finally:
                 proxy.passthrough()  # releases the held connections, so the clients' calls end now
                 load.stop()
-            return RoundResult(result.rps, result.non_2xx, load.statuses, load.durations)
+            return RoundResult(result.rps, result.p99_ms, result.timeouts, load.statuses, load.durations)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                     outcome = run_scenario(name, template / "bench.db", peer, proxy, args)
                     results[name].append(outcome)
                     print(
-                        f"round {round_no} {name:<20} {outcome.rps:8.1f} req/s  non-2xx {outcome.non_2xx}  "
+                        f"round {round_no} {name:<20} {outcome.rps:8.1f} req/s  p99 {outcome.p99_ms:.0f} ms  "
+                        f"wrk timeouts {outcome.timeouts}  "
                         f"checkout {dict(sorted(outcome.checkout.items()))} "
                         f"median {median(outcome.checkout_seconds):.3f} s",
                         flush=True,
@@ -201,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| scenario | req/s per round | median req/s | ratio to no outage | checkout answers (all rounds) "
-        "| median checkout time |"
+        "| median checkout time | healthy p99 per round (ms) | wrk timeouts |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     ratios: dict[str, float] = {}
     for name in SCENARIOS:
         rps = [r.rps for r in results[name]]
@@ -215,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds += r.checkout_seconds
         print(
             f"| {name} | {', '.join(f'{v:.0f}' for v in rps)} | {median(rps):.0f} | {ratios[name]:.2f} | "
-            f"{', '.join(f'{k}: {v}' for k, v in sorted(answers.items()))} | {median(seconds):.3f} s |"
+            f"{', '.join(f'{k}: {v}' for k, v in sorted(answers.items()))} | {median(seconds):.3f} s | "
+            f"{', '.join(f'{r.p99_ms:.0f}' for r in results[name])} | {sum(r.timeouts for r in results[name])} |"
         )
     met = ratios["hang, breakers on"] >= TARGET
     verdict = "met" if met else "MISSED"
