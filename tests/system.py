@@ -176,10 +176,15 @@ def _wait_ready(server: Server, timeout: float) -> None:
 
 @contextlib.contextmanager
 def _gunicorn(env: dict[str, str], workers: int, threads: int) -> Iterator[Server]:
-    """gunicorn (gthread) on a free loopback port; a generous start timeout for a loaded CI machine."""
+    """gunicorn on a free loopback port; a generous start timeout for a loaded CI machine.
+
+    One thread means sync workers: a gthread worker accepts connections greedily even with one
+    thread, so a single process could take every request and hide cross-process disagreement.
+    """
     port = free_port()
     args = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    args += ["--worker-class", "gthread", "--threads", str(threads), "--graceful-timeout", "10"]
+    worker_class = "sync" if threads == 1 else "gthread"
+    args += ["--worker-class", worker_class, "--threads", str(threads), "--graceful-timeout", "10"]
     args += ["--timeout", "120", "--log-level", "warning", "wsgi:app"]
     process = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
     server = Server(port=port, process=process, env=env)
