@@ -34,6 +34,7 @@ from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
 from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.models.job import DEAD, RUNNING, SUCCEEDED, Job
+from tests.forked_workers import Zygote, kill
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 20
@@ -105,50 +106,6 @@ def start_worker(app: Flask, **options: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "tests.test_jobs_crash", spec], cwd=ROOT)
 
 
-class Zygote:
-    """A process that imports the app once, then forks workers on demand (prefork, like gunicorn).
-
-    A forked worker is a full worker process (its own pid, connections and threads), but it starts
-    in milliseconds instead of seconds, so killing twenty of them stays cheap on a busy machine.
-    """
-
-    def __init__(self, app: Flask) -> None:
-        spec = json.dumps({"settings": worker_settings(app), "zygote": True})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.test_jobs_crash", spec],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def spawn(self, **options: Any) -> int:
-        """Fork a worker with `options`; its pid."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(options) + "\n")
-        self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        """Stop forking and exit."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(20)
-
-
-def kill(pid: int) -> None:
-    """SIGKILL a forked worker and wait until it is gone (the zygote reaps it)."""
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"worker {pid} survived SIGKILL")
-
-
 def running_owners(app: Flask) -> list[str]:
     """The lease owners (worker ids, which contain the pid) of the jobs running now."""
     with app.app_context():
@@ -205,7 +162,7 @@ def kill_repeatedly(app: Flask, out: Path, ids: list[int]) -> int:
     The queue is topped up so there is always a job to be killed in the middle of.
     """
     rng = random.Random(20261122)
-    zygote = Zygote(app)
+    zygote = Zygote("tests.test_jobs_crash", worker_settings(app))
     live = [zygote.spawn(concurrency=2) for _ in range(POOL)]
     mid_job = 0
     try:

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from backend.app.extensions import db
 from backend.app.models import CreditEntry, Render
 from backend.app.models.job import DEAD, RUNNING, SUCCEEDED, Job
+from tests.forked_workers import Zygote, kill
 from tests.peers.audio import AudioFactory
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.gcs_emulator import GCSEmulator
@@ -86,46 +87,6 @@ def worker_settings(app: Flask, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Zygote:
-    """Imports the app once, then forks worker processes on demand (each starts in milliseconds)."""
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        spec = json.dumps({"settings": settings, "zygote": True})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.test_render_jobs_crash", spec],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def spawn(self, **options: Any) -> int:
-        """Fork a worker with `options`; its pid."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(options) + "\n")
-        self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        """Stop forking and exit."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(20)
-
-
-def kill(pid: int) -> None:
-    """SIGKILL a forked worker and wait until it is gone (the zygote reaps it)."""
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"worker {pid} survived SIGKILL")
-
-
 def mid_render(app: Flask, pids: list[int], timeout: float = 30.0) -> int | None:
     """Wait until one of `pids` runs a render job whose render shows progress (FFmpeg is at work); its pid."""
     deadline = time.monotonic() + timeout
@@ -161,7 +122,7 @@ def kill_mid_render_repeatedly(app: Flask, settings: dict[str, Any], user: User,
     """Keep LIVE_WORKERS workers alive and SIGKILL one in the middle of a render, KILLS times; the render ids."""
     rng = random.Random(20261122)
     renders: list[int] = []
-    zygote = Zygote(worker_settings(app, settings))
+    zygote = Zygote("tests.test_render_jobs_crash", worker_settings(app, settings))
     live = [zygote.spawn() for _ in range(LIVE_WORKERS)]
     kills = 0
     try:
