@@ -3,13 +3,22 @@
 Only process hooks live here. With `PROMETHEUS_MULTIPROC_DIR` set, each worker writes its metrics
 to files in that directory: the master empties it at start (stale files from an earlier run would
 be summed in) and marks each worker dead when it exits, so gauges of dead workers are dropped.
+
+A gthread worker starts all of its request threads before it accepts its first connection
+(`post_worker_init`), so a worker's thread count is fixed from start to exit.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
+
+#: How long a worker waits for its request threads to start before it serves anyway (seconds).
+THREAD_START_TIMEOUT = 10.0
 
 
 def _multiproc_dir() -> str | None:
@@ -25,6 +34,28 @@ def on_starting(server: Any) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink(missing_ok=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Start every request thread of a gthread worker now instead of on the first burst that needs it.
+
+    gunicorn runs a gthread worker's requests on a `ThreadPoolExecutor`, which starts a thread only
+    when a request finds none idle: the worker's thread count creeps up to `--threads` whenever its
+    concurrency first reaches a new high (hours after start, or never), that request pays for the
+    thread start, and a late eighth thread cannot be told apart from a leak (the soak suite saw one).
+    Each pool thread is started by a task that waits until all of them run at once. A pool that
+    cannot start them all in time still serves: it grows on demand, as gunicorn's does, and says so.
+    """
+    pool = getattr(worker, "tpool", None)
+    if not isinstance(pool, ThreadPoolExecutor):
+        return  # sync and async workers have no request thread pool
+    size = max(1, int(worker.cfg.threads))
+    everyone_started = threading.Barrier(size)
+    tasks = [pool.submit(everyone_started.wait, THREAD_START_TIMEOUT) for _ in range(size)]
+    done, late = wait_futures(tasks, timeout=THREAD_START_TIMEOUT + 1.0)
+    if late or any(task.exception() is not None for task in done):
+        everyone_started.abort()  # release the threads that did start
+        worker.log.warning("Worker %s: not all %s request threads started; the pool grows on demand", worker.pid, size)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -6,7 +6,10 @@ audio, renders, checkouts with webhooks, polls) for SOAK_SECONDS (default 75; lo
 SOAK_SECONDS=600 make soak), no faults. After a warm-up (a quarter of the run, at least 15 s) each process is
 sampled, and again at the end. Before the timed run, every operation is sent 24 times on new connections
 (`prime`): the first checkout in a worker imports the Stripe SDK, the first upload Google's, and so on;
-that one-time growth is start-up, not a leak, and must be over before the baseline is taken.
+that one-time growth is start-up, not a leak, and must be over before the baseline is taken. Threads need no
+priming: a gthread worker starts all of its request threads at boot (`post_worker_init` in gunicorn.conf.py;
+gunicorn's own pool would start them one by one as concurrency first reaches each level, which made one web
+worker go from 7 to 8 threads after the warm-up in a CI run).
 
 - RSS (/proc/<pid>/status VmRSS) grows by at most 10% (median of 3 samples at each end);
 - open descriptors (/proc/<pid>/fd) of every kind (files, pipes, unix sockets, other TCP) and threads
@@ -134,7 +137,7 @@ def check_process(
 
 def prime(stack: Stack, audio: bytes, rounds: int = 24) -> None:
     """Every operation `rounds` times from 4 threads, a new connection each: every web worker almost surely
-    (a miss is (2/3)^24 per worker and operation) has imported the SDKs and started the threads it starts lazily."""
+    (a miss is (2/3)^24 per worker and operation) has imported the SDKs and started what it starts on first use."""
     ledger = Ledger()
 
     def run(n: int) -> None:
@@ -153,7 +156,6 @@ def prime(stack: Stack, audio: bytes, rounds: int = 24) -> None:
         thread.join(120)
 
 
-@pytest.mark.xfail(reason="flaky in a clean-clone CI run: 7 -> 8 threads; to be fixed (issue 9)", strict=False)
 def test_web_and_job_workers_do_not_grow_or_leak_under_steady_load(
     gcs_emulator: GCSEmulator, gcs_bucket: str, audio_files: AudioFactory, tmp_path: Path
 ) -> None:
