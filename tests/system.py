@@ -120,6 +120,11 @@ class System:
                 lines.append(json.loads(line))
         return lines
 
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query on the system's database (the durable records, read directly)."""
+        with psycopg.connect(self.database_url, connect_timeout=5) as conn:
+            return list(conn.execute(query, params).fetchall())
+
     def all_log_text(self) -> str:
         """Everything every process logged (every file, rotated ones too, and worker output)."""
         return "\n".join(
