@@ -1,7 +1,7 @@
 """Error statistics: every error becomes a grouped, counted event in the database.
 
 `init_error_stats(app)` subscribes to `error_occurred` (every error response and unhandled
-exception), counts requests per minute in an `after_request` hook and registers the
+exception), counts requests per minute (a request observer of `request_metrics`) and registers the
 `flask monitoring ...` commands. `record_error(...)` records errors that are not HTTP responses
 (job failures). Everything is buffered per process and written off the request path in batches.
 """
@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, has_app_context
+from flask import Flask, current_app, has_app_context
 
 from ..error_handlers import error_occurred
 from ..errors import APIError
-from .events import from_error
+from ..request_metrics import add_request_observer
+from .events import from_error, new_event_id
 from .recorder import RETRY_SECONDS, ErrorRecorder, flush_all, register_recorder
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,15 @@ def record_error(
     if recorder is None:
         return None
     try:
-        event = from_error(error, source=source, code=code, status_code=status_code, endpoint=endpoint, context=context)
+        event = from_error(
+            error,
+            source=source,
+            code=code,
+            status_code=status_code,
+            endpoint=endpoint,
+            context=context,
+            event_id=new_event_id(),  # the caller gets it back now
+        )
     except Exception:  # monitoring never raises into its caller; the failure is logged
         logger.exception("Could not build an error event for %s", type(error).__name__)
         return None
@@ -90,8 +99,4 @@ def init_error_stats(app: Flask) -> None:
     register_recorder(recorder)
     # error_handlers already shields the response from listener failures (and logs them).
     error_occurred.connect(_on_error_occurred, sender=app, weak=True)
-
-    @app.after_request
-    def _count_request(response: Response) -> Response:
-        recorder.count_request()
-        return response
+    add_request_observer(app, recorder.count_request)

@@ -18,7 +18,7 @@ from typing import Any
 from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException
 
-from ...logging_config import current_log_context
+from ...logging_config import peek_log_context
 from ...redaction import clean_text as clean_log_text
 from ...redaction import redact_value, secrets_generation
 from ..errors import APIError
@@ -40,7 +40,12 @@ def clean_text(text: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 def new_event_id() -> str:
-    """A fresh, unguessable 32-hex-digit event id (os.urandom; a third of the cost of uuid4)."""
+    """A fresh, unguessable 32-hex-digit event id (os.urandom; a third of the cost of uuid4).
+
+    Events recorded on a request thread get theirs from the writer instead (`store.assign_event_ids`,
+    one `os.urandom` call a batch): `os.urandom` releases the GIL, and on a busy gunicorn thread
+    every release hands the GIL to another thread and waits to get it back.
+    """
     return secrets.token_hex(16)
 
 
@@ -107,7 +112,7 @@ def _derive(
 
 
 def _context_ids() -> tuple[str | None, int | None]:
-    context = current_log_context()
+    context = peek_log_context()
     # In a request the ID exists even before the log context is bound (an error in an early hook).
     request_id = get_request_id() if has_request_context() else context.get("request_id") or context.get("job_id")
     user_id = context.get("user_id")
@@ -123,8 +128,12 @@ def from_error(
     status_code: int | None = None,
     endpoint: str | None = None,
     context: dict[str, Any] | None = None,
+    event_id: str | None = None,
 ) -> ErrorEventData:
-    """An event for an APIError (with its original exception) or any other exception."""
+    """An event for an APIError (with its original exception) or any other exception.
+
+    Without `event_id` the event gets its id when it is written (see `new_event_id`).
+    """
     original = exception if exception is not None else error
     if isinstance(error, APIError):
         code = code or error.code
@@ -163,7 +172,7 @@ def from_error(
             _derived_cache.put(key, derived)
     request_id, user_id = _context_ids()
     return ErrorEventData(
-        event_id=new_event_id(),
+        event_id=event_id,
         occurred_at=datetime.now(UTC),
         fingerprint=derived.fingerprint,
         source=source,

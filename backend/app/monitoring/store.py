@@ -8,6 +8,7 @@ update the same row twice in one statement.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, Err
 class ErrorEventData:
     """One error occurrence, captured on the recording thread and written later by the writer."""
 
-    event_id: str
+    event_id: str | None  # None until written: `assign_event_ids` gives a batch its ids
     occurred_at: datetime
     fingerprint: str
     source: str
@@ -160,35 +161,92 @@ def upsert_groups(conn: Connection, events: Sequence[ErrorEventData]) -> dict[st
     return {fp: gid for fp, gid in found}
 
 
+def assign_event_ids(events: Sequence[ErrorEventData]) -> None:
+    """Give every event without an id a fresh unguessable one: one `os.urandom` call for the batch."""
+    missing = [ev for ev in events if ev.event_id is None]
+    if not missing:
+        return
+    digits = os.urandom(16 * len(missing)).hex()
+    for i, ev in enumerate(missing):
+        ev.event_id = digits[32 * i : 32 * i + 32]
+
+
+# Positional placeholders by DB-API parameter style (sqlite3: qmark; psycopg: pyformat, which takes %s too).
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_EVENT_COLUMNS = (
+    "event_id",
+    "group_id",
+    "occurred_at",
+    "source",
+    "code",
+    "status_code",
+    "category",
+    "severity",
+    "message",
+    "exc_type",
+    "endpoint",
+    "method",
+    "path",
+    "request_id",
+    "user_id",
+    "context",
+)
+
+
+def _event_insert(conn: Connection) -> tuple[str, Any]:
+    """The raw-event INSERT in the driver's own parameter style, and the dialect's datetime converter.
+
+    The rows go to the driver as plain tuples: SQLAlchemy's per-row parameter processing cost more
+    than SQLite's own insert into six indexes, and this runs for every error the app answers.
+    """
+    cache_key = ("events", conn.dialect.name)
+    cached = _statements.get(cache_key)
+    if cached is None:
+        placeholder = _PLACEHOLDERS.get(conn.dialect.paramstyle)
+        if placeholder is None:
+            raise NotImplementedError(f"error statistics: unsupported parameter style {conn.dialect.paramstyle}")
+        table = ErrorEvent.__table__
+        # Only constants go into this text (the table's and columns' names); values are parameters.
+        columns, values = ", ".join(_EVENT_COLUMNS), ", ".join([placeholder] * len(_EVENT_COLUMNS))
+        sql = f"INSERT INTO {table.name} ({columns}) VALUES ({values})"  # noqa: S608
+        cached = (sql, table.c.occurred_at.type.bind_processor(conn.dialect))
+        _statements[cache_key] = cached
+    return cached
+
+
+def _insert_events(conn: Connection, events: Sequence[ErrorEventData], group_ids: Mapping[str, int]) -> None:
+    sql, to_db_time = _event_insert(conn)
+    rows = [
+        (
+            ev.event_id,
+            group_ids[ev.fingerprint],
+            to_db_time(ev.occurred_at) if to_db_time is not None else ev.occurred_at,
+            ev.source,
+            ev.code,
+            ev.status_code,
+            ev.category,
+            ev.severity,
+            ev.message[:1000],
+            ev.exc_type,
+            ev.endpoint,
+            ev.method,
+            (ev.path or "")[:500] or None,
+            ev.request_id,
+            ev.user_id,
+            ev.context,
+        )
+        for ev in events
+    ]
+    conn.exec_driver_sql(sql, rows)
+
+
 def write_batch(engine: Engine, events: Sequence[ErrorEventData], requests: Mapping[int, int]) -> None:
     """Write events (raw rows, groups, rollups) and per-minute request counts in one transaction."""
+    assign_event_ids(events)
     with engine.begin() as conn:
         group_ids = upsert_groups(conn, events)
         if events:
-            conn.execute(
-                ErrorEvent.__table__.insert(),
-                [
-                    {
-                        "event_id": ev.event_id,
-                        "group_id": group_ids[ev.fingerprint],
-                        "occurred_at": ev.occurred_at,
-                        "source": ev.source,
-                        "code": ev.code,
-                        "status_code": ev.status_code,
-                        "category": ev.category,
-                        "severity": ev.severity,
-                        "message": ev.message[:1000],
-                        "exc_type": ev.exc_type,
-                        "endpoint": ev.endpoint,
-                        "method": ev.method,
-                        "path": (ev.path or "")[:500] or None,
-                        "request_id": ev.request_id,
-                        "user_id": ev.user_id,
-                        "context": ev.context,
-                    }
-                    for ev in events
-                ],
-            )
+            _insert_events(conn, events, group_ids)
         errors_per_minute = Counter(floor_minute(ev.occurred_at) for ev in events)
         requests_per_minute = Counter({minute_from_epoch(m): n for m, n in requests.items()})
         minutes = set(errors_per_minute) | set(requests_per_minute)
