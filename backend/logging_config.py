@@ -26,12 +26,14 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from concurrent_log_handler import ConcurrentRotatingFileHandler
@@ -46,6 +48,8 @@ LOG_FILES = ("app.log", "errors.log", "security.log", "performance.log")
 # LogRecord attributes that are not "extra" fields supplied by the caller.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _NOT_EXTRA = _RESERVED | frozenset(CONTEXT_FIELDS)
+# Extra values that cannot change after the call: the request thread queues them as they are.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 # Lines written per lock acquisition at most; a file may pass maxBytes by up to one batch.
 MAX_BATCH = 256
 # How long the writer waits for more records after the first one of a batch. Each batch costs a
@@ -53,10 +57,13 @@ MAX_BATCH = 256
 # requests a second, 20 ms batches held 3 lines a file, 100 ms batches hold 15. `flush_logs` and
 # `stop` cut the wait short, so tests and shutdown never wait for it.
 BATCH_LINGER_SECONDS = 0.1
+# Logger name and level pairs whose sinks are remembered (names are module names: a bounded set).
+_MAX_ROUTES = 4096
 # A queue drop older than this no longer marks logging as degraded.
 DROP_MEMORY_SECONDS = 60.0
 
 _log_context: ContextVar[dict[str, Any] | None] = ContextVar("log_context", default=None)
+_EMPTY_CONTEXT: Mapping[str, Any] = MappingProxyType({})
 
 
 def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,6 +88,11 @@ def current_log_context() -> dict[str, Any]:
     return dict(_log_context.get() or {})
 
 
+def peek_log_context() -> Mapping[str, Any]:
+    """The current context's log fields without a copy (read-only: every bind replaces the dict)."""
+    return _log_context.get() or _EMPTY_CONTEXT
+
+
 @contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Bind fields for the duration of a block (job workers use it for `job_id`)."""
@@ -93,40 +105,57 @@ def log_context(**fields: Any) -> Iterator[None]:
 
 
 class ContextQueueHandler(QueueHandler):
-    """Enriches and redacts a record on the caller's thread, then queues it without blocking."""
+    """Freezes a record on the caller's thread and queues it without blocking.
 
-    def __init__(self, log_queue: queue.Queue[Any]) -> None:
-        super().__init__(log_queue)
+    The request thread only copies: the message is rendered (its arguments may change later),
+    mutable extras are copied through `redact_value`, a traceback is rendered, and the log context
+    (an immutable dict, replaced on every bind) is referenced. Redaction, neutralisation and the
+    context merge of everything else happen on the writer thread (`finish_record`), which runs them
+    a batch at a time with warm caches instead of once per record between two requests.
+    """
+
+    def __init__(self, log_queue: LogQueue) -> None:
+        super().__init__(log_queue)  # type: ignore[arg-type] - QueueHandler only calls put_nowait
         self.dropped = 0
         self.last_drop: float | None = None
 
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override] - same contract
+        """Filter and queue; no handler lock, the queue is thread-safe and this runs on every request."""
+        if self.filters and not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """Freeze message, context and traceback into a redacted copy that owns no live objects."""
+        """A copy that owns no live objects and that nothing the caller does later can change."""
         # A shallow copy without LogRecord.__init__ (which costs more than the rest of this method);
         # other handlers (pytest's caplog) still see the original.
         prepared = logging.LogRecord.__new__(logging.LogRecord)
         attrs, fields = record.__dict__, prepared.__dict__
         fields.update(attrs)
-        fields["msg"] = fields["message"] = clean_text(record.getMessage())
+        fields["msg"] = fields["message"] = record.getMessage()
         fields["args"] = None
         for key in attrs.keys() - _RESERVED:
-            fields[key] = redact_value(key, attrs[key])
+            value = attrs[key]
+            if type(value) not in _SCALARS:
+                fields[key] = _frozen(key, value)
         if record.exc_info and record.exc_info[1] is not None:
-            prepared.exc_type = type(record.exc_info[1]).__name__
-            prepared.traceback = redact("".join(traceback.format_exception(*record.exc_info)))
+            fields["exc_type"] = type(record.exc_info[1]).__name__
+            fields["_traceback"] = "".join(traceback.format_exception(*record.exc_info))
         elif record.exc_text:
-            prepared.traceback = redact(record.exc_text)
+            fields["_traceback"] = record.exc_text
         if record.stack_info:
-            prepared.stack = redact(record.stack_info)
-        prepared.exc_info = None
-        prepared.exc_text = None
-        prepared.stack_info = None
-        context = _log_context.get()
-        if context:
-            for key, value in context.items():
-                if fields.get(key) is None:  # an explicit extra wins over the bound context
-                    fields[key] = value
+            fields["_stack"] = record.stack_info
+        fields["exc_info"] = fields["exc_text"] = fields["stack_info"] = None
+        fields["_context"] = _log_context.get()
         return prepared
+
+    def emit_prepared(self, record: logging.LogRecord) -> None:
+        """Queue a record that is already prepared (see `_emit`), as `emit` would."""
+        try:
+            self.enqueue(record)
+        except Exception:  # noqa: BLE001 - as Handler.emit: logging never raises into the caller
+            self.handleError(record)
 
     def enqueue(self, record: logging.LogRecord) -> None:
         """Queue without waiting; count what a full queue drops."""
@@ -135,6 +164,39 @@ class ContextQueueHandler(QueueHandler):
         except queue.Full:
             self.dropped += 1
             self.last_drop = time.time()
+
+
+class _Unredacted(dict[Any, Any]):
+    """A shallow copy of a flat dict of scalars (request headers): frozen now, redacted by the writer."""
+
+
+def _frozen(key: str, value: Any) -> Any:
+    """An extra's value as the writer may read it later: a copy nothing the caller does can change."""
+    if type(value) is dict and _SCALARS.issuperset(map(type, value.values())):
+        return _Unredacted(value)
+    return redact_value(key, value)  # nested or unknown values: a redacted copy now
+
+
+def finish_record(record: logging.LogRecord) -> None:
+    """Redact and neutralise a prepared record in place and merge its log context (writer thread)."""
+    fields = record.__dict__
+    fields["msg"] = fields["message"] = clean_text(record.message)
+    for key in fields.keys() - _RESERVED:
+        value = fields[key]
+        kind = type(value)
+        if (kind in _SCALARS or kind is _Unredacted) and key[0] != "_":  # the rest was redacted when frozen
+            fields[key] = redact_value(key, value)
+    raw = fields.pop("_traceback", None)
+    if raw is not None:
+        fields["traceback"] = redact(raw)
+    raw = fields.pop("_stack", None)
+    if raw is not None:
+        fields["stack"] = redact(raw)
+    context = fields.pop("_context", None)
+    if context:
+        for key, value in context.items():
+            if fields.get(key) is None:  # an explicit extra wins over the bound context
+                fields[key] = value
 
 
 class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
@@ -319,26 +381,49 @@ class ConsoleFormatter(logging.Formatter):
 _STOP = object()
 
 
-class LogQueue(queue.Queue[Any]):
-    """The bounded record queue, drained a batch at a time: one lock round per batch, not two per record."""
+class LogQueue:
+    """The bounded record queue between the threads that log and the one that writes.
 
-    def get_many(self, limit: int) -> list[Any]:
-        """Up to `limit` queued items, without waiting (an empty list when there are none)."""
-        with self.not_empty:  # the queue's one mutex
-            items = [self._get() for _ in range(min(limit, self._qsize()))]
-            if items:
-                self.not_full.notify(len(items))
-        return items
+    A deque (append and popleft are atomic under the GIL) rather than `queue.Queue`: putting a
+    record costs one append, plus one wake-up only when the writer sleeps, instead of a lock round
+    and a condition notify per record. `flush_logs` queues a barrier and waits for the writer to
+    pass it.
+    """
 
-    def tasks_done(self, count: int) -> None:
-        """`task_done()` for `count` items at once (what `flush_logs` waits on)."""
-        with self.all_tasks_done:
-            unfinished = self.unfinished_tasks - count
-            if unfinished < 0:
-                raise ValueError("tasks_done() called too many times")
-            if unfinished == 0:
-                self.all_tasks_done.notify_all()
-            self.unfinished_tasks = unfinished
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[Any] = deque()
+        self._ready = threading.Event()  # set when items may be waiting for the writer
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue `item`, or raise `queue.Full` when `maxsize` items are already waiting."""
+        if len(self._items) >= self.maxsize:
+            raise queue.Full
+        self._items.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    def put(self, item: Any) -> None:
+        """Queue `item` whatever the size: stop markers and flush barriers are never dropped."""
+        self._items.append(item)
+        self._ready.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until something was queued (or `timeout`); whether something may be waiting."""
+        return self._ready.wait(timeout)
+
+    def take(self, limit: int) -> list[Any]:
+        """Up to `limit` items in queue order, without waiting (one consumer only)."""
+        self._ready.clear()  # before taking: whatever is put from now on wakes the writer again
+        items = self._items
+        batch = [items.popleft() for _ in range(min(limit, len(items)))]
+        if items:
+            self._ready.set()  # more than a batch was waiting
+        return batch
+
+    def qsize(self) -> int:
+        """Items waiting now."""
+        return len(self._items)
 
 
 class BatchingListener:
@@ -355,6 +440,7 @@ class BatchingListener:
         self.last_error: str | None = None
         self._thread: threading.Thread | None = None
         self._hurry = threading.Event()
+        self._routes: dict[tuple[str, int], tuple[int, ...]] = {}
 
     def start(self) -> None:
         """Start the writer thread (a daemon: it must never keep a process alive)."""
@@ -369,48 +455,75 @@ class BatchingListener:
         """Write everything queued so far, then stop the thread."""
         if self._thread is None or not self._thread.is_alive():
             return
-        self.queue.put(_STOP)  # blocking on purpose: shutdown must not lose the stop marker
+        self.queue.put(_STOP)
         self.hurry()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
-            batch = [self.queue.get()]
-            if batch[0] is not _STOP and self.queue.qsize() < MAX_BATCH:
+            self.queue.wait()
+            if self.queue.qsize() < MAX_BATCH:
                 # Linger so one wake-up and one lock per file serve many records: under load this
                 # turns three syscall rounds per request into one per file per linger.
                 self._hurry.wait(BATCH_LINGER_SECONDS)
                 self._hurry.clear()
-            batch += self.queue.get_many(MAX_BATCH - 1)
-            stop = any(item is _STOP for item in batch)
+            records: list[logging.LogRecord] = []
+            barriers: list[threading.Event] = []
+            stop = False
+            for item in self.queue.take(MAX_BATCH):
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    barriers.append(item)
+                else:
+                    records.append(item)
             try:
-                self.write_batch([r for r in batch if r is not _STOP])
-            except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any bad record
+                if records:
+                    self.write_batch(records)
+            except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any bad batch
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
-                self.queue.tasks_done(len(batch))
+                for barrier in barriers:  # everything queued before each barrier is written now
+                    barrier.set()
             if stop:
                 return
 
     def write_batch(self, records: list[logging.LogRecord]) -> None:
-        """Format each record once and hand every sink the lines meant for it."""
-        lines: dict[int, str] = {}
-        for sink in self.sinks:
-            chosen = [r for r in records if r.levelno >= sink.level and sink.filter(r)]
-            if not chosen:
+        """Finish and format each record once, then hand every sink the lines meant for it."""
+        per_sink: list[list[str]] = [[] for _ in self.sinks]
+        finished = []
+        for record in records:
+            try:
+                finish_record(record)
+                line = self.formatter.format(record)
+            except Exception as exc:  # noqa: BLE001 - one unformattable record must not cost the batch
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 continue
-            out = []
-            for record in chosen:
-                line = lines.get(id(record))
-                if line is None:
-                    line = lines[id(record)] = self.formatter.format(record)
-                out.append(line)
-            sink.write_lines(out)
+            finished.append(record)
+            for index in self._route(record):
+                per_sink[index].append(line)
+        for sink, lines in zip(self.sinks, per_sink, strict=True):
+            if lines:
+                sink.write_lines(lines)
         for handler in self.others:
-            for record in records:
+            for record in finished:
                 if record.levelno >= handler.level:
                     handler.handle(record)
+
+    def _route(self, record: logging.LogRecord) -> tuple[int, ...]:
+        """The sinks a record goes to: sink filters look at the logger name only, so remember per name."""
+        key = (record.name, record.levelno)
+        route = self._routes.get(key)
+        if route is None:
+            if len(self._routes) >= _MAX_ROUTES:
+                self._routes.clear()
+            route = tuple(
+                i for i, sink in enumerate(self.sinks) if record.levelno >= sink.level and sink.filter(record)
+            )
+            self._routes[key] = route
+        return route
 
 
 class _LoggingState:
@@ -538,13 +651,15 @@ def shutdown_logging() -> None:
 def flush_logs(timeout: float = 5.0) -> None:
     """Block until every record queued so far has been written (tests and shutdown)."""
     qh, listener = _state.queue_handler, _state.listener
-    if qh is None:
+    if qh is None or listener is None:
         return
+    barrier = threading.Event()
+    qh.queue.put(barrier)
     deadline = time.monotonic() + timeout
-    while qh.queue.unfinished_tasks and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        if listener is not None:
-            listener.hurry()
-        time.sleep(0.005)
+    # Hurry on every round: the barrier may sit behind more than one batch.
+    while not barrier.is_set() and time.monotonic() < deadline:
+        listener.hurry()
+        barrier.wait(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
 def sink_status() -> dict[str, Any]:
@@ -572,9 +687,87 @@ _security_logger = logging.getLogger(SECURITY_LOGGER)
 _performance_logger = logging.getLogger(PERFORMANCE_LOGGER)
 
 
+# LogRecord attributes of the records `_emit` builds itself, with the values `makeRecord` gives
+# when there is no caller to look up (thread and process names are left out, as with
+# `logging.logThreads`/`logMultiprocessing` off: no line shows them).
+_BUILT_RECORD_DEFAULTS: dict[str, Any] = {
+    "args": None,
+    "pathname": "(unknown file)",
+    "filename": "(unknown file)",
+    "module": "(unknown file)",
+    "lineno": 0,
+    "funcName": "(unknown function)",
+    "exc_info": None,
+    "exc_text": None,
+    "stack_info": None,
+    "threadName": None,
+    "processName": None,
+    "taskName": None,
+}
+_LOADED_AT = time.time()
+_LEVEL_NAMES = {level: logging.getLevelName(level) for level in (10, 20, 30, 40, 50)}
+
+
+def _queue_is_only_handler(logger: logging.Logger, level: int, qh: ContextQueueHandler) -> bool:
+    """Whether `logger`'s records at `level` reach our queue handler and nothing else, unfiltered."""
+    if logger.disabled or logger.filters or qh.filters or level < qh.level:
+        return False
+    root = logging.root
+    if logger.parent is root and not logger.handlers and logger.propagate:  # the usual shape
+        return len(root.handlers) == 1 and root.handlers[0] is qh
+    found = False
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if handler is not qh:
+                return False
+            found = True
+        if not node.propagate:
+            break
+        node = node.parent
+    return found
+
+
+def _built_record(name: str, level: int, message: str, extra: dict[str, Any]) -> logging.LogRecord:
+    """The record `ContextQueueHandler.prepare` would queue for this event, built directly."""
+    created = time.time()
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    fields = record.__dict__
+    fields.update(_BUILT_RECORD_DEFAULTS)
+    fields.update(
+        name=name,
+        msg=message,
+        message=message,
+        levelno=level,
+        levelname=_LEVEL_NAMES.get(level) or logging.getLevelName(level),
+        created=created,
+        msecs=int((created - int(created)) * 1000) + 0.0,
+        relativeCreated=(created - _LOADED_AT) * 1000,
+        thread=threading.get_ident(),
+        process=os.getpid(),
+        _context=_log_context.get(),
+    )
+    fields.update(extra)
+    if not _SCALARS.issuperset(map(type, extra.values())):
+        for key, value in extra.items():
+            if type(value) not in _SCALARS:
+                fields[key] = _frozen(key, value)
+    return record
+
+
 def _emit(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> None:
-    # Logger.log would also walk the stack for the caller's file, line and function (findCaller):
-    # no log line shows them, and these two helpers run on every request.
+    """Log one structured event: straight onto the queue when nothing else would see the record.
+
+    These helpers run on every request. When the queue handler is the logger's only destination
+    (production), the prepared record is built and queued directly, skipping `makeRecord` (caller
+    and thread look-ups no line shows), the handler chain and the copy in `prepare`: the same line
+    is written. Any other handler or filter on the way (pytest's caplog, a deployer's error
+    tracker) gets the standard path, `makeRecord` and `Logger.handle`.
+    """
+    qh = _state.queue_handler
+    if qh is not None and _queue_is_only_handler(logger, level, qh):
+        qh.emit_prepared(_built_record(logger.name, level, msg % args if args else msg, extra))
+        return
     record = logger.makeRecord(logger.name, level, "(unknown file)", 0, msg, args, None, "(unknown function)", extra)
     logger.handle(record)
 
@@ -599,6 +792,8 @@ def log_performance_metric(
         )
 
 
-def _safe_extra(fields: Mapping[str, Any]) -> dict[str, Any]:
+def _safe_extra(fields: dict[str, Any]) -> dict[str, Any]:
     # LogRecord refuses extras that clash with its own attributes; prefix them instead.
+    if _RESERVED.isdisjoint(fields):
+        return fields
     return {(f"field_{k}" if k in _RESERVED else k): v for k, v in fields.items()}
