@@ -18,6 +18,7 @@ Design, and why not simpler:
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import logging.config
 import os
@@ -59,6 +60,8 @@ MAX_BATCH = 256
 BATCH_LINGER_SECONDS = 0.1
 # Logger name and level pairs whose sinks are remembered (names are module names: a bounded set).
 _MAX_ROUTES = 4096
+# Write failures that an open() probe cannot see past: the disk (or the file size limit) is full.
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 # A queue drop older than this no longer marks logging as degraded.
 DROP_MEMORY_SECONDS = 60.0
 
@@ -212,6 +215,7 @@ class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
         self.written = 0
         self._next_attempt = 0.0
         self._maybe_torn = False
+        self._out_of_space = False
 
     def write_lines(self, lines: list[str]) -> None:
         """Append whole lines under one cross-process lock, rotating first when the file is full."""
@@ -237,7 +241,7 @@ class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
             self._fail(exc, len(lines))
             return
         self.written += len(lines)
-        self._maybe_torn = False
+        self._maybe_torn = self._out_of_space = False
         self.failed_since = None
 
     def _append(self, text: str) -> None:
@@ -278,6 +282,8 @@ class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
 
     def _fail(self, exc: BaseException, lost: int) -> None:
         self.dropped += lost
+        # Opening the file proves nothing about space: only a write that succeeds clears these.
+        self._out_of_space = isinstance(exc, OSError) and exc.errno in _SPACE_ERRNOS
         if self.failed_since is None:
             self.failed_since = time.time()
         self.last_error = f"{type(exc).__name__}: {exc}"
@@ -293,6 +299,8 @@ class SafeRotatingFileHandler(ConcurrentRotatingFileHandler):
             setattr(self, attr, None)
 
     def _probe(self) -> bool:
+        if self._out_of_space:
+            return False
         try:
             with open(self.baseFilename, "a", encoding="utf-8"):
                 return True
