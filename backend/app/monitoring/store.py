@@ -60,6 +60,11 @@ def minute_from_epoch(minute: int) -> datetime:
     return datetime.fromtimestamp(minute * 60, UTC)
 
 
+def hour_from_epoch(hour: int) -> datetime:
+    """An hour number (seconds since the epoch // 3600) as an aware UTC datetime."""
+    return datetime.fromtimestamp(hour * 3600, UTC)
+
+
 def _insert(conn: Connection, table: Table) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -247,40 +252,46 @@ def write_batch(engine: Engine, events: Sequence[ErrorEventData], requests: Mapp
         group_ids = upsert_groups(conn, events)
         if events:
             _insert_events(conn, events, group_ids)
-        errors_per_minute = Counter(floor_minute(ev.occurred_at) for ev in events)
-        requests_per_minute = Counter({minute_from_epoch(m): n for m, n in requests.items()})
-        minutes = set(errors_per_minute) | set(requests_per_minute)
+        # One pass, on integer minutes; datetimes only for the few distinct keys.
+        per_code: Counter[tuple[int, str]] = Counter()
+        per_group_hour: Counter[tuple[int, int]] = Counter()
+        for ev in events:
+            minute = int(ev.occurred_at.timestamp() // 60)
+            per_code[minute, ev.code] += 1
+            per_group_hour[minute // 60, group_ids[ev.fingerprint]] += 1
+        errors_per_minute: Counter[int] = Counter()
+        per_code_hour: Counter[tuple[int, str]] = Counter()
+        for (minute, code), n in per_code.items():
+            errors_per_minute[minute] += n
+            per_code_hour[minute // 60, code] += n
         upsert_add(
             conn,
             ErrorMinute.__table__,
             [
-                {"minute": m, "errors": errors_per_minute[m], "requests": requests_per_minute[m]}
-                for m in sorted(minutes)
+                {"minute": minute_from_epoch(m), "errors": errors_per_minute[m], "requests": requests.get(m, 0)}
+                for m in sorted(set(errors_per_minute) | set(requests))
             ],
             ["minute"],
             ["errors", "requests"],
         )
-        per_code = Counter((floor_minute(ev.occurred_at), ev.code) for ev in events)
         upsert_add(
             conn,
             ErrorCodeMinute.__table__,
-            [{"minute": m, "code": c, "count": n} for (m, c), n in sorted(per_code.items())],
+            [{"minute": minute_from_epoch(m), "code": c, "count": n} for (m, c), n in sorted(per_code.items())],
             ["minute", "code"],
             ["count"],
         )
-        per_code_hour = Counter((floor_hour(ev.occurred_at), ev.code) for ev in events)
         upsert_add(
             conn,
             ErrorCodeHour.__table__,
-            [{"hour": h, "code": c, "count": n} for (h, c), n in sorted(per_code_hour.items())],
+            [{"hour": hour_from_epoch(h), "code": c, "count": n} for (h, c), n in sorted(per_code_hour.items())],
             ["hour", "code"],
             ["count"],
         )
-        per_group_hour = Counter((floor_hour(ev.occurred_at), group_ids[ev.fingerprint]) for ev in events)
         upsert_add(
             conn,
             ErrorGroupHour.__table__,
-            [{"hour": h, "group_id": g, "count": n} for (h, g), n in sorted(per_group_hour.items())],
+            [{"hour": hour_from_epoch(h), "group_id": g, "count": n} for (h, g), n in sorted(per_group_hour.items())],
             ["hour", "group_id"],
             ["count"],
         )
