@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
 from flask import Flask, g, has_request_context, request
 
 from ..logging_config import bind_log_context, clear_log_context, log_security_event
+from .utils.ids import uuid7_hex
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -26,8 +26,8 @@ request_started: ContextVar[float | None] = ContextVar("request_started", defaul
 
 
 def new_request_id() -> str:
-    """A fresh, unguessable request ID."""
-    return uuid.uuid4().hex
+    """A fresh, unguessable, time-ordered request ID (UUIDv7 hex: error events index it)."""
+    return uuid7_hex()
 
 
 def parse_traceparent(value: str | None) -> str | None:

@@ -10,10 +10,10 @@ it is computed once and remembered in a small bounded cache.
 from __future__ import annotations
 
 import json
-import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException
@@ -23,6 +23,7 @@ from ...redaction import clean_text as clean_log_text
 from ...redaction import redact_value, secrets_generation
 from ..errors import APIError
 from ..request_context import get_request_id
+from ..utils.ids import uuid7_hex
 from .classify import Category, categorise, categorise_client, severity_for
 from .fingerprint import exception_frames, fingerprint, normalise_message
 from .store import ErrorEventData
@@ -40,13 +41,13 @@ def clean_text(text: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 def new_event_id() -> str:
-    """A fresh, unguessable 32-hex-digit event id (os.urandom; a third of the cost of uuid4).
+    """A fresh, unguessable, time-ordered 32-hex-digit event id (UUIDv7, see `utils.ids`).
 
     Events recorded on a request thread get theirs from the writer instead (`store.assign_event_ids`,
     one `os.urandom` call a batch): `os.urandom` releases the GIL, and on a busy gunicorn thread
     every release hands the GIL to another thread and waits to get it back.
     """
-    return secrets.token_hex(16)
+    return uuid7_hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,51 @@ def _context_ids() -> tuple[str | None, int | None]:
     return (str(request_id) if request_id else None), (int(user_id) if isinstance(user_id, int) else None)
 
 
-def from_error(
+class PendingEvent(NamedTuple):
+    """An error captured while it is answered; `build()` makes the stored event (the writer calls it).
+
+    Only what differs between occurrences or cannot wait is read on the request thread; cleaning
+    the path, the timestamp object and the event itself are left to the writer.
+    """
+
+    derived: _Derived
+    source: str
+    code: str
+    status_code: int | None
+    exc_type: str
+    endpoint: str | None
+    method: str | None
+    raw_path: str | None
+    request_id: str | None
+    user_id: int | None
+    created: float
+
+    def build(self, *, event_id: str | None = None, context: str | None = None) -> ErrorEventData:
+        """The event to store (without `event_id`, the writer gives it one)."""
+        derived = self.derived
+        return ErrorEventData(
+            event_id=event_id,
+            occurred_at=datetime.fromtimestamp(self.created, UTC),
+            fingerprint=derived.fingerprint,
+            source=self.source,
+            code=self.code,
+            status_code=self.status_code,
+            category=derived.category,
+            severity=derived.severity,
+            title=derived.title,
+            message=derived.message,
+            exc_type=self.exc_type,
+            endpoint=self.endpoint,
+            method=self.method,
+            path=clean_text(self.raw_path, 500) if self.raw_path is not None else None,
+            request_id=self.request_id,
+            user_id=self.user_id,
+            frames=derived.frames,
+            context=context,
+        )
+
+
+def capture_error(
     error: BaseException,
     *,
     source: str,
@@ -127,13 +172,9 @@ def from_error(
     code: str | None = None,
     status_code: int | None = None,
     endpoint: str | None = None,
-    context: dict[str, Any] | None = None,
-    event_id: str | None = None,
-) -> ErrorEventData:
-    """An event for an APIError (with its original exception) or any other exception.
-
-    Without `event_id` the event gets its id when it is written (see `new_event_id`).
-    """
+) -> PendingEvent:
+    """What an APIError (with its original exception) or any other exception says, read now."""
+    created = time.time()
     original = exception if exception is not None else error
     if isinstance(error, APIError):
         code = code or error.code
@@ -154,7 +195,7 @@ def from_error(
             rule = req.url_rule
             endpoint = req.endpoint or (rule.rule if rule is not None else None)
         method = req.method
-        path = clean_text(req.path, 500)
+        path = req.path
     frames = tuple(exception_frames(original))
     key = (source, type(original), code, status_code, endpoint, frames, raw_message)
     derived = _derived_cache.get(key) if len(raw_message) <= _DERIVED_MAX_MESSAGE else None
@@ -171,24 +212,30 @@ def from_error(
         if len(raw_message) <= _DERIVED_MAX_MESSAGE:
             _derived_cache.put(key, derived)
     request_id, user_id = _context_ids()
-    return ErrorEventData(
+    kind = type(original).__name__
+    return PendingEvent(derived, source, code, status_code, kind, endpoint, method, path, request_id, user_id, created)
+
+
+def from_error(
+    error: BaseException,
+    *,
+    source: str,
+    exception: BaseException | None = None,
+    code: str | None = None,
+    status_code: int | None = None,
+    endpoint: str | None = None,
+    context: dict[str, Any] | None = None,
+    event_id: str | None = None,
+) -> ErrorEventData:
+    """An event for an APIError (with its original exception) or any other exception, built now.
+
+    Without `event_id` the event gets its id when it is written (see `new_event_id`).
+    """
+    pending = capture_error(
+        error, source=source, exception=exception, code=code, status_code=status_code, endpoint=endpoint
+    )
+    return pending.build(
         event_id=event_id,
-        occurred_at=datetime.now(UTC),
-        fingerprint=derived.fingerprint,
-        source=source,
-        code=code,
-        status_code=status_code,
-        category=derived.category,
-        severity=derived.severity,
-        title=derived.title,
-        message=derived.message,
-        exc_type=type(original).__name__,
-        endpoint=endpoint,
-        method=method,
-        path=path,
-        request_id=request_id,
-        user_id=user_id,
-        frames=derived.frames,
         context=json.dumps(redact_value("context", context), default=str)[:4000] if context else None,
     )
 

@@ -8,7 +8,6 @@ update the same row twice in one statement.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from sqlalchemy import Connection, Engine, Table, and_, case, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+from ..utils.ids import uuid7_hex_batch
 
 
 @dataclass(slots=True)
@@ -167,15 +167,18 @@ def upsert_groups(conn: Connection, events: Sequence[ErrorEventData]) -> dict[st
 
 
 def assign_event_ids(events: Sequence[ErrorEventData]) -> None:
-    """Give every event without an id a fresh unguessable one: one `os.urandom` call for the batch."""
+    """Give every event without an id a UUIDv7 of its time: one `os.urandom` call for the batch."""
     missing = [ev for ev in events if ev.event_id is None]
     if not missing:
         return
-    digits = os.urandom(16 * len(missing)).hex()
-    for i, ev in enumerate(missing):
-        ev.event_id = digits[32 * i : 32 * i + 32]
+    ids = uuid7_hex_batch([int(ev.occurred_at.timestamp() * 1000) for ev in missing])
+    for ev, event_id in zip(missing, ids, strict=True):
+        ev.event_id = event_id
 
 
+# Raw events per INSERT statement: 16 parameters a row stays far below SQLite's 32,766 and
+# PostgreSQL's 65,535 parameters a statement.
+_INSERT_CHUNK = 500
 # Positional placeholders by DB-API parameter style (sqlite3: qmark; psycopg: pyformat, which takes %s too).
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 _EVENT_COLUMNS = (
@@ -198,13 +201,16 @@ _EVENT_COLUMNS = (
 )
 
 
-def _event_insert(conn: Connection) -> tuple[str, Any]:
-    """The raw-event INSERT in the driver's own parameter style, and the dialect's datetime converter.
+def _event_insert(conn: Connection, rows: int) -> tuple[str, Any]:
+    """A `rows`-row INSERT of raw events in the driver's parameter style, and the datetime converter.
 
-    The rows go to the driver as plain tuples: SQLAlchemy's per-row parameter processing cost more
-    than SQLite's own insert into six indexes, and this runs for every error the app answers.
+    Rows go to the driver as one flat tuple of plain values, in one statement per chunk:
+    - SQLAlchemy's per-row parameter processing cost more than SQLite's own insert into six indexes;
+    - `executemany` steps the statement once per row, and sqlite3 releases the GIL around every
+      step: under gunicorn each release handed the GIL to a request thread and the writer waited to
+      get it back, a context switch or two per error answered.
     """
-    cache_key = ("events", conn.dialect.name)
+    cache_key = ("events", conn.dialect.name, rows)
     cached = _statements.get(cache_key)
     if cached is None:
         placeholder = _PLACEHOLDERS.get(conn.dialect.paramstyle)
@@ -212,37 +218,39 @@ def _event_insert(conn: Connection) -> tuple[str, Any]:
             raise NotImplementedError(f"error statistics: unsupported parameter style {conn.dialect.paramstyle}")
         table = ErrorEvent.__table__
         # Only constants go into this text (the table's and columns' names); values are parameters.
-        columns, values = ", ".join(_EVENT_COLUMNS), ", ".join([placeholder] * len(_EVENT_COLUMNS))
-        sql = f"INSERT INTO {table.name} ({columns}) VALUES ({values})"  # noqa: S608
+        row = "(" + ", ".join([placeholder] * len(_EVENT_COLUMNS)) + ")"
+        sql = f"INSERT INTO {table.name} ({', '.join(_EVENT_COLUMNS)}) VALUES {', '.join([row] * rows)}"  # noqa: S608
         cached = (sql, table.c.occurred_at.type.bind_processor(conn.dialect))
-        _statements[cache_key] = cached
+        if rows == _INSERT_CHUNK:  # a batch's last, shorter chunk varies: built each time (tens of µs)
+            _statements[cache_key] = cached
     return cached
 
 
 def _insert_events(conn: Connection, events: Sequence[ErrorEventData], group_ids: Mapping[str, int]) -> None:
-    sql, to_db_time = _event_insert(conn)
-    rows = [
-        (
-            ev.event_id,
-            group_ids[ev.fingerprint],
-            to_db_time(ev.occurred_at) if to_db_time is not None else ev.occurred_at,
-            ev.source,
-            ev.code,
-            ev.status_code,
-            ev.category,
-            ev.severity,
-            ev.message[:1000],
-            ev.exc_type,
-            ev.endpoint,
-            ev.method,
-            (ev.path or "")[:500] or None,
-            ev.request_id,
-            ev.user_id,
-            ev.context,
-        )
-        for ev in events
-    ]
-    conn.exec_driver_sql(sql, rows)
+    for start in range(0, len(events), _INSERT_CHUNK):
+        chunk = events[start : start + _INSERT_CHUNK]
+        sql, to_db_time = _event_insert(conn, len(chunk))
+        values: list[Any] = []
+        for ev in chunk:
+            values += (
+                ev.event_id,
+                group_ids[ev.fingerprint],
+                to_db_time(ev.occurred_at) if to_db_time is not None else ev.occurred_at,
+                ev.source,
+                ev.code,
+                ev.status_code,
+                ev.category,
+                ev.severity,
+                ev.message[:1000],
+                ev.exc_type,
+                ev.endpoint,
+                ev.method,
+                (ev.path or "")[:500] or None,
+                ev.request_id,
+                ev.user_id,
+                ev.context,
+            )
+        conn.exec_driver_sql(sql, tuple(values))
 
 
 def write_batch(engine: Engine, events: Sequence[ErrorEventData], requests: Mapping[int, int]) -> None:
