@@ -16,7 +16,7 @@ from flask import Flask, current_app, has_app_context
 from ..error_handlers import error_occurred
 from ..errors import APIError
 from ..request_metrics import add_request_observer
-from .events import from_error, new_event_id
+from .events import capture_error, from_error, new_event_id
 from .recorder import RETRY_SECONDS, ErrorRecorder, flush_all, register_recorder
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _on_error_occurred(sender: Flask, error: APIError, exception: BaseException 
     recorder = sender.extensions.get(EXTENSION)
     if recorder is None:
         return
-    recorder.submit(from_error(error, source="http", exception=exception))
+    recorder.submit(capture_error(error, source="http", exception=exception))
 
 
 def init_error_stats(app: Flask) -> None:

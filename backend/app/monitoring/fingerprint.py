@@ -52,6 +52,8 @@ def in_app_frames(tb: TracebackType | None, root: Path = BACKEND_ROOT) -> list[s
 
 def exception_frames(exc: BaseException | None, root: Path = BACKEND_ROOT) -> list[str]:
     """The in-app frames of `exc`, following `raise ... from` causes to the innermost in-app code."""
+    if exc is None or (exc.__traceback__ is None and exc.__cause__ is None and exc.__context__ is None):
+        return []  # an error built and answered without being raised (most 4xx)
     seen: set[int] = set()
     frames: list[str] = []
     while exc is not None and id(exc) not in seen:

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..extensions import db
+from .events import PendingEvent
 from .store import ErrorEventData, write_batch
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class ErrorRecorder:
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._buffer: deque[ErrorEventData] = deque()
+        self._buffer: deque[ErrorEventData | PendingEvent] = deque()
         self._requests: dict[int, int] = {}
         # A batch whose write failed, with when it first failed (monotonic): retried before newer events.
         self._retry: tuple[list[ErrorEventData], dict[int, int], float] | None = None
@@ -75,8 +76,8 @@ class ErrorRecorder:
         """Events waiting to be written by this process."""
         return len(self._buffer) + (len(self._retry[0]) if self._retry else 0)
 
-    def submit(self, event: ErrorEventData) -> bool:
-        """Queue an event; False (and counted as dropped) when the buffer is full."""
+    def submit(self, event: ErrorEventData | PendingEvent) -> bool:
+        """Queue an event (or one to build when written); False, and counted, when the buffer is full."""
         if len(self._buffer) >= self.capacity:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -115,7 +116,8 @@ class ErrorRecorder:
         events: list[ErrorEventData] = []
         buffer = self._buffer
         while buffer and len(events) < self.batch_size * 4:
-            events.append(buffer.popleft())
+            item = buffer.popleft()
+            events.append(item.build() if type(item) is PendingEvent else item)
         with self._lock:
             requests, self._requests = self._requests, {}
         return events, requests, None
