@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -153,12 +153,13 @@ class ContextQueueHandler(QueueHandler):
         fields["_context"] = _log_context.get()
         return prepared
 
-    def emit_prepared(self, record: logging.LogRecord) -> None:
-        """Queue a record that is already prepared (see `_emit`), as `emit` would."""
+    def emit_prepared(self, event: StructuredEvent) -> None:
+        """Queue a structured event (see `_emit`); the writer makes its record."""
         try:
-            self.enqueue(record)
-        except Exception:  # noqa: BLE001 - as Handler.emit: logging never raises into the caller
-            self.handleError(record)
+            self.queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            self.last_drop = time.time()
 
     def enqueue(self, record: logging.LogRecord) -> None:
         """Queue without waiting; count what a full queue drops."""
@@ -169,26 +170,43 @@ class ContextQueueHandler(QueueHandler):
             self.last_drop = time.time()
 
 
-class _Unredacted(dict[Any, Any]):
-    """A shallow copy of a flat dict of scalars (request headers): frozen now, redacted by the writer."""
+class FlatFields(dict[str, Any]):
+    """A flat dict of scalars (request headers) given to a log helper: queued as is, redacted by the writer.
+
+    The caller hands it over: it must be fresh and never changed afterwards. Plain dicts are copied
+    (and nested ones redacted) on the calling thread instead.
+    """
+
+
+# What the writer redacts: scalars and flat copies (everything else was redacted when frozen).
+_QUEUEABLE = _SCALARS | {FlatFields}
 
 
 def _frozen(key: str, value: Any) -> Any:
     """An extra's value as the writer may read it later: a copy nothing the caller does can change."""
     if type(value) is dict and _SCALARS.issuperset(map(type, value.values())):
-        return _Unredacted(value)
+        return FlatFields(value)
     return redact_value(key, value)  # nested or unknown values: a redacted copy now
 
 
+def _redacted(key: str, value: Any) -> Any:
+    """An extra's value as it may be written: scalars and shallow header copies redacted now."""
+    if type(value) in _QUEUEABLE:
+        return redact_value(key, value)
+    return value  # containers were redacted when the record was frozen
+
+
 def finish_record(record: logging.LogRecord) -> None:
-    """Redact and neutralise a prepared record in place and merge its log context (writer thread)."""
+    """Redact a prepared record in place and merge its context, for handlers other than the files.
+
+    The file sinks' formatter does the same while it writes (`JsonFormatter.add_fields`); other
+    handlers (the development console) format the record themselves and need it finished first.
+    """
     fields = record.__dict__
     fields["msg"] = fields["message"] = clean_text(record.message)
     for key in fields.keys() - _RESERVED:
-        value = fields[key]
-        kind = type(value)
-        if (kind in _SCALARS or kind is _Unredacted) and key[0] != "_":  # the rest was redacted when frozen
-            fields[key] = redact_value(key, value)
+        if key[0] != "_":
+            fields[key] = _redacted(key, fields[key])
     raw = fields.pop("_traceback", None)
     if raw is not None:
         fields["traceback"] = redact(raw)
@@ -355,22 +373,35 @@ class JsonFormatter(OrjsonFormatter):
         )
 
     def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
-        """The fixed fields, then the context (null when absent), then the caller's extras.
+        """The fixed fields, the context (null when absent), the extras; redacted on the way.
 
-        Same output as python-json-logger's generic `add_fields` with our renames, in a stable
-        order and at a third of the cost: this runs for every line on the writer thread.
+        Same output as python-json-logger's generic `add_fields` with our renames, in a stable order,
+        and it applies what the request thread left to the writer (`ContextQueueHandler.prepare`):
+        redaction and neutralisation, the bound context, the traceback. One pass per line: this runs
+        for every line on the writer thread. Idempotent on a record `finish_record` already handled.
         """
         attrs = record.__dict__
+        context = attrs.get("_context") or _EMPTY_CONTEXT
         log_record["timestamp"] = datetime.fromtimestamp(record.created, tz=UTC)
         log_record["level"] = record.levelname
         log_record["logger"] = record.name
         log_record["pid"] = record.process
-        log_record["message"] = record.message
+        log_record["message"] = clean_text(record.message)
         for name in CONTEXT_FIELDS:
-            log_record[name] = attrs.get(name)
+            value = attrs.get(name)
+            log_record[name] = context.get(name) if value is None else _redacted(name, value)
         for key, value in attrs.items():
-            if key not in _NOT_EXTRA and not key.startswith("_"):
+            if key not in _NOT_EXTRA and key[0] != "_":
+                log_record[key] = _redacted(key, value)
+        for key, value in context.items():  # context fields beyond the standard ones; extras win
+            if log_record.get(key) is None:
                 log_record[key] = value
+        raw = attrs.get("_traceback")
+        if raw is not None:
+            log_record["traceback"] = redact(raw)
+        raw = attrs.get("_stack")
+        if raw is not None:
+            log_record["stack"] = redact(raw)
         log_record.update(message_dict)
 
 
@@ -475,7 +506,7 @@ class BatchingListener:
                 # turns three syscall rounds per request into one per file per linger.
                 self._hurry.wait(BATCH_LINGER_SECONDS)
                 self._hurry.clear()
-            records: list[logging.LogRecord] = []
+            records: list[logging.LogRecord | StructuredEvent] = []
             barriers: list[threading.Event] = []
             stop = False
             for item in self.queue.take(MAX_BATCH):
@@ -497,13 +528,15 @@ class BatchingListener:
             if stop:
                 return
 
-    def write_batch(self, records: list[logging.LogRecord]) -> None:
-        """Finish and format each record once, then hand every sink the lines meant for it."""
+    def write_batch(self, items: list[logging.LogRecord | StructuredEvent]) -> None:
+        """Format each record once, then hand every sink the lines meant for it."""
         per_sink: list[list[str]] = [[] for _ in self.sinks]
         finished = []
-        for record in records:
+        for item in items:
             try:
-                finish_record(record)
+                record = item.as_record() if type(item) is StructuredEvent else item
+                if self.others:
+                    finish_record(record)  # the console formats for itself; the files' formatter redacts
                 line = self.formatter.format(record)
             except Exception as exc:  # noqa: BLE001 - one unformattable record must not cost the batch
                 self.errors += 1
@@ -736,45 +769,60 @@ def _queue_is_only_handler(logger: logging.Logger, level: int, qh: ContextQueueH
     return found
 
 
-def _built_record(name: str, level: int, message: str, extra: dict[str, Any]) -> logging.LogRecord:
-    """The record `ContextQueueHandler.prepare` would queue for this event, built directly."""
-    created = time.time()
-    record = logging.LogRecord.__new__(logging.LogRecord)
-    fields = record.__dict__
-    fields.update(_BUILT_RECORD_DEFAULTS)
-    fields.update(
-        name=name,
-        msg=message,
-        message=message,
-        levelno=level,
-        levelname=_LEVEL_NAMES.get(level) or logging.getLevelName(level),
-        created=created,
-        msecs=int((created - int(created)) * 1000) + 0.0,
-        relativeCreated=(created - _LOADED_AT) * 1000,
-        thread=threading.get_ident(),
-        process=os.getpid(),
-        _context=_log_context.get(),
-    )
-    fields.update(extra)
-    if not _SCALARS.issuperset(map(type, extra.values())):
-        for key, value in extra.items():
-            if type(value) not in _SCALARS:
-                fields[key] = _frozen(key, value)
-    return record
+class StructuredEvent(NamedTuple):
+    """What `_emit` queues for a structured event: the writer makes the log record (`as_record`)."""
+
+    name: str
+    level: int
+    message: str
+    extra: dict[str, Any]  # owned by the event; container values already frozen
+    context: dict[str, Any] | None
+    created: float
+    thread: int
+
+    def as_record(self) -> logging.LogRecord:
+        """The record `ContextQueueHandler.prepare` would have queued for this event."""
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        fields = record.__dict__
+        fields.update(_BUILT_RECORD_DEFAULTS)
+        created = self.created
+        fields.update(
+            name=self.name,
+            msg=self.message,
+            message=self.message,
+            levelno=self.level,
+            levelname=_LEVEL_NAMES.get(self.level) or logging.getLevelName(self.level),
+            created=created,
+            msecs=int((created - int(created)) * 1000) + 0.0,
+            relativeCreated=(created - _LOADED_AT) * 1000,
+            thread=self.thread,
+            process=os.getpid(),
+            _context=self.context,
+        )
+        fields.update(self.extra)
+        return record
 
 
 def _emit(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> None:
     """Log one structured event: straight onto the queue when nothing else would see the record.
 
     These helpers run on every request. When the queue handler is the logger's only destination
-    (production), the prepared record is built and queued directly, skipping `makeRecord` (caller
-    and thread look-ups no line shows), the handler chain and the copy in `prepare`: the same line
-    is written. Any other handler or filter on the way (pytest's caplog, a deployer's error
-    tracker) gets the standard path, `makeRecord` and `Logger.handle`.
+    (production), the request thread queues a `StructuredEvent` tuple and the writer makes the
+    record, skipping `makeRecord` (caller and thread-name look-ups no line shows), the handler chain
+    and the copy in `prepare`: the same line is written. Any other handler or filter on the way
+    (pytest's caplog, a deployer's error tracker) gets the standard path, `makeRecord` and
+    `Logger.handle`. `extra` must be the caller's own fresh dict (the helpers build one).
     """
     qh = _state.queue_handler
     if qh is not None and _queue_is_only_handler(logger, level, qh):
-        qh.emit_prepared(_built_record(logger.name, level, msg % args if args else msg, extra))
+        if not _QUEUEABLE.issuperset(map(type, extra.values())):
+            for key, value in extra.items():  # `extra` is the helper's own dict: frozen in place
+                if type(value) not in _QUEUEABLE:
+                    extra[key] = _frozen(key, value)
+        message = msg % args if args else msg
+        # tuple.__new__: a NamedTuple's own constructor is a Python function, and this runs per request.
+        event = (logger.name, level, message, extra, _log_context.get(), time.time(), threading.get_ident())
+        qh.emit_prepared(tuple.__new__(StructuredEvent, event))
         return
     record = logger.makeRecord(logger.name, level, "(unknown file)", 0, msg, args, None, "(unknown function)", extra)
     logger.handle(record)

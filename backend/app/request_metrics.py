@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, current_app, g, request
 
-from ..logging_config import log_performance_metric
+from ..logging_config import FlatFields, log_performance_metric
 from .request_context import request_started
 
 # Headers worth having next to a failed request; everything else is noise in the log.
@@ -59,7 +59,8 @@ def _record_request(response: Response) -> Response:
         fields["query"] = query  # redacted by the log handler like every field
     if status >= 400:
         fields["error_code"] = g.get("error_code")
-        fields["headers"] = {name: environ[key] for name, key in _ERROR_HEADER_KEYS if key in environ}
+        # Handed over to the log writer (which redacts it), so built fresh here and never changed.
+        fields["headers"] = FlatFields({name: environ[key] for name, key in _ERROR_HEADER_KEYS if key in environ})
     if cfg["REQUEST_LOGGING_ENABLED"]:
         log_performance_metric("request", duration_ms, **fields)
     if slow:
