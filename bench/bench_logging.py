@@ -3,8 +3,9 @@
 ON  = the production defaults: LOG_LEVEL=INFO, one performance.log line per request, error stats.
 OFF = LOG_LEVEL=CRITICAL, REQUEST_LOGGING_ENABLED=false, ERROR_STATS_ENABLED=false.
 
-Both servers run side by side on loopback (2 gthread workers each); wrk loads one at a time,
-alternating ON/OFF rounds so drift on a shared machine hits both equally. The ratio is
+Both servers run side by side on loopback (2 gthread workers each, each taking at most its share of
+the connections); wrk loads one at a time, alternating ON/OFF rounds so drift on a shared machine
+hits both equally. The ratio is
 median(ON) / median(OFF) per endpoint. Usage: `python -m bench.bench_logging [--seconds 5 --rounds 5]`.
 It also reports server CPU per request: when other jobs share the machine, req/s swings by 2-3x
 between rounds while CPU per request stays put, and OFF/ON CPU is the throughput ratio a
@@ -20,6 +21,10 @@ from pathlib import Path
 
 from bench.harness import base_env, gunicorn, median, migrate, run_wrk, workdir, wrk_available
 
+# gthread workers accept greedily: uncapped, one worker often took all of wrk's connections, and that
+# round measured one overloaded worker (req/s halved, CPU per request up by half, either mode). Each
+# worker is capped at its share of the connections (--worker-connections), as a balancer would split them.
+WORKERS = 2
 ENDPOINTS = {
     "200 GET /api/errors/catalog": ("/api/errors/catalog", 0.90),
     "401 GET /api/me (no token)": ("/api/me", 0.85),
@@ -59,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode, settings in modes.items():
             env = base_env(stack.enter_context(workdir(f"bench-log-{mode.replace(' ', '-')}-")), settings)
             migrate(env)
-            servers[mode] = stack.enter_context(gunicorn(env))
+            servers[mode] = stack.enter_context(
+                gunicorn(env, workers=WORKERS, worker_connections=max(1, args.connections // WORKERS))
+            )
         for endpoint, (path, _target) in endpoints.items():
             for mode in names:  # warm every server up (imports, first-request caches)
                 run_wrk(servers[mode].url(path), seconds=1, connections=args.connections)
@@ -77,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
         log_lines = _count_lines(servers["on"].log_dir)
 
-    print(f"\n{args.rounds} rounds x {args.seconds:g} s per mode, wrk -c{args.connections}, 2 gthread workers\n")
+    print(
+        f"\n{args.rounds} rounds x {args.seconds:g} s per mode, wrk -c{args.connections},"
+        f" {WORKERS} gthread workers x 4 threads, {max(1, args.connections // WORKERS)} connections each\n"
+    )
     extra_cols = [m for m in names if m not in ("on", "off")]
     head = "| endpoint | ON req/s | OFF req/s | " + "".join(f"{m} req/s | " for m in extra_cols)
     print(head + "ratio ON/OFF | target | met |")

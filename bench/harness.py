@@ -124,6 +124,7 @@ def gunicorn(
     preload: bool = False,
     ready_path: str = "/api/errors/catalog",
     ready_timeout: float = 30.0,
+    worker_connections: int | None = None,
 ) -> Iterator[Server]:
     """Run `gunicorn wsgi:app` (gthread unless `worker_class` says otherwise) on a free loopback port."""
     port = free_port()
@@ -142,6 +143,8 @@ def gunicorn(
         "--log-level",
         "warning",
     ]
+    if worker_connections is not None:
+        args += ["--worker-connections", str(worker_connections)]
     if preload:
         args.append("--preload")
     args.append("wsgi:app")
