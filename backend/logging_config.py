@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from .redaction import clean_text, redact, redact_value
+from .redaction import MASK, clean_text, is_secret_key, redact, redact_value
 
 SECURITY_LOGGER = "oriel.security"
 PERFORMANCE_LOGGER = "oriel.performance"
@@ -48,7 +48,10 @@ CONTEXT_FIELDS = ("request_id", "job_id", "trace_id", "user_id", "method", "path
 LOG_FILES = ("app.log", "errors.log", "security.log", "performance.log")
 # LogRecord attributes that are not "extra" fields supplied by the caller.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_NOT_EXTRA = _RESERVED | frozenset(CONTEXT_FIELDS)
+_CONTEXT_SET = frozenset(CONTEXT_FIELDS)
+_NULL_CONTEXT: dict[str, None] = dict.fromkeys(CONTEXT_FIELDS)
+_FIXED_FIELDS = frozenset({"timestamp", "level", "logger", "pid", "message"})
+_NOT_EXTRA = _RESERVED | _CONTEXT_SET
 # Extra values that cannot change after the call: the request thread queues them as they are.
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 # Lines written per lock acquisition at most; a file may pass maxBytes by up to one batch.
@@ -191,7 +194,10 @@ def _frozen(key: str, value: Any) -> Any:
 
 def _redacted(key: str, value: Any) -> Any:
     """An extra's value as it may be written: scalars and shallow header copies redacted now."""
-    if type(value) in _QUEUEABLE:
+    kind = type(value)
+    if kind is str:  # most values: redact_value's own first case, without the call
+        return MASK if is_secret_key(key) else clean_text(value)
+    if kind in _QUEUEABLE:
         return redact_value(key, value)
     return value  # containers were redacted when the record was frozen
 
@@ -381,21 +387,17 @@ class JsonFormatter(OrjsonFormatter):
         for every line on the writer thread. Idempotent on a record `finish_record` already handled.
         """
         attrs = record.__dict__
-        context = attrs.get("_context") or _EMPTY_CONTEXT
-        log_record["timestamp"] = datetime.fromtimestamp(record.created, tz=UTC)
-        log_record["level"] = record.levelname
-        log_record["logger"] = record.name
-        log_record["pid"] = record.process
-        log_record["message"] = clean_text(record.message)
-        for name in CONTEXT_FIELDS:
-            value = attrs.get(name)
-            log_record[name] = context.get(name) if value is None else _redacted(name, value)
-        for key, value in attrs.items():
-            if key not in _NOT_EXTRA and key[0] != "_":
-                log_record[key] = _redacted(key, value)
-        for key, value in context.items():  # context fields beyond the standard ones; extras win
-            if log_record.get(key) is None:
-                log_record[key] = value
+        _fill_fields(
+            log_record,
+            record.created,
+            record.levelname,
+            record.name,
+            record.process,
+            record.message,
+            attrs,
+            attrs.get("_context"),
+            _NOT_EXTRA,
+        )
         raw = attrs.get("_traceback")
         if raw is not None:
             log_record["traceback"] = redact(raw)
@@ -403,6 +405,47 @@ class JsonFormatter(OrjsonFormatter):
         if raw is not None:
             log_record["stack"] = redact(raw)
         log_record.update(message_dict)
+
+    def format_event(self, event: StructuredEvent) -> str:
+        """The line for a structured event, without making a `LogRecord` first (same output)."""
+        log_data: dict[str, Any] = {}
+        level = _LEVEL_NAMES.get(event.level) or logging.getLevelName(event.level)
+        pid = os.getpid()
+        _fill_fields(
+            log_data, event.created, level, event.name, pid, event.message, event.extra, event.context, _CONTEXT_SET
+        )
+        return self.serialize_log_record(self.process_log_record(log_data))
+
+
+def _fill_fields(
+    log_record: dict[str, Any],
+    created: float,
+    levelname: str,
+    name: str,
+    pid: int | None,
+    message: str,
+    fields: Mapping[str, Any],
+    context: Mapping[str, Any] | None,
+    not_extra: frozenset[str],
+) -> None:
+    """Fill a line's fields in their fixed order: `fields` holds the extras (and maybe more, `not_extra`)."""
+    log_record["timestamp"] = datetime.fromtimestamp(created, tz=UTC)
+    log_record["level"] = levelname
+    log_record["logger"] = name
+    log_record["pid"] = pid
+    log_record["message"] = clean_text(message)
+    log_record.update(_NULL_CONTEXT)  # every context field, null when absent, in a fixed order
+    if context:  # cleaned when bound; never over a fixed field
+        if _FIXED_FIELDS.isdisjoint(context):
+            log_record.update(context)
+        else:
+            log_record.update((k, v) for k, v in context.items() if k not in _FIXED_FIELDS)
+    for key, value in fields.items():
+        if key in not_extra or key[0] == "_":
+            if value is not None and key in _CONTEXT_SET:  # an explicit context field wins over the bound one
+                log_record[key] = _redacted(key, value)
+        else:
+            log_record[key] = _redacted(key, value)
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -531,19 +574,27 @@ class BatchingListener:
     def write_batch(self, items: list[logging.LogRecord | StructuredEvent]) -> None:
         """Format each record once, then hand every sink the lines meant for it."""
         per_sink: list[list[str]] = [[] for _ in self.sinks]
-        finished = []
+        finished: list[logging.LogRecord] = []
         for item in items:
             try:
-                record = item.as_record() if type(item) is StructuredEvent else item
-                if self.others:
-                    finish_record(record)  # the console formats for itself; the files' formatter redacts
-                line = self.formatter.format(record)
+                if type(item) is StructuredEvent:
+                    name, levelno = item.name, item.level
+                    if self.others:  # the console formats for itself: it needs the finished record
+                        record = item.as_record()
+                        finish_record(record)
+                        finished.append(record)
+                    line = self.formatter.format_event(item)
+                else:
+                    name, levelno = item.name, item.levelno
+                    if self.others:
+                        finish_record(item)
+                        finished.append(item)
+                    line = self.formatter.format(item)
             except Exception as exc:  # noqa: BLE001 - one unformattable record must not cost the batch
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 continue
-            finished.append(record)
-            for index in self._route(record):
+            for index in self._route(name, levelno):
                 per_sink[index].append(line)
         for sink, lines in zip(self.sinks, per_sink, strict=True):
             if lines:
@@ -553,16 +604,15 @@ class BatchingListener:
                 if record.levelno >= handler.level:
                     handler.handle(record)
 
-    def _route(self, record: logging.LogRecord) -> tuple[int, ...]:
+    def _route(self, name: str, levelno: int) -> tuple[int, ...]:
         """The sinks a record goes to: sink filters look at the logger name only, so remember per name."""
-        key = (record.name, record.levelno)
+        key = (name, levelno)
         route = self._routes.get(key)
         if route is None:
             if len(self._routes) >= _MAX_ROUTES:
                 self._routes.clear()
-            route = tuple(
-                i for i, sink in enumerate(self.sinks) if record.levelno >= sink.level and sink.filter(record)
-            )
+            probe = logging.makeLogRecord({"name": name, "levelno": levelno})
+            route = tuple(i for i, sink in enumerate(self.sinks) if levelno >= sink.level and sink.filter(probe))
             self._routes[key] = route
         return route
 

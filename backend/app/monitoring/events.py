@@ -112,10 +112,12 @@ def _derive(
     )
 
 
-def _context_ids() -> tuple[str | None, int | None]:
+def _context_ids(in_request: bool) -> tuple[str | None, int | None]:
     context = peek_log_context()
-    # In a request the ID exists even before the log context is bound (an error in an early hook).
-    request_id = get_request_id() if has_request_context() else context.get("request_id") or context.get("job_id")
+    request_id = context.get("request_id")
+    if request_id is None:
+        # In a request the ID exists even before the log context is bound (an error in an early hook).
+        request_id = get_request_id() if in_request else context.get("job_id")
     user_id = context.get("user_id")
     return (str(request_id) if request_id else None), (int(user_id) if isinstance(user_id, int) else None)
 
@@ -189,7 +191,8 @@ def capture_error(
     else:
         raw_message = str(original)
     method = path = None
-    if has_request_context():
+    in_request = has_request_context()
+    if in_request:
         req = request._get_current_object()  # type: ignore[attr-defined] - one proxy lookup, not five
         if endpoint is None:
             rule = req.url_rule
@@ -211,7 +214,7 @@ def capture_error(
         )
         if len(raw_message) <= _DERIVED_MAX_MESSAGE:
             _derived_cache.put(key, derived)
-    request_id, user_id = _context_ids()
+    request_id, user_id = _context_ids(in_request)
     kind = type(original).__name__
     return PendingEvent(derived, source, code, status_code, kind, endpoint, method, path, request_id, user_id, created)
 
