@@ -371,3 +371,34 @@ def test_client_report_is_rate_limited_per_ip_with_retry_after(make_app: Callabl
     assert 1 <= error["retry_after"] <= 60
     other_ip = client.post(REPORT, json={"message": "x"}, environ_base={"REMOTE_ADDR": "10.1.2.3"})
     assert other_ip.status_code == 202
+
+
+@pytest.mark.parametrize("count", [1, 3, 511, 700])
+def test_a_batch_of_any_size_stores_every_event_once_with_a_time_ordered_id(stats_app: Flask, count: int) -> None:
+    # Raw events are inserted in power-of-two chunks (512, 256 ... 1) and ids are assigned per batch.
+    now = datetime.now(UTC)
+    moments = [now - timedelta(milliseconds=count - i) for i in range(count)]
+    events = [
+        ErrorEventData(
+            event_id=None,
+            occurred_at=moment,
+            fingerprint=fingerprint(source="job", exc_type="E", code="BATCH", endpoint=None, frames=[], message="m"),
+            source="job",
+            code="BATCH",
+            status_code=None,
+            category="PROCESSING",
+            severity="LOW",
+            title="E: m",
+            message=f"event {i}",
+        )
+        for i, moment in enumerate(moments)
+    ]
+    with stats_app.app_context():
+        write_batch(db.engine, events, {})
+        rows = db.session.execute(select(ErrorEvent.event_id, ErrorEvent.message).order_by(ErrorEvent.id)).all()
+        group_count = db.session.scalar(select(ErrorGroup.count).where(ErrorGroup.code == "BATCH"))
+    assert sorted(m for _, m in rows) == sorted(f"event {i}" for i in range(count))
+    ids = [event_id for event_id, _ in rows]
+    assert len(set(ids)) == count and all(uuid.UUID(i).version == 7 for i in ids)
+    assert ids == sorted(ids)  # v7 ids sort by time: a batch appends at the end of the index
+    assert group_count == count
