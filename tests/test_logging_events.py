@@ -253,3 +253,40 @@ def test_admin_health_shows_ok_logs(make_app: Callable[..., Flask]) -> None:
     token = login(client, ADMIN_EMAIL, "admin-password-123")["access_token"]
     body = client.get("/admin/api/monitoring/health/check", headers=bearer(token)).get_json()
     assert body["checks"]["logs"] == "ok"
+
+
+def _security_lines(app: Flask, event_type: str) -> list[dict[str, Any]]:
+    flush_logs()
+    return [r for r in read_log(app, "security.log") if r.get("event_type") == event_type]
+
+
+def test_a_structured_event_reads_the_same_from_the_queue_fast_path_and_through_other_handlers(
+    make_app: Callable[..., Flask],
+) -> None:
+    # With the queue as the only destination the event skips makeRecord and the handler chain; with
+    # any other handler attached it takes the standard path, and that handler gets the record too.
+    app = make_app()
+    headers = {"Authorization": "Bearer sk_live_abcdef0123456789", "User-Agent": "t"}
+    fields = {"code": "X", "headers": headers, "note": "line one\nline two", "password": "hunter2hunter2"}
+    with app.test_request_context("/p", headers={"X-Request-ID": "same-either-way"}):
+        app.preprocess_request()
+        log_security_event("fast_path", "an event", **fields)
+        seen: list[logging.LogRecord] = []
+        other = logging.Handler()
+        other.emit = seen.append  # type: ignore[method-assign]
+        logging.getLogger("oriel.security").addHandler(other)
+        try:
+            log_security_event("standard_path", "an event", **fields)
+        finally:
+            logging.getLogger("oriel.security").removeHandler(other)
+    headers["User-Agent"] = "changed after the call"  # what was logged was frozen when logged
+    assert [r.getMessage() for r in seen] == ["an event"]
+    (fast,) = _security_lines(app, "fast_path")
+    (standard,) = _security_lines(app, "standard_path")
+    for line in (fast, standard):
+        assert line["headers"] == {"Authorization": "[REDACTED]", "User-Agent": "t"}
+        assert line["note"] == "line one\\nline two" and line["password"] == "[REDACTED]"
+        assert line["request_id"] == "same-either-way" and line["path"] == "/p"
+    drop = {"timestamp", "event_type"}
+    assert {k: v for k, v in fast.items() if k not in drop} == {k: v for k, v in standard.items() if k not in drop}
+    assert list(fast) == list(standard)  # same fields, same order
