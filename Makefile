@@ -77,6 +77,12 @@ bench-logging: $(VENV)/.installed-dev
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.bench_logging $(BENCH_ARGS)
 
+.PHONY: bench-error-stack
+## bench-error-stack: req/s and server CPU per request, full app vs bare Flask (200, 404, 401) under gunicorn (installs wrk)
+bench-error-stack: $(VENV)/.installed-dev
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.bench_error_stack $(BENCH_ERROR_STACK_ARGS)
+
 .PHONY: bench-jobs
 ## bench-jobs: no-op jobs/s through the job records (SQLite; Redis + PostgreSQL) and wait after a killed worker
 bench-jobs: $(VENV)/.installed-dev

@@ -125,8 +125,9 @@ def gunicorn(
     ready_path: str = "/api/errors/catalog",
     ready_timeout: float = 30.0,
     worker_connections: int | None = None,
+    app: str = "wsgi:app",
 ) -> Iterator[Server]:
-    """Run `gunicorn wsgi:app` (gthread unless `worker_class` says otherwise) on a free loopback port."""
+    """Run `gunicorn <app>` (gthread unless `worker_class` says otherwise) on a free loopback port."""
     port = free_port()
     args = [
         str(VENV_BIN / "gunicorn"),
@@ -147,7 +148,7 @@ def gunicorn(
         args += ["--worker-connections", str(worker_connections)]
     if preload:
         args.append("--preload")
-    args.append("wsgi:app")
+    args.append(app)
     process = subprocess.Popen(args, cwd=ROOT, env=dict(env), start_new_session=True)
     server = Server(port=port, process=process, env=dict(env))
     try:
