@@ -83,6 +83,11 @@ bench-error-stack: $(VENV)/.installed-dev
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.bench_error_stack $(BENCH_ERROR_STACK_ARGS)
 
+.PHONY: bench-log-throughput
+## bench-log-throughput: log lines/s of the real logging set-up, one process and 4 on one LOG_DIR, every line counted back
+bench-log-throughput: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.bench_log_throughput $(BENCH_LOG_THROUGHPUT_ARGS)
+
 .PHONY: bench-jobs
 ## bench-jobs: no-op jobs/s through the job records (SQLite; Redis + PostgreSQL) and wait after a killed worker
 bench-jobs: $(VENV)/.installed-dev
