@@ -69,8 +69,10 @@ bench-breaker: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_breaker.py
 
 .PHONY: bench bench-logging
-## bench: run every benchmark (figures belong in docs/BENCHMARKS.md)
-bench: bench-logging bench-breaker bench-stats bench-jobs bench-observability bench-hung
+## bench: every benchmark one after another, one report in bench/results/<UTC>.md (BENCH_RUN_ARGS="--quick" or "--only stats,jobs")
+bench: $(VENV)/.installed-dev
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.run_all $(BENCH_RUN_ARGS)
 
 ## bench-logging: requests/s under gunicorn with logging + error statistics on vs off (installs wrk)
 bench-logging: $(VENV)/.installed-dev
