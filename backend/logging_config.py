@@ -1,10 +1,14 @@
 """Structured, process-safe, non-blocking JSON logging for the app and its workers.
 
 Design, and why not simpler:
-- Request threads never touch the disk: a `ContextQueueHandler` on the root logger renders the
-  message, attaches the log context (request ID, user, path...), redacts and neutralises it, then
-  hands it to a bounded queue. A full queue drops the record and counts it rather than block.
-- One listener thread per process drains the queue in batches and appends each batch to its files
+- Request threads never touch the disk and do as little as they can: a `ContextQueueHandler` on
+  the root logger freezes a copy of the record (message rendered, mutable extras copied, traceback
+  rendered, the log context referenced) and hands it to a bounded queue; `log_security_event` and
+  `log_performance_metric`, which run on every request, queue a `StructuredEvent` tuple instead when
+  nothing but the queue would see the record. A full queue drops the record and counts it.
+- One listener thread per process drains the queue in batches; its formatter redacts secrets,
+  neutralises control characters and merges the context while it renders each line (a batch at a
+  time, with warm caches), so no line reaches a file unredacted. Each batch is appended to its files
   under one cross-process lock. The files are `concurrent-log-handler` sinks: it locks around every
   write and rotation and reopens a file another process rotated away. The stdlib
   `RotatingFileHandler` loses and tears lines with several processes (SPEC section 10).
