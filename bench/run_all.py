@@ -184,6 +184,9 @@ def run(bench: Bench, quick: bool, stderr_dir: Path, timeout: float) -> Outcome:
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             returncode = None
+        except KeyboardInterrupt:  # its own session does not see the terminal's Ctrl-C: stop it too
+            _kill_group(proc)
+            raise
         reader.join(30)  # the pipe closes when the group is gone
     seconds = time.monotonic() - t0
     tail = stderr_file.read_text(encoding="utf-8", errors="replace").splitlines()[-STDERR_TAIL:]
@@ -408,7 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {report}", flush=True)
     for index, bench in enumerate(selected):
         print(f"\n===== {bench.name}: {' '.join(_shown(a) for a in bench.command(args.quick))}", flush=True)
-        outcome = run(bench, args.quick, stderr_dir, timeout)
+        try:
+            outcome = run(bench, args.quick, stderr_dir, timeout)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted during {bench.name}; the report keeps the benchmarks before it: {report}")
+            return 130
         outcomes.append(outcome)
         print(f"===== {bench.name}: {outcome.status()} in {_duration(outcome.seconds)}", flush=True)
         report.write_text(render(started, None, raw, env_lines, outcomes, selected[index + 1 :]), encoding="utf-8")
