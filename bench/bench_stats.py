@@ -42,6 +42,7 @@ from backend.app.models import ErrorEvent, ErrorGroup
 from backend.app.monitoring import flush_error_stats, record_error
 from backend.app.monitoring.classify import categorise, severity_for
 from backend.app.monitoring.fingerprint import fingerprint
+from backend.app.monitoring.store import EVENT_COLUMNS
 from config import TestingConfig, normalise_database_url
 
 PG_BASE = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -64,24 +65,6 @@ CODES: list[tuple[str, int, BaseException | None]] = [
     ("RENDERING_TIMEOUT", 500, None),
     ("FFMPEG_ERROR", 500, None),
     ("CLIENT_ERROR", 0, None),
-]
-EVENT_COLUMNS = [
-    "event_id",
-    "group_id",
-    "occurred_at",
-    "source",
-    "code",
-    "status_code",
-    "category",
-    "severity",
-    "message",
-    "exc_type",
-    "endpoint",
-    "method",
-    "path",
-    "request_id",
-    "user_id",
-    "context",
 ]
 
 
