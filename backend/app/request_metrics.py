@@ -4,6 +4,8 @@ The line carries the duration, status and endpoint (method, path, request ID com
 context); error responses also carry the query string and the request headers, redacted, because
 that is what a reader needs to reproduce a failure. `REQUEST_LOGGING_ENABLED=False` keeps only the
 slow-request warning (the benchmark's "logging off" baseline); `SLOW_REQUEST_MS` sets the threshold.
+The same hook calls the request observers other modules add (`add_request_observer`: the error
+statistics count requests there).
 """
 
 from __future__ import annotations
