@@ -299,7 +299,7 @@ def check_error_stats(stack: Stack, ledger: Ledger, windows: list[Window]) -> di
     events per code; (4) every 5xx is a fault's: a checkout during a Stripe fault (plus the breaker's
     recovery time), or a request cut by the kill; no 500 at all.
     """
-    time.sleep(1.5)  # the recorders flush every ERROR_STATS_FLUSH_MS (500 ms)
+    time.sleep(2.5)  # the recorders flush every ERROR_STATS_FLUSH_MS (1,000 ms)
     kill = next(w for w in windows if w.service == "workers")
     in_kill = lambda a: kill.start - 1.0 <= a.at <= kill.start + 3.0  # noqa: E731 - a one-line predicate
     events = {

@@ -90,8 +90,8 @@ def init_error_stats(app: Flask) -> None:
         return
     recorder = ErrorRecorder(
         app,
-        batch_size=int(app.config.get("ERROR_STATS_BATCH_SIZE", 500)),
-        interval=int(app.config.get("ERROR_STATS_FLUSH_MS", 500)) / 1000,
+        batch_size=int(app.config.get("ERROR_STATS_BATCH_SIZE", 1000)),
+        interval=int(app.config.get("ERROR_STATS_FLUSH_MS", 1000)) / 1000,
         capacity=int(app.config.get("ERROR_STATS_BUFFER_SIZE", 10_000)),
         retry_seconds=float(app.config.get("ERROR_STATS_RETRY_SECONDS", RETRY_SECONDS)),
     )

@@ -41,8 +41,8 @@ class ErrorRecorder:
         self,
         app: Flask,
         *,
-        batch_size: int = 500,
-        interval: float = 0.5,
+        batch_size: int = 1000,
+        interval: float = 1.0,
         capacity: int = 10_000,
         retry_seconds: float = RETRY_SECONDS,
     ) -> None:
@@ -203,7 +203,7 @@ class _Writer:
         self._wake.set()
 
     def _interval(self) -> float:
-        return min((r.interval for r in list(self._recorders)), default=0.5)
+        return min((r.interval for r in list(self._recorders)), default=1.0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
