@@ -162,21 +162,15 @@ class ContextQueueHandler(QueueHandler):
         fields["_context"] = _log_context.get()
         return prepared
 
-    def emit_prepared(self, event: StructuredEvent) -> None:
-        """Queue a structured event (see `_emit`); the writer makes its record."""
-        try:
-            self.queue.put_nowait(event)
-        except queue.Full:
-            self.dropped += 1
-            self.last_drop = time.time()
-
     def enqueue(self, record: logging.LogRecord) -> None:
         """Queue without waiting; count what a full queue drops."""
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
-            self.last_drop = time.time()
+        if not self.queue.offer(record):
+            self.count_drop()
+
+    def count_drop(self) -> None:
+        """Count a record the full queue refused (shown by `sink_status` as degraded for a while)."""
+        self.dropped += 1
+        self.last_drop = time.time()
 
 
 class FlatFields(dict[str, Any]):
@@ -483,13 +477,20 @@ class LogQueue:
         self._items: deque[Any] = deque()
         self._ready = threading.Event()  # set when items may be waiting for the writer
 
-    def put_nowait(self, item: Any) -> None:
-        """Queue `item`, or raise `queue.Full` when `maxsize` items are already waiting."""
-        if len(self._items) >= self.maxsize:
-            raise queue.Full
-        self._items.append(item)
+    def offer(self, item: Any) -> bool:
+        """Queue `item` unless `maxsize` items are already waiting; whether it was queued."""
+        items = self._items
+        if len(items) >= self.maxsize:
+            return False
+        items.append(item)
         if not self._ready.is_set():
             self._ready.set()
+        return True
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue `item`, or raise `queue.Full` when `maxsize` items are already waiting."""
+        if not self.offer(item):
+            raise queue.Full
 
     def put(self, item: Any) -> None:
         """Queue `item` whatever the size: stop markers and flush barriers are never dropped."""
@@ -878,7 +879,8 @@ def _emit(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...], e
         message = msg % args if args else msg
         # tuple.__new__: a NamedTuple's own constructor is a Python function, and this runs per request.
         event = (logger.name, level, message, extra, _log_context.get(), time.time(), threading.get_ident())
-        qh.emit_prepared(tuple.__new__(StructuredEvent, event))
+        if not qh.queue.offer(tuple.__new__(StructuredEvent, event)):
+            qh.count_drop()
         return
     record = logger.makeRecord(logger.name, level, "(unknown file)", 0, msg, args, None, "(unknown function)", extra)
     logger.handle(record)
@@ -895,13 +897,8 @@ def log_performance_metric(
 ) -> None:
     """Write a performance metric (request duration, outbound call...) to `performance.log`."""
     if _performance_logger.isEnabledFor(level):
-        _emit(
-            _performance_logger,
-            level,
-            "%s=%s%s",
-            (metric_name, value, unit),
-            {"metric": metric_name, "value": value, "unit": unit, **_safe_extra(fields)},
-        )
+        extra = {"metric": metric_name, "value": value, "unit": unit, **_safe_extra(fields)}
+        _emit(_performance_logger, level, "%s=%s%s", (metric_name, value, unit), extra)
 
 
 def _safe_extra(fields: dict[str, Any]) -> dict[str, Any]:
