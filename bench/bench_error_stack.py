@@ -29,7 +29,7 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from bench.harness import Server, base_env, gunicorn, median, migrate, run_wrk, workdir, wrk_available
+from bench.harness import Server, base_env, gunicorn, interleaved_rounds, median, migrate, workdir, wrk_available
 
 WORKERS = 2  # each capped at connections // WORKERS (see the comment in bench_logging.py)
 THREADS = 4
@@ -100,21 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         for endpoint, (path, _status) in endpoints.items():
             answers[endpoint] = {name: fetch(servers[name], path) for name in names}
-            for name in names:  # warm every server up (imports, first-request caches)
-                run_wrk(servers[name].url(path), seconds=1, connections=args.connections)
-            for rnd in range(args.rounds):
-                order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
-                for name in order:
-                    cpu_before = servers[name].cpu_seconds()
-                    res = run_wrk(servers[name].url(path), seconds=args.seconds, connections=args.connections)
-                    rps[endpoint][name].append(res.rps)
-                    cpu[endpoint][name].append((servers[name].cpu_seconds() - cpu_before) / res.requests * 1e6)
-                    non_2xx[endpoint][name].append((res.non_2xx, res.requests))
-                    print(
-                        f"{endpoint:28} {name:5} round {rnd + 1}: {res.rps:8.1f} req/s"
-                        f" {cpu[endpoint][name][-1]:7.0f} µs CPU/request",
-                        file=sys.stderr,
-                    )
+            rounds = interleaved_rounds(
+                servers, path, rounds=args.rounds, seconds=args.seconds, connections=args.connections, label=endpoint
+            )
+            for name in names:
+                rps[endpoint][name] = [r.rps for r in rounds[name]]
+                cpu[endpoint][name] = [r.cpu_us for r in rounds[name]]
+                non_2xx[endpoint][name] = [(r.non_2xx, r.requests) for r in rounds[name]]
     load_after = os.getloadavg()
 
     print(

@@ -19,7 +19,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.harness import base_env, gunicorn, median, migrate, run_wrk, workdir, wrk_available
+from bench.harness import base_env, gunicorn, interleaved_rounds, median, migrate, workdir, wrk_available
 
 # gthread workers accept greedily: uncapped, one worker often took all of wrk's connections, and that
 # round measured one overloaded worker (req/s halved, CPU per request up by half, either mode). Each
@@ -68,20 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                 gunicorn(env, workers=WORKERS, worker_connections=max(1, args.connections // WORKERS))
             )
         for endpoint, (path, _target) in endpoints.items():
-            for mode in names:  # warm every server up (imports, first-request caches)
-                run_wrk(servers[mode].url(path), seconds=1, connections=args.connections)
-            for rnd in range(args.rounds):
-                order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
-                for mode in order:
-                    cpu_before = servers[mode].cpu_seconds()
-                    res = run_wrk(servers[mode].url(path), seconds=args.seconds, connections=args.connections)
-                    results[endpoint][mode].append(res.rps)
-                    cpu[endpoint][mode].append((servers[mode].cpu_seconds() - cpu_before) / res.requests * 1e6)
-                    print(
-                        f"{endpoint:30} {mode:10} round {rnd + 1}: {res.rps:8.1f} req/s"
-                        f" {cpu[endpoint][mode][-1]:7.0f} µs CPU/request",
-                        file=sys.stderr,
-                    )
+            rounds = interleaved_rounds(
+                servers, path, rounds=args.rounds, seconds=args.seconds, connections=args.connections, label=endpoint
+            )
+            for mode in names:
+                results[endpoint][mode] = [r.rps for r in rounds[mode]]
+                cpu[endpoint][mode] = [r.cpu_us for r in rounds[mode]]
         log_lines = _count_lines(servers["on"].log_dir)
 
     print(

@@ -208,6 +208,41 @@ def run_wrk(url: str, *, seconds: float, connections: int = 16, threads: int = 1
     return LoadResult(float(rps.group(1)), int(total.group(1)), int(non2xx.group(1)) if non2xx else 0)
 
 
+@dataclass
+class Round:
+    """One wrk run against one server: its throughput and the server CPU it cost per request."""
+
+    rps: float
+    cpu_us: float
+    requests: int
+    non_2xx: int
+
+
+def interleaved_rounds(
+    servers: Mapping[str, Server], path: str, *, rounds: int, seconds: float, connections: int, label: str = ""
+) -> dict[str, list[Round]]:
+    """Load `path` on each server in turn, `rounds` times, rotating who goes first (after a 1 s warm-up each).
+
+    Rounds run back to back, so drift on a shared machine hits every server alike; server CPU per
+    request (master + workers, all threads) is read around each run, far steadier than req/s there.
+    """
+    names = list(servers)
+    for name in names:  # warm every server up (imports, first-request caches)
+        run_wrk(servers[name].url(path), seconds=1, connections=connections)
+    results: dict[str, list[Round]] = {name: [] for name in names}
+    for rnd in range(rounds):
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
+            cpu_before = servers[name].cpu_seconds()
+            res = run_wrk(servers[name].url(path), seconds=seconds, connections=connections)
+            cpu_us = (servers[name].cpu_seconds() - cpu_before) / max(1, res.requests) * 1e6
+            results[name].append(Round(res.rps, cpu_us, res.requests, res.non_2xx))
+            print(
+                f"{label:30} {name:10} round {rnd + 1}: {res.rps:8.1f} req/s {cpu_us:7.0f} µs CPU/request",
+                file=sys.stderr,
+            )
+    return results
+
+
 @contextmanager
 def workdir(prefix: str) -> Iterator[Path]:
     """A temporary folder for one benchmark's databases and logs."""
