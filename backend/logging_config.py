@@ -26,7 +26,6 @@ import errno
 import logging
 import logging.config
 import os
-import queue
 import sys
 import threading
 import time
@@ -120,14 +119,15 @@ class ContextQueueHandler(QueueHandler):
     """Freezes a record on the caller's thread and queues it without blocking.
 
     The request thread only copies: the message is rendered (its arguments may change later),
-    mutable extras are copied through `redact_value`, a traceback is rendered, and the log context
-    (an immutable dict, replaced on every bind) is referenced. Redaction, neutralisation and the
-    context merge of everything else happen on the writer thread (`finish_record`), which runs them
-    a batch at a time with warm caches instead of once per record between two requests.
+    mutable extras are copied (`_frozen`), a traceback is rendered, and the log context (an
+    immutable dict, replaced on every bind) is referenced. Redaction, neutralisation and the context
+    merge happen on the writer thread, in the files' formatter (`JsonFormatter.add_fields`;
+    `finish_record` for other handlers), a batch at a time with warm caches instead of once per
+    record between two requests.
     """
 
     def __init__(self, log_queue: LogQueue) -> None:
-        super().__init__(log_queue)  # type: ignore[arg-type] - QueueHandler only calls put_nowait
+        super().__init__(log_queue)  # type: ignore[arg-type] - only our `enqueue` touches the queue
         self.dropped = 0
         self.last_drop: float | None = None
 
@@ -486,11 +486,6 @@ class LogQueue:
         if not self._ready.is_set():
             self._ready.set()
         return True
-
-    def put_nowait(self, item: Any) -> None:
-        """Queue `item`, or raise `queue.Full` when `maxsize` items are already waiting."""
-        if not self.offer(item):
-            raise queue.Full
 
     def put(self, item: Any) -> None:
         """Queue `item` whatever the size: stop markers and flush barriers are never dropped."""
