@@ -1,12 +1,13 @@
 """Database models; importing this package registers every table with the metadata."""
 
 from .alert import AlertDelivery, AlertRule, SloMinute
-from .billing import CreditAccount, CreditEntry, ProcessedStripeEvent
+from .billing import CreditAccount, CreditEntry, CreditPurchase, ProcessedStripeEvent, UnappliedPayment
 from .error_event import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
 from .idempotency import IdempotencyRecord
 from .job import Job, JobStep, JobWorker
 from .media import Render, Upload
 from .outbox import EmailOutbox, PendingSync
+from .service_fault import ServiceFault
 from .user import RevokedToken, User
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "AlertRule",
     "CreditAccount",
     "CreditEntry",
+    "CreditPurchase",
     "EmailOutbox",
     "ErrorCodeHour",
     "ErrorCodeMinute",
@@ -29,7 +31,9 @@ __all__ = [
     "ProcessedStripeEvent",
     "Render",
     "RevokedToken",
+    "ServiceFault",
     "SloMinute",
+    "UnappliedPayment",
     "Upload",
     "User",
 ]

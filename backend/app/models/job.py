@@ -76,6 +76,7 @@ class Job(db.Model):  # type: ignore[name-defined]
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dead_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    archive_reason: Mapped[str | None] = mapped_column(String(500))  # an admin's discard reason (TTL: None)
 
 
 class JobStep(db.Model):  # type: ignore[name-defined]
