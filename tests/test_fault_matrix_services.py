@@ -4,6 +4,8 @@ Each case drives the real SDK through a fault proxy in front of the real local p
 how the failure was classified, how many attempts were made, what the user gets, the breaker's
 state, and that nothing is lost once the peer recovers (the fallback file reaches the bucket,
 the outbox email is sent exactly once, the checkout succeeds with one session for its key).
+A permanent refusal (400, 401) gets no fallback (#13 point 1): it is the real error, never a local
+copy that could never sync; a 401 is SERVICE_MISCONFIGURED for every service.
 Retries do not sleep (`RETRY_SLEEP_ENABLED=False`) and client timeouts are 0.3 s.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from backend.app.errors import APIError
 from backend.app.services import get_email, get_storage
 from backend.app.utils.classifier import ErrorKind, classify
 from backend.app.utils.error_recovery import RecoveryEvent, degraded_services, get_breaker
@@ -97,10 +100,11 @@ def test_stripe_checkout_under_fault(
     check_call(events, "create_checkout_session", fault, "error", proxy)
     _, _, breaker = expected(fault)
     if fault == "400":
-        assert_error(response, 402, "STRIPE_ERROR")
-    elif fault == "401":
-        error = assert_error(response, 503, "PAYMENTS_UNAVAILABLE")
+        error = assert_error(response, 502, "STRIPE_ERROR")  # our request was wrong, not the client's
         assert error["recoverable"] is False
+    elif fault == "401":
+        error = assert_error(response, 503, "SERVICE_MISCONFIGURED")
+        assert error["recoverable"] is False and error["details"]["service"] == "stripe"
         assert any(line["level"] == "CRITICAL" for line in read_log(app, "app.log"))
     else:
         error = assert_error(response, 503, "PAYMENTS_UNAVAILABLE")
@@ -147,7 +151,21 @@ def test_storage_save_under_fault(
     )
     events = recorder(app)
     FAULTS[fault][0](proxy)
-    _, _, breaker = expected(fault)
+    kind, _, breaker = expected(fault)
+    if kind is ErrorKind.PERMANENT:
+        with app.test_request_context():
+            storage = get_storage()
+            with pytest.raises(APIError) as raised:
+                storage.save(f"renders/{fault}.mp4", b"video:" + fault.encode(), "video/mp4")
+            code = {"400": "UPSTREAM_REJECTED", "401": "SERVICE_MISCONFIGURED"}[fault]
+            assert (raised.value.code, raised.value.recoverable) == (code, False)
+            assert degraded_services() == []  # no fallback for a refusal that waiting cannot heal
+            check_call(events, "upload", fault, "error", proxy)
+            assert storage.pending_sync_count() == 0  # nothing kept locally that could never sync
+            assert get_breaker("storage").state.value == "closed"
+            proxy.passthrough()
+            assert storage.save(f"renders/{fault}.mp4", b"fixed", "video/mp4").location == "bucket"
+        return
     with app.test_request_context():
         storage = get_storage()
         stored = storage.save(f"renders/{fault}.mp4", b"video:" + fault.encode(), "video/mp4")
@@ -191,11 +209,15 @@ def test_email_send_under_fault(
     app = make_app(**COMMON, SENDGRID_API_KEY=sendgrid_peer.api_key, SENDGRID_API_HOST=proxy.url, SENDGRID_TIMEOUT=0.3)
     events = recorder(app)
     FAULTS[fault][0](proxy)
-    _, _, breaker = expected(fault)
+    kind, _, breaker = expected(fault)
     keys = [f"matrix-{fault}"]
     with app.test_request_context():
         email = get_email()
         result = email.send("user@example.com", "Your video is ready", "Download it", dedup_key=keys[0])
+        if kind is ErrorKind.PERMANENT:
+            assert result.degraded is False and degraded_services() == []  # no fallback for a refusal
+            check_call(events, "send", fault, "error", proxy)
+            return
         assert (result.status, result.degraded) == ("queued", True)  # kept, and the caller is told so
         assert degraded_services() == ["email"]
         check_call(events, "send", fault, "fallback", proxy)

@@ -211,36 +211,37 @@ def test_webhook_ignores_unpaid_sessions_and_other_events(
     assert credits_of(client, token) == 1
 
 
-def test_stripe_auth_failure_is_a_503_the_user_never_sees_and_a_critical_log(
+def test_stripe_auth_failure_is_a_503_misconfigured_without_the_key_and_a_critical_log(
     make_app: Callable[..., Flask], stripe_peer: StripePeer
 ) -> None:
     app = payments_app(make_app, stripe_peer.url, STRIPE_API_KEY="sk_test_revoked_key_000000000000")
     client = app.test_client()
     token = login(client)["access_token"]
     response = client.post("/api/payments/checkout", json={"pack": "starter"}, headers=bearer(token))
-    body = assert_error(response, 503, "PAYMENTS_UNAVAILABLE")
-    assert "key" not in body["message"].lower() and "sk_test" not in response.get_data(as_text=True)
+    body = assert_error(response, 503, "SERVICE_MISCONFIGURED")
+    assert body["recoverable"] is False and body["details"]["service"] == "stripe"
+    assert "sk_test" not in response.get_data(as_text=True)
     critical = [line for line in read_log(app, "app.log") if line["level"] == "CRITICAL"]
-    assert critical and "STRIPE_API_KEY" in critical[0]["message"]
+    assert critical and "stripe refused this server's credentials" in critical[0]["message"]
     assert "sk_test_revoked" not in json.dumps(critical)
 
 
 def test_translation_table_maps_each_stripe_error_once() -> None:
+    # Refusals of our credentials (AuthenticationError, PermissionError) never reach this table: every
+    # service's are SERVICE_MISCONFIGURED, decided by with_error_recovery (the test above).
     cases = [
         (stripe.CardError("declined", "card", "card_declined"), 402, "PAYMENT_DECLINED", True),
-        (stripe.AuthenticationError("bad key"), 503, "PAYMENTS_UNAVAILABLE", False),
-        (stripe.PermissionError("no"), 503, "PAYMENTS_UNAVAILABLE", False),
         (stripe.RateLimitError("slow down", headers={"Retry-After": "7"}), 503, "PAYMENTS_UNAVAILABLE", True),
         (stripe.APIConnectionError("refused"), 503, "PAYMENTS_UNAVAILABLE", True),
         (stripe.APIError("boom", http_status=500), 503, "PAYMENTS_UNAVAILABLE", True),
-        (stripe.InvalidRequestError("bad param", "mode"), 402, "STRIPE_ERROR", False),
+        (stripe.InvalidRequestError("bad param", "mode"), 502, "STRIPE_ERROR", False),
         (stripe.IdempotencyError("reused key"), 422, "IDEMPOTENCY_KEY_REUSED", False),
     ]
     for exc, status, code, recoverable in cases:
         translated = translate_stripe_error(exc)
         assert isinstance(translated, APIError)
         assert (translated.status_code, translated.code, translated.recoverable) == (status, code, recoverable), exc
-    assert translate_stripe_error(cases[3][0]).retry_after == 7
+    assert translate_stripe_error(cases[1][0]).retry_after == 7
 
 
 def test_packs_parse_from_tuples_dicts_and_json() -> None:

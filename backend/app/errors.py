@@ -149,8 +149,10 @@ class PaymentError(APIError):
 
 
 class StripeError(PaymentError):
-    """The payment provider rejected the request."""
+    """The payment provider refused this server's request; the client did nothing wrong."""
 
+    # Not a 402: our request to Stripe was wrong (a bug or a setting), so it is a gateway failure.
+    status_code = 502
     code = "STRIPE_ERROR"
 
 
@@ -207,8 +209,21 @@ class ExternalServiceError(APIError):
     recoverable = True
     extra_codes = {
         "SERVICE_NOT_CONFIGURED": ("The service this operation needs is not configured on this server.", False),
+        "SERVICE_MISCONFIGURED": (
+            "The service this operation needs refused this server's credentials or permissions; "
+            "an operator must fix the configuration.",
+            False,
+        ),
         "CIRCUIT_OPEN": ("The service is failing and calls are paused; retry after `retry_after` seconds.", True),
     }
+
+
+class UpstreamRejectedError(ExternalServiceError):
+    """An external service refused this server's request as invalid; the client did nothing wrong."""
+
+    status_code = 502
+    code = "UPSTREAM_REJECTED"
+    recoverable = False
 
 
 class StorageError(ExternalServiceError):

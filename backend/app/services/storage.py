@@ -35,7 +35,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import APIError, NotFoundError, StorageError, ValidationError
+from ..errors import APIError, NotFoundError, StorageError, UpstreamRejectedError, ValidationError
 from ..extensions import db
 from ..models.outbox import PendingSync
 from ..models.user import utcnow
@@ -71,8 +71,17 @@ def check_key(key: str) -> str:
 
 
 def translate_storage_error(exc: BaseException) -> APIError:
-    """Our error for a failed bucket call (the adapter's one translation table)."""
+    """Our error for a failed bucket call (the adapter's one translation table).
+
+    A refusal of our credentials never reaches here (`with_error_recovery` makes it SERVICE_MISCONFIGURED);
+    any other permanent refusal (400: our request was wrong) is UPSTREAM_REJECTED; the rest is an outage.
+    """
     verdict = classify(exc)
+    if not verdict.retryable:
+        return UpstreamRejectedError(
+            "File storage refused this server's request; this is not your fault. Quote the request ID.",
+            details={"service": SERVICE},
+        )
     return StorageError(
         "File storage is unavailable right now. Retry later.",
         details={"service": SERVICE, "reason": verdict.kind.value},

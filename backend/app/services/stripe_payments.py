@@ -9,12 +9,12 @@ Stripe exceptions are translated once, in `translate_stripe_error`:
 
 | Stripe | we raise | status |
 | --- | --- | --- |
-| CardError | `PaymentError` PAYMENT_DECLINED (recoverable: use another card) | 402 |
-| AuthenticationError, PermissionError | `PaymentsUnavailableError`, logged CRITICAL, details hidden | 503 |
+| CardError | `PaymentError` PAYMENT_DECLINED (use another card) | 402 |
+| AuthenticationError, PermissionError | SERVICE_MISCONFIGURED, logged CRITICAL (by `with_error_recovery`) | 503 |
 | RateLimitError (after our retries) | `PaymentsUnavailableError` with `retry_after` | 503 |
 | APIConnectionError, APIError 5xx (after retries) | `PaymentsUnavailableError` (recoverable) | 503 |
 | IdempotencyError (a client key reused with other parameters) | `IdempotencyKeyReusedError` (one code app-wide) | 422 |
-| InvalidRequestError | `StripeError` STRIPE_ERROR, logged ERROR (our request is wrong) | 402 |
+| InvalidRequestError | `StripeError` STRIPE_ERROR, logged ERROR (our request is wrong, not the client's) | 502 |
 
 The retry layer classifies the raw Stripe exceptions (declines and auth problems are permanent and
 never trip the `stripe` breaker; rate limits are throttled; connection problems transient).
@@ -97,17 +97,7 @@ def translate_stripe_error(exc: BaseException) -> APIError:
         decline_code = getattr(getattr(exc, "error", None), "decline_code", None)
         if decline_code:
             details["decline_code"] = str(decline_code)
-        return PaymentError("Your payment was declined. Try another card.", "PAYMENT_DECLINED", details, True)
-    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
-        # An operator problem (wrong or revoked key): page someone, tell the user only that payments are down.
-        logger.critical(
-            "Stripe rejected our credentials (%s, request %s): check STRIPE_API_KEY",
-            type(exc).__name__,
-            getattr(exc, "request_id", None),
-        )
-        return PaymentsUnavailableError(
-            "Payments are unavailable right now. Retry later.", details={"service": SERVICE}, recoverable=False
-        )
+        return PaymentError("Your payment was declined. Try another card.", "PAYMENT_DECLINED", details)
     if isinstance(exc, stripe.IdempotencyError):
         return IdempotencyKeyReusedError(
             "This Idempotency-Key was already used for a different request; use a new key.",
@@ -120,7 +110,10 @@ def translate_stripe_error(exc: BaseException) -> APIError:
             getattr(exc, "param", None),
             getattr(exc, "request_id", None),
         )
-        return StripeError("The payment provider rejected the request.", details={"service": SERVICE})
+        return StripeError(
+            "The payment provider refused this server's request; this is not your fault. Quote the request ID.",
+            details={"service": SERVICE},
+        )
     retry_after = math.ceil(verdict.retry_after) if verdict.retry_after is not None else None
     return PaymentsUnavailableError(
         "Payments are unavailable right now. Retry later.",

@@ -9,6 +9,16 @@ so a failure is judged once and the same way everywhere. HTTP status policy (see
 
 A provider's explicit verdict wins over the status: Stripe's `Stripe-Should-Retry` header.
 
+Two further facts ride on a verdict, for the callers that must treat them differently:
+
+- `misconfigured`: the peer refused this server's credentials or permissions (401, 403, 407, Stripe's
+  AuthenticationError/PermissionError, google-auth credential errors). Permanent, and not the
+  caller's fault: an operator must fix a key or a permission (the service shows `misconfigured`).
+- `ambiguous`: the request may have reached the peer and been acted on, but no answer came back (a
+  read timeout, a connection reset or closed after sending). Transient, yet repeating it may do the
+  work twice: only a peer that de-duplicates (an idempotency key) may be retried at once. A refused
+  connection, a connect timeout or an HTTP error status is never ambiguous: nothing was done.
+
 Exceptions this module does not recognise: the OSError family (I/O, sockets) is TRANSIENT except
 the file-system errors that cannot heal by waiting (missing file, permission); everything else
 (TypeError, ValueError, KeyError... programming errors) is PERMANENT, so a bug is never retried.
@@ -20,6 +30,7 @@ none of its exceptions can exist, and classifying stays cheap.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import math
 import socket
 import subprocess
@@ -51,6 +62,8 @@ class Classification:
     retry_after: float | None = None
     reason: str = ""
     status: int | None = None
+    misconfigured: bool = False  # our credentials or permissions were refused (see the module docstring)
+    ambiguous: bool = False  # the peer may have acted on the request (see the module docstring)
 
     @property
     def retryable(self) -> bool:
@@ -60,6 +73,8 @@ class Classification:
 
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 410, 411, 413, 414, 415, 422})
 TRANSIENT_CLIENT_STATUSES = frozenset({408, 425})
+#: Statuses that refuse who we are (credentials, permissions, proxy authentication): an operator must act.
+MISCONFIGURED_STATUSES = frozenset({401, 403, 407})
 
 # File-system errors that waiting cannot fix.
 _PERMANENT_OS_ERRORS: tuple[type[OSError], ...] = (
@@ -117,7 +132,7 @@ def classify_status(status: int | None, headers: Any = None, *, reason: str = ""
     if status >= 500 or status in TRANSIENT_CLIENT_STATUSES:
         # A 503 may also say when to come back; keep it so the wait honours it.
         return Classification(ErrorKind.TRANSIENT, parse_retry_after(header(headers, "Retry-After")), label, status)
-    return Classification(ErrorKind.PERMANENT, None, label, status)
+    return Classification(ErrorKind.PERMANENT, None, label, status, misconfigured=status in MISCONFIGURED_STATUSES)
 
 
 def _api_error(exc: APIError) -> Classification:
@@ -142,10 +157,12 @@ def _stripe(exc: BaseException, stripe: Any) -> Classification | None:
     headers = getattr(exc, "headers", None)
     should_retry = header(headers, "Stripe-Should-Retry")
     if isinstance(exc, stripe.APIConnectionError):
-        return Classification(ErrorKind.TRANSIENT, None, f"stripe {name}", status)
-    permanent = (stripe.CardError, stripe.AuthenticationError, stripe.PermissionError, stripe.IdempotencyError)
-    if isinstance(exc, (*permanent, stripe.SignatureVerificationError)):
-        # Declines need the user; auth/permission need an operator; a reused key needs a new request.
+        # The SDK does not say whether the request went out; every Stripe write carries our idempotency key.
+        return Classification(ErrorKind.TRANSIENT, None, f"stripe {name}", status, ambiguous=True)
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return Classification(ErrorKind.PERMANENT, None, f"stripe {name}", status, misconfigured=True)
+    if isinstance(exc, stripe.CardError | stripe.IdempotencyError | stripe.SignatureVerificationError):
+        # Declines need the user; a reused key needs a new request.
         return Classification(ErrorKind.PERMANENT, None, f"stripe {name}", status)
     if should_retry is not None and str(should_retry).lower() == "false":
         return Classification(ErrorKind.PERMANENT, None, f"stripe {name} (Stripe-Should-Retry: false)", status)
@@ -177,7 +194,8 @@ def _google_auth(exc: BaseException, gauth: Any) -> Classification | None:
     name = type(exc).__name__
     if isinstance(exc, gauth.TransportError | gauth.TimeoutError) or getattr(exc, "retryable", False):
         return Classification(ErrorKind.TRANSIENT, None, f"google-auth {name}", None)
-    return Classification(ErrorKind.PERMANENT, None, f"google-auth {name} (credentials)", None)
+    # google-cloud-storage surfaces a 401 from the bucket as InvalidOperation (it cannot refresh the token).
+    return Classification(ErrorKind.PERMANENT, None, f"google-auth {name} (credentials)", None, misconfigured=True)
 
 
 def _sendgrid(exc: BaseException, phc: Any) -> Classification | None:
@@ -195,9 +213,30 @@ def _requests(exc: BaseException, rexc: Any) -> Classification | None:
     if isinstance(exc, rexc.HTTPError) and response is not None:
         return classify_status(response.status_code, response.headers, reason=f"requests {name} {response.status_code}")
     if isinstance(exc, rexc.ConnectionError | rexc.Timeout | rexc.ChunkedEncodingError | rexc.ContentDecodingError):
-        return Classification(ErrorKind.TRANSIENT, None, f"requests {name}", None)
+        ambiguous = _requests_ambiguous(exc, rexc)
+        return Classification(ErrorKind.TRANSIENT, None, f"requests {name}", None, ambiguous=ambiguous)
     # InvalidURL, MissingSchema, InvalidHeader, TooManyRedirects: the request itself is wrong.
     return Classification(ErrorKind.PERMANENT, None, f"requests {name}", None)
+
+
+def _requests_ambiguous(exc: BaseException, rexc: Any) -> bool:
+    """Whether a requests failure may have happened after the request reached the peer."""
+    if isinstance(exc, rexc.ConnectTimeout):
+        return False  # never connected
+    if isinstance(exc, rexc.Timeout | rexc.ChunkedEncodingError | rexc.ContentDecodingError):
+        return True  # sent, then the answer stalled or broke off
+    inner = exc.args[0] if exc.args else None
+    uexc = sys.modules.get("urllib3.exceptions")
+    if uexc is not None and isinstance(inner, BaseException):
+        return _urllib3_ambiguous(inner, uexc)
+    return True  # unknown: assume the peer may have acted
+
+
+def _urllib3_ambiguous(exc: BaseException, uexc: Any) -> bool:
+    if isinstance(exc, uexc.MaxRetryError):
+        return exc.reason is None or _urllib3_ambiguous(exc.reason, uexc)
+    # Never connected: False. Read timeouts, protocol errors (reset, closed mid-answer), anything unknown: True.
+    return not isinstance(exc, uexc.NewConnectionError | uexc.ConnectTimeoutError)
 
 
 def _urllib3(exc: BaseException, uexc: Any) -> Classification | None:
@@ -206,7 +245,7 @@ def _urllib3(exc: BaseException, uexc: Any) -> Classification | None:
     name = type(exc).__name__
     if isinstance(exc, uexc.LocationValueError | uexc.LocationParseError):
         return Classification(ErrorKind.PERMANENT, None, f"urllib3 {name}", None)
-    return Classification(ErrorKind.TRANSIENT, None, f"urllib3 {name}", None)
+    return Classification(ErrorKind.TRANSIENT, None, f"urllib3 {name}", None, ambiguous=_urllib3_ambiguous(exc, uexc))
 
 
 def _sqlalchemy(exc: BaseException, saexc: Any) -> Classification | None:
@@ -229,13 +268,18 @@ def _builtin(exc: BaseException) -> Classification:
     if isinstance(exc, urllib.error.HTTPError):
         return classify_status(exc.code, exc.headers, reason=f"urllib HTTPError {exc.code}")
     if isinstance(exc, urllib.error.URLError):
+        # urllib wraps only what fails while connecting or sending: the peer never had the whole request.
         return Classification(ErrorKind.TRANSIENT, None, f"urllib URLError ({exc.reason})", None)
     if isinstance(exc, subprocess.TimeoutExpired):
         return Classification(ErrorKind.TRANSIENT, None, "subprocess timed out", None)
     if isinstance(exc, subprocess.CalledProcessError):
         return Classification(ErrorKind.PERMANENT, None, f"subprocess exited with {exc.returncode}", None)
-    if isinstance(exc, TimeoutError | ConnectionError | socket.gaierror | socket.herror):
+    if isinstance(exc, ConnectionRefusedError | socket.gaierror | socket.herror):
         return Classification(ErrorKind.TRANSIENT, None, name, None)
+    if isinstance(exc, TimeoutError | ConnectionError | http.client.HTTPException):
+        # Raised bare while waiting for or reading the answer (urllib's getresponse, http.client): the
+        # request went out, so the peer may have acted on it.
+        return Classification(ErrorKind.TRANSIENT, None, name, None, ambiguous=True)
     if isinstance(exc, _PERMANENT_OS_ERRORS):
         return Classification(ErrorKind.PERMANENT, None, name, None)
     if isinstance(exc, OSError):

@@ -7,15 +7,21 @@ Per call: the service's retry budget counts it; each attempt asks the service's 
 admission (an open breaker fails fast with 503 `CIRCUIT_OPEN` and `Retry-After`) and reports its
 outcome; failures are classified once; TRANSIENT and THROTTLED ones are retried (full jitter,
 `Retry-After` honoured, within `timeout` seconds in total) when the call is idempotent, as long
-as the budget allows. When all that fails:
+as the budget allows (`retry_ambiguous=False`: never after a failure the peer may have acted on).
+When all that fails:
 
-- with a `fallback`, it is called as `fallback(exc, *args, **kwargs)` with the original exception;
-  the request is marked degraded (`degraded_services()`), a WARNING is logged and the event counted.
-  Fallbacks must be real (a local copy, an outbox), never sample data.
-- without one, the error propagates as an `APIError`: our own errors unchanged, others through
-  `translate(exc)` (adapters pass their own table) or, by default, `ExternalServiceError`, raised
-  `from` the original. Builtin programming errors (TypeError, KeyError...) propagate unchanged:
-  they are bugs and must reach the 500 handler with their traceback.
+- with a `fallback`, and only for a failure of the dependency itself (classified TRANSIENT or
+  THROTTLED, or an open breaker), it is called as `fallback(exc, *args, **kwargs)` with the
+  original exception; the request is marked degraded (`degraded_services()`), a WARNING is logged
+  and the event counted. Fallbacks must be real (a local copy, an outbox), never sample data.
+  A programming error or a permanent refusal never gets the fallback: a local copy of a file the
+  bucket refuses for good could never sync, and a bug answered as `degraded` would hide it.
+- otherwise the error propagates as an `APIError`: our own errors unchanged; a refusal of our
+  credentials or permissions (`Classification.misconfigured`) as 503 `SERVICE_MISCONFIGURED`, for
+  every service alike; others through `translate(exc)` (adapters pass their own table) or, by
+  default, `ExternalServiceError`, raised `from` the original. Builtin programming errors
+  (TypeError, KeyError...) propagate unchanged: they are bugs and must reach the 500 handler with
+  their traceback.
 
 Idempotency: `idempotent=True` allows retries; `idempotent=None` (the default) allows them only
 when the call passes a truthy `idempotency_key=` keyword argument, so a POST without a key is tried
@@ -35,7 +41,7 @@ from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 from ...logging_config import log_performance_metric
-from ..errors import APIError, ExternalServiceError
+from ..errors import APIError, ExternalServiceError, UpstreamRejectedError
 from .breaker_store import BreakerConfig, BreakerState, Outcome
 from .circuit_breaker import (
     KNOWN_SERVICES,
@@ -87,6 +93,7 @@ __all__ = [
     "init_resilience",
     "is_breaker_failure",
     "mark_degraded",
+    "misconfigured_error",
     "parse_retry_after",
     "with_error_recovery",
 ]
@@ -100,6 +107,23 @@ Translator = Callable[[BaseException], APIError]
 Fallback = Callable[..., Any]
 
 
+def misconfigured_error(service: str, operation: str) -> ExternalServiceError:
+    """503 SERVICE_MISCONFIGURED: `service` refused this server's credentials or permissions for good."""
+    return ExternalServiceError(
+        f"The {service} service refused this server's credentials or permissions; "
+        "an operator must fix the configuration. Retrying will not help until then.",
+        code="SERVICE_MISCONFIGURED",
+        details={"service": service, "operation": operation},
+    )
+
+
+def serves_fallback(exc: BaseException, verdict: Classification | None) -> bool:
+    """Whether a failure is the dependency's own (transient, throttled, or its breaker open): only then a fallback."""
+    if isinstance(exc, CircuitOpenError):
+        return True
+    return (verdict if verdict is not None else classify(exc)).retryable
+
+
 def default_translate(exc: BaseException, service: str, operation: str) -> BaseException:
     """Our error for a failure no adapter translated: `ExternalServiceError`, or the bug itself."""
     if isinstance(exc, APIError):
@@ -107,6 +131,11 @@ def default_translate(exc: BaseException, service: str, operation: str) -> BaseE
     verdict = classify(exc)
     if type(exc).__module__ == "builtins" and not isinstance(exc, OSError):
         return exc  # TypeError, KeyError...: a bug, not an outage
+    if not verdict.retryable:
+        return UpstreamRejectedError(
+            f"The {service} service refused this server's request; this is not your fault. Quote the request ID.",
+            details={"service": service, "operation": operation},
+        )
     retry_after = math.ceil(verdict.retry_after) if verdict.retry_after is not None else None
     return ExternalServiceError(
         f"The {service} service could not complete the request. Retry later.",
@@ -128,6 +157,7 @@ def call_with_recovery(
     idempotent: bool | None = None,
     timeout: float | None = None,
     translate: Translator | None = None,
+    retry_ambiguous: bool = True,
 ) -> T:
     """Run `fn(*args, **kwargs)` with the full recovery stack (what the decorator does per call)."""
     res = current_resilience()
@@ -138,6 +168,7 @@ def call_with_recovery(
         res.retry_defaults,
         max_retries=max_retries,
         idempotent=allowed,
+        retry_ambiguous=retry_ambiguous,
         deadline=timeout if timeout is not None else res.retry_defaults.deadline,
     )
     record = RetryRecord()
@@ -161,16 +192,35 @@ def call_with_recovery(
             res.count(service, "budget_exhausted")
         if rejected:
             res.count(service, "rejected")
-        if fallback is not None:
+        if fallback is not None and serves_fallback(exc, record.classification):
             return _serve_fallback(res, fallback, exc, args, kwargs, service, operation, record, duration, translate)
         _report(res, service, operation, "rejected" if rejected else "error", record, duration, exc)
-        translated = translate(exc) if translate is not None and not isinstance(exc, APIError) else None
-        final = translated if translated is not None else default_translate(exc, service, operation)
+        final = _final_error(exc, service, operation, translate)
         if final is exc:
             raise
         raise final from exc
     _report(res, service, operation, "ok", record, time.perf_counter() - started, None)
     return result
+
+
+def _final_error(exc: Exception, service: str, operation: str, translate: Translator | None) -> BaseException:
+    """The error a failed call raises (see the module docstring): ours, misconfigured, translated or the bug."""
+    if isinstance(exc, APIError):
+        return exc
+    verdict = classify(exc)
+    if verdict.misconfigured:
+        # A key revoked or a permission missing: nothing heals by waiting, so page an operator.
+        logger.critical(
+            "%s refused this server's credentials or permissions in %s: %s (%s); fix the configuration",
+            service,
+            operation,
+            type(exc).__name__,
+            verdict.reason,
+            extra={"service": service, "operation": operation, "error_code": "SERVICE_MISCONFIGURED"},
+        )
+        return misconfigured_error(service, operation)
+    translated = translate(exc) if translate is not None else None
+    return translated if translated is not None else default_translate(exc, service, operation)
 
 
 def _serve_fallback(
@@ -244,6 +294,7 @@ def with_error_recovery(
     idempotent: bool | None = None,
     timeout: float | None = None,
     translate: Translator | None = None,
+    retry_ambiguous: bool = True,
 ) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Guard a function with breaker, retries, retry budget and an optional fallback (module docstring)."""
     if max_retries < 0:
@@ -263,6 +314,7 @@ def with_error_recovery(
                 idempotent=idempotent,
                 timeout=timeout,
                 translate=translate,
+                retry_ambiguous=retry_ambiguous,
             )
 
         guarded.recovery = {"service": service, "operation": operation}  # type: ignore[attr-defined]

@@ -3,7 +3,10 @@
 Only failures the classifier calls TRANSIENT or THROTTLED are retried, and only when the call is
 safe to repeat: the policy says `idempotent=True`, which callers set for reads and for writes that
 carry an idempotency key. A THROTTLED failure waits what the peer asked for (`Retry-After`);
-if that wait would cross the deadline, we stop at once rather than sleep past it.
+if that wait would cross the deadline, we stop at once rather than sleep past it. A write the peer
+cannot de-duplicate (an email) sets `retry_ambiguous=False`: it is repeated after failures that
+prove nothing happened (refused, 5xx, 429), never after one that may have been acted on (a timeout
+after sending), which its owner replays later, visibly.
 
 Never stack these retries on an SDK's own: an adapter that uses this layer sets the SDK's retries
 to zero (`stripe.max_network_retries = 0`, google `retry=None`; SendGrid has none), or the worst
@@ -40,6 +43,7 @@ class RetryPolicy:
     max_delay: float = 5.0  # cap on one backoff wait (a peer's Retry-After may exceed it, within the deadline)
     deadline: float = 20.0  # total seconds for every attempt and wait
     idempotent: bool = False  # only then is a failed call repeated
+    retry_ambiguous: bool = True  # False: never repeat a call the peer may already have acted on
 
 
 @dataclass
@@ -99,6 +103,9 @@ def call_with_retry(
             return False
         if not policy.idempotent:
             rec.stop_reason = "not_idempotent"
+            return False
+        if verdict.ambiguous and not policy.retry_ambiguous:
+            rec.stop_reason = "ambiguous"  # the peer may have done it: repeating could do it twice
             return False
         return True
 
