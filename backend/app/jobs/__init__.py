@@ -17,7 +17,8 @@ no dependency (redis-py is already pinned for breakers and rate limits).
 Settings (app.config, all optional; config.py reads them from the environment): JOBS_LEASE_SECONDS
 (30), JOBS_HEARTBEAT_SECONDS (lease/3), JOBS_POLL_SECONDS (1), JOBS_CONCURRENCY (1),
 JOBS_SHUTDOWN_GRACE_SECONDS (30), DEAD_LETTER_TTL_DAYS (7), JOBS_SUCCEEDED_RETENTION_DAYS (14),
-JOBS_IMPORTS (modules that register kinds, imported by workers), REDIS_URL.
+JOBS_IMPORTS (modules that register kinds, imported when the app is built, so every process that
+can enqueue a job (a view, `flask jobs enqueue`) knows the same kinds as the workers), REDIS_URL.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ EXTENSION = "jobs"
 __all__ = [
     "REGISTRY",
     "JobContext",
+    "JobImportError",
     "JobKind",
     "JobsRuntime",
     "LeaseLostError",
@@ -129,10 +131,21 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop("jobs_wake", None)
 
 
+class JobImportError(ImportError):
+    """A module named in JOBS_IMPORTS cannot be imported."""
+
+
 def import_job_modules(app: Flask) -> None:
-    """Import the modules listed in JOBS_IMPORTS so their kinds are registered (workers call this)."""
-    for name in app.config.get("JOBS_IMPORTS") or ():
-        importlib.import_module(name)
+    """Import the modules listed in JOBS_IMPORTS so their kinds are registered (idempotent)."""
+    names = app.config.get("JOBS_IMPORTS") or ()
+    if isinstance(names, str):  # set in app config as "a.b, c.d" rather than a tuple
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            # Fail the start, loudly: a worker or web process missing kinds would dead-letter their jobs.
+            raise JobImportError(f"JOBS_IMPORTS names {name!r}, which cannot be imported: {exc}") from exc
 
 
 def init_jobs(app: Flask) -> None:
@@ -146,6 +159,7 @@ def init_jobs(app: Flask) -> None:
         event.listen(Session, "after_commit", _wake_after_commit)
         event.listen(Session, "after_rollback", _forget_after_rollback)
     register_commands(app)
+    import_job_modules(app)
 
 
 def worker_heartbeats(*, now: datetime | None = None, include_stopped: bool = False) -> list[dict[str, Any]]:

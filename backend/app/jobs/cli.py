@@ -44,7 +44,8 @@ def register_commands(app: Flask) -> None:
     @click.option("--key", default=None, help="Idempotency key (one job per kind and key).")
     def enqueue_command(kind: str, payload: str, key: str | None) -> None:
         """Enqueue one job of KIND."""
-        from .records import enqueue
+        from .records import UnknownJobKindError, enqueue
+        from .registry import REGISTRY
 
         try:
             body = json.loads(payload)
@@ -52,7 +53,13 @@ def register_commands(app: Flask) -> None:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
         if not isinstance(body, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--payload")
-        job = enqueue(kind, body, idempotency_key=key)
+        try:
+            job = enqueue(kind, body, idempotency_key=key)
+        except UnknownJobKindError as exc:
+            known = ", ".join(sorted(k.name for k in REGISTRY.kinds()))
+            raise click.ClickException(
+                f"Unknown job kind {kind!r} (known: {known}); modules that register more go in JOBS_IMPORTS."
+            ) from exc
         click.echo(json.dumps({"id": job.id, "kind": job.kind, "status": job.status}))
 
     @group.command("status")
