@@ -279,7 +279,7 @@ def test_registry_applies_service_defaults_and_overrides_and_shares_listeners() 
     assert set(registry.all()) == {"stripe", "storage", "email", "rendering", "database"}
     assert registry.get("stripe").config.min_calls == 20
     assert registry.get("stripe").config.recovery_timeout == 10
-    assert registry.get("database").config.slow_call_seconds == 5.0
+    assert registry.get("database").config.slow_call_seconds == 1.5  # below the 3 s connect timeout (#13 point 8)
     assert registry.get("rendering").config.slow_call_seconds is None
     recorder = Recorder()
     registry.add_listener(recorder)  # reaches breakers created before and after

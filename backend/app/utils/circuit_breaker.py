@@ -35,12 +35,16 @@ T = TypeVar("T")
 KNOWN_SERVICES = ("stripe", "storage", "email", "rendering", "database")
 
 #: Per-service defaults on top of `BreakerConfig()`; `CIRCUIT_BREAKERS` in app config overrides them.
+#: A slow call must be slower than normal yet faster than the adapter's timeout, or a peer that answers
+#: just before timing out never trips its breaker: half of each adapter's default timeout (STRIPE_TIMEOUT
+#: 10 s, GCS_TIMEOUT 10 s, SENDGRID_TIMEOUT 5 s, PostgreSQL connect_timeout 3 s). An app derives them from
+#: its configured timeouts instead (`resilience.slow_call_defaults`).
 SERVICE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
-    "stripe": {"slow_call_seconds": 15.0},
-    "storage": {"slow_call_seconds": 30.0},
-    "email": {"slow_call_seconds": 15.0},
+    "stripe": {"slow_call_seconds": 5.0},
+    "storage": {"slow_call_seconds": 5.0},
+    "email": {"slow_call_seconds": 2.5},
     "rendering": {},  # renders take minutes by design; their own timeout bounds them
-    "database": {"slow_call_seconds": 5.0},
+    "database": {"slow_call_seconds": 1.5},
 }
 
 
@@ -241,9 +245,11 @@ class BreakerRegistry:
         timer: Callable[[], float] = time.perf_counter,
         listeners: Iterable[BreakerListener] | None = None,
         services: Iterable[str] = KNOWN_SERVICES,
+        service_defaults: Mapping[str, Mapping[str, Any]] = SERVICE_DEFAULTS,
     ) -> None:
         self.store: BreakerStore = store or MemoryBreakerStore()
         self.defaults = defaults or BreakerConfig()
+        self.service_defaults = {k: dict(v) for k, v in service_defaults.items()}
         self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
         self._clock = clock
         self._timer = timer
@@ -260,7 +266,7 @@ class BreakerRegistry:
 
     def config_for(self, name: str) -> BreakerConfig:
         """Defaults, then the service's built-in defaults, then `CIRCUIT_BREAKERS['*']` and `[name]`."""
-        merged: dict[str, Any] = {**SERVICE_DEFAULTS.get(name, {}), **self.overrides.get("*", {})}
+        merged: dict[str, Any] = {**self.service_defaults.get(name, {}), **self.overrides.get("*", {})}
         merged.update(self.overrides.get(name, {}))
         return replace(self.defaults, **merged)
 

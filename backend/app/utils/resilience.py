@@ -10,7 +10,10 @@ Settings (all optional):
 - `CIRCUIT_BREAKER_STORAGE`: "auto" (default: Redis when `REDIS_URL` is set) or "memory".
 - `CIRCUIT_BREAKER_KEY_PREFIX` (default "oriel:"), `CIRCUIT_BREAKER_REDIS_TIMEOUT` (seconds, 0.25),
   `CIRCUIT_BREAKER_REDIS_PROBE_INTERVAL` (seconds between Redis probes during an outage, 2.0).
-- `CIRCUIT_BREAKERS`: `{"stripe": {"min_calls": 10}, "*": {...}}`, fields of `BreakerConfig`.
+- `CIRCUIT_BREAKERS`: `{"stripe": {"min_calls": 10}, "*": {...}}`, fields of `BreakerConfig`. Without an
+  explicit `slow_call_seconds`, a service's slow-call threshold is half its adapter's timeout
+  (`STRIPE_TIMEOUT`, `GCS_TIMEOUT`, `SENDGRID_TIMEOUT`, the database's connect timeout), so a peer that
+  answers just before timing out still trips its breaker; an explicit one at or above it is warned about.
 - `RETRY_SLEEP_ENABLED` (default True; tests set False so retries do not sleep),
   `RETRY_BASE_DELAY` (0.2), `RETRY_MAX_DELAY` (5.0), `RETRY_DEADLINE` (20.0).
 - `RETRY_BUDGET_RATIO` (0.2), `RETRY_BUDGET_WINDOW` (10.0), `RETRY_BUDGET_MIN_PER_SECOND` (0.5).
@@ -31,7 +34,7 @@ from typing import Any
 from flask import Flask, current_app, g, has_app_context
 
 from .breaker_store import BreakerStore, MemoryBreakerStore
-from .circuit_breaker import BreakerRegistry, CircuitBreaker
+from .circuit_breaker import SERVICE_DEFAULTS, BreakerRegistry, CircuitBreaker
 from .retry import RetryPolicy, no_sleep
 from .retry_budget import BudgetConfig, BudgetRegistry
 
@@ -105,11 +108,52 @@ class Resilience:
         }
 
 
+#: Each guarded service's adapter timeout: its config key and default (seconds).
+ADAPTER_TIMEOUTS: Mapping[str, tuple[str, float]] = {
+    "stripe": ("STRIPE_TIMEOUT", 10.0),
+    "storage": ("GCS_TIMEOUT", 10.0),
+    "email": ("SENDGRID_TIMEOUT", 5.0),
+}
+SLOW_FRACTION = 0.5  # of the timeout: slower than this is "slow", well before "failed"
+
+
+def adapter_timeouts(config: Mapping[str, Any]) -> dict[str, float]:
+    """The timeout, in seconds, of every service whose calls have one (the database: its connect timeout)."""
+    timeouts = {name: float(config.get(key, default)) for name, (key, default) in ADAPTER_TIMEOUTS.items()}
+    connect_args = (config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}).get("connect_args") or {}
+    if "connect_timeout" in connect_args:  # PostgreSQL; SQLite opens a local file (its `timeout` waits for locks)
+        timeouts["database"] = float(connect_args["connect_timeout"])
+    return timeouts
+
+
+def slow_call_defaults(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-service breaker defaults with each slow-call threshold below the service's own timeout.
+
+    Warns (once, at start) about an explicit `CIRCUIT_BREAKERS` threshold at or above the timeout: such a
+    breaker would only ever see the timeouts, never the slowness that precedes them.
+    """
+    defaults = {name: dict(values) for name, values in SERVICE_DEFAULTS.items()}
+    overrides = config.get("CIRCUIT_BREAKERS") or {}
+    for name, timeout in adapter_timeouts(config).items():
+        defaults.setdefault(name, {})["slow_call_seconds"] = round(timeout * SLOW_FRACTION, 3)
+        explicit = {**overrides.get("*", {}), **overrides.get(name, {})}.get("slow_call_seconds")
+        if explicit is not None and float(explicit) >= timeout:
+            logger.warning(
+                "CIRCUIT_BREAKERS sets %s slow_call_seconds=%s, not below its %s s timeout: slow calls never trip it",
+                name,
+                explicit,
+                timeout,
+            )
+    return defaults
+
+
 def build_resilience(config: Mapping[str, Any], store: BreakerStore | None = None) -> Resilience:
     """A `Resilience` from config values (see the module docstring)."""
     if store is None:
         store = _store_from_config(config)
-    breakers = BreakerRegistry(store, overrides=config.get("CIRCUIT_BREAKERS") or {})
+    breakers = BreakerRegistry(
+        store, overrides=config.get("CIRCUIT_BREAKERS") or {}, service_defaults=slow_call_defaults(config)
+    )
     budgets = BudgetRegistry(
         BudgetConfig(
             ratio=float(config.get("RETRY_BUDGET_RATIO", 0.2)),
