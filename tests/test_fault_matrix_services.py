@@ -100,7 +100,7 @@ def test_stripe_checkout_under_fault(
     check_call(events, "create_checkout_session", fault, "error", proxy)
     _, _, breaker = expected(fault)
     if fault == "400":
-        error = assert_error(response, 502, "STRIPE_ERROR")  # our request was wrong, not the client's
+        error = assert_error(response, 500, "STRIPE_ERROR")  # our request was wrong, not the client's
         assert error["recoverable"] is False
     elif fault == "401":
         error = assert_error(response, 503, "SERVICE_MISCONFIGURED")

@@ -95,7 +95,7 @@ def test_point1_the_fallback_still_serves_a_transient_failure_and_an_open_breake
     [
         (_requests_http(403), "SERVICE_MISCONFIGURED", 503),
         (_sendgrid_http(401), "SERVICE_MISCONFIGURED", 503),
-        (_requests_http(400), "UPSTREAM_REJECTED", 502),  # our request was wrong: not the client's fault
+        (_requests_http(400), "UPSTREAM_REJECTED", 500),  # our request was wrong: not the client's fault
     ],
 )
 def test_point2_a_permanent_refusal_gets_no_fallback_but_its_real_error(

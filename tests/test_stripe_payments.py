@@ -99,7 +99,7 @@ def test_a_retried_checkout_reuses_our_idempotency_key(
     assert len(stripe_peer.sessions) == 1 and response.get_json()["session_id"] in stripe_peer.sessions
 
 
-def test_a_declined_card_is_402_recoverable_and_does_not_trip_the_breaker(
+def test_a_declined_card_is_402_not_recoverable_by_resending_and_does_not_trip_the_breaker(
     make_app: Callable[..., Flask], stripe_peer: StripePeer
 ) -> None:
     app = payments_app(make_app, stripe_peer.url, CIRCUIT_BREAKERS={"stripe": {"min_calls": 2}})
@@ -111,7 +111,7 @@ def test_a_declined_card_is_402_recoverable_and_does_not_trip_the_breaker(
         )
         response = client.post("/api/payments/checkout", json={"pack": "starter"}, headers=bearer(token))
         body = assert_error(response, 402, "PAYMENT_DECLINED")
-        assert body["recoverable"] is True
+        assert body["recoverable"] is False  # declined again if resent: the user changes the card (#13 point 9)
         assert body["details"] == {"reason": "card_declined", "decline_code": "generic_decline"}
     assert len(stripe_peer.creates()) == 3  # one attempt each: a decline is never retried
     with app.app_context():
@@ -230,11 +230,11 @@ def test_translation_table_maps_each_stripe_error_once() -> None:
     # Refusals of our credentials (AuthenticationError, PermissionError) never reach this table: every
     # service's are SERVICE_MISCONFIGURED, decided by with_error_recovery (the test above).
     cases = [
-        (stripe.CardError("declined", "card", "card_declined"), 402, "PAYMENT_DECLINED", True),
+        (stripe.CardError("declined", "card", "card_declined"), 402, "PAYMENT_DECLINED", False),
         (stripe.RateLimitError("slow down", headers={"Retry-After": "7"}), 503, "PAYMENTS_UNAVAILABLE", True),
         (stripe.APIConnectionError("refused"), 503, "PAYMENTS_UNAVAILABLE", True),
         (stripe.APIError("boom", http_status=500), 503, "PAYMENTS_UNAVAILABLE", True),
-        (stripe.InvalidRequestError("bad param", "mode"), 502, "STRIPE_ERROR", False),
+        (stripe.InvalidRequestError("bad param", "mode"), 500, "STRIPE_ERROR", False),
         (stripe.IdempotencyError("reused key"), 422, "IDEMPOTENCY_KEY_REUSED", False),
     ]
     for exc, status, code, recoverable in cases:

@@ -143,7 +143,8 @@ class PaymentError(APIError):
     status_code = 402
     code = "PAYMENT_FAILED"
     extra_codes = {
-        "PAYMENT_DECLINED": ("The card or payment method was declined.", True),
+        # Not recoverable: the same request is declined again; the user must change the card (the message says so).
+        "PAYMENT_DECLINED": ("The card or payment method was declined; use another one.", False),
         "INSUFFICIENT_CREDITS": ("No render credits are left; buy a pack first.", False),
     }
 
@@ -151,8 +152,9 @@ class PaymentError(APIError):
 class StripeError(PaymentError):
     """The payment provider refused this server's request; the client did nothing wrong."""
 
-    # Not a 402: our request to Stripe was wrong (a bug or a setting), so it is a gateway failure.
-    status_code = 502
+    # Not a 402: our request to Stripe was wrong (a bug or a setting), so it is our failure. A 500, not a 502:
+    # clients and proxies retry a 502, and the same request would be refused again.
+    status_code = 500
     code = "STRIPE_ERROR"
 
 
@@ -221,7 +223,7 @@ class ExternalServiceError(APIError):
 class UpstreamRejectedError(ExternalServiceError):
     """An external service refused this server's request as invalid; the client did nothing wrong."""
 
-    status_code = 502
+    status_code = 500  # our request was wrong: not a 502/503, which clients retry
     code = "UPSTREAM_REJECTED"
     recoverable = False
 

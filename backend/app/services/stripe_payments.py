@@ -14,7 +14,7 @@ Stripe exceptions are translated once, in `translate_stripe_error`:
 | RateLimitError (after our retries) | `PaymentsUnavailableError` with `retry_after` | 503 |
 | APIConnectionError, APIError 5xx (after retries) | `PaymentsUnavailableError` (recoverable) | 503 |
 | IdempotencyError (a client key reused with other parameters) | `IdempotencyKeyReusedError` (one code app-wide) | 422 |
-| InvalidRequestError | `StripeError` STRIPE_ERROR, logged ERROR (our request is wrong, not the client's) | 502 |
+| InvalidRequestError | `StripeError` STRIPE_ERROR, logged ERROR (our request is wrong, not the client's) | 500 |
 
 The retry layer classifies the raw Stripe exceptions (declines and auth problems are permanent and
 never trip the `stripe` breaker; rate limits are throttled; connection problems transient).

@@ -136,16 +136,15 @@ def classify_status(status: int | None, headers: Any = None, *, reason: str = ""
 
 
 def _api_error(exc: APIError) -> Classification:
+    """Our own errors say what a retry can do: `recoverable` IS the verdict, so envelope and retries agree."""
     status = exc.status_code
     reason = f"{type(exc).__name__} {exc.code}"
-    if status == 429:
+    if status == 429 or exc.code == "CIRCUIT_OPEN":
+        # Asked to slow down, or a paused dependency: come back after `retry_after`.
         return Classification(ErrorKind.THROTTLED, exc.retry_after, reason, status)
-    if exc.code == "CIRCUIT_OPEN":
-        # A paused dependency: come back when the breaker lets trial calls through.
-        return Classification(ErrorKind.THROTTLED, exc.retry_after, reason, status)
-    if exc.recoverable and (status >= 500 or status in TRANSIENT_CLIENT_STATUSES):
+    if exc.recoverable:
+        # The same request may succeed later: a 503, a render timeout, a key still in progress (409).
         return Classification(ErrorKind.TRANSIENT, exc.retry_after, reason, status)
-    # 4xx (even "recoverable" ones like a card decline: the user must act) and non-recoverable 5xx.
     return Classification(ErrorKind.PERMANENT, None, reason, status)
 
 
@@ -317,8 +316,9 @@ def is_breaker_failure(exc: BaseException) -> bool:
     """Whether a failure says the service is unhealthy (transient or throttled), so a breaker counts it.
 
     Permanent failures (a declined card, a validation error, a 404) prove the service answered:
-    they never trip a breaker. An open breaker's own rejection is not a new failure either.
+    they never trip a breaker, nor does any 4xx of ours but a 429 (a key still in progress is an
+    answer too). An open breaker's own rejection is not a new failure either.
     """
-    if isinstance(exc, APIError) and exc.code == "CIRCUIT_OPEN":
-        return False
+    if isinstance(exc, APIError) and (exc.code == "CIRCUIT_OPEN" or (exc.status_code < 500 and exc.status_code != 429)):
+        return False  # an answer about the request (a 4xx, even a retryable one) says the service is up
     return classify(exc).kind is not ErrorKind.PERMANENT
