@@ -538,6 +538,35 @@ class UploadEnvelope(BaseModel):
     upload: UploadOut
 
 
+MAX_PAGE = 100
+
+
+class PageQuery(BaseModel):
+    """Query of the caller's lists (uploads, renders): newest first, `limit` per page, `before` an id.
+
+    Pass a page's `next_before` as `before` for the next one; it is null on the last page. An id cursor
+    (not an offset) so a page never repeats or skips rows when new ones arrive meanwhile.
+    """
+
+    model_config = ConfigDict(extra="forbid")  # `?limt=5` is a typo to report, not a default to apply
+
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    before: int | None = Field(default=None, ge=1, le=2**31 - 1)  # ids are INTEGER, like RenderRequest.upload_id
+
+
+PAGE_QUERY_DOC = (
+    ("limit", "integer", f"How many (1-{MAX_PAGE}, default 50)"),
+    ("before", "integer", "Only ids below this one: the previous page's `next_before`"),
+)
+
+
+class UploadList(BaseModel):
+    """A page of the caller's uploads, newest first; `next_before` is the `before` of the next page."""
+
+    uploads: list[UploadOut]
+    next_before: int | None
+
+
 class RenderRequest(StrictModel):
     """A render of an uploaded file (one render credit)."""
 
@@ -594,9 +623,10 @@ class RenderEnvelope(BaseModel):
 
 
 class RenderList(BaseModel):
-    """The caller's renders, newest first."""
+    """A page of the caller's renders, newest first; `next_before` is the `before` of the next page."""
 
     renders: list[RenderOut]
+    next_before: int | None
 
 
 class RenderDownloadOut(BaseModel):

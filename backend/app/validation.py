@@ -1,7 +1,8 @@
-"""Parse and validate JSON request bodies with pydantic, raising our errors.
+"""Parse and validate JSON request bodies and query strings with pydantic, raising our errors.
 
 Malformed JSON is a 400 `MALFORMED_JSON`, a non-JSON content type a 415, and field problems a 422
-`VALIDATION_ERROR` whose `details.fields` maps each field path to its problem.
+`VALIDATION_ERROR` whose `details.fields` maps each field path to its problem. A query string is checked
+the same way (422 naming each bad parameter); a parameter given twice is refused, never half-read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from flask import request
 from .errors import MalformedJSONError, UnsupportedMediaTypeError, ValidationError
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+Q = TypeVar("Q", bound=pydantic.BaseModel)
 
 
 def field_errors(exc: pydantic.ValidationError) -> dict[str, str]:
@@ -45,3 +47,14 @@ def parse_json(model: type[M]) -> M:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise ValidationError("Some fields are invalid.", details={"fields": field_errors(exc)}) from exc
+
+
+def parse_query(model: type[Q]) -> Q:
+    """The query string as `model`, or a 422 VALIDATION_ERROR naming each bad parameter."""
+    repeated = {name: "Give this parameter once." for name, values in request.args.lists() if len(values) > 1}
+    if repeated:  # which of the values would count is a guess; refuse rather than pick one silently
+        raise ValidationError("Some query parameters are invalid.", details={"fields": repeated})
+    try:
+        return model.model_validate(request.args.to_dict())
+    except pydantic.ValidationError as exc:
+        raise ValidationError("Some query parameters are invalid.", details={"fields": field_errors(exc)}) from exc

@@ -28,7 +28,14 @@ function tracedFetch(url, init) {
   );
 }
 
-const api = createClient({ fetch: tracedFetch, maxAttempts: 4, deadlineMs: 20000 });
+const authLost = []; // each onAuthLost the client called: the refusal's code
+
+const api = createClient({
+  fetch: tracedFetch,
+  maxAttempts: 4,
+  deadlineMs: 20000,
+  onAuthLost: ({ error }) => authLost.push(error.code),
+});
 
 function show(text) {
   document.getElementById("status").textContent = text;
@@ -59,12 +66,13 @@ async function run(call) {
     if (!(error instanceof OrielError)) throw error;
     showError(error);
     show(`error ${error.status}`);
-    const { code, message, status, fields, requestId, recoverable, retryAfter } = error;
-    const report = { code, message, status, fields, requestId, recoverable, retryAfter };
+    const { code, message, status, fields, requestId, recoverable, retryAfter, ambiguous } = error;
+    const cause = error.cause instanceof OrielError ? error.cause.code : null;
+    const report = { code, message, status, fields, requestId, recoverable, retryAfter, ambiguous, cause };
     return { ok: false, error: { ...report, attempts: error.attempts }, trace: [...attempts] };
   }
 }
 
-window.oriel = { api, run, attempts };
+window.oriel = { api, run, attempts, authLost };
 window.orielReady = true;
 document.getElementById("status").textContent = "ready";

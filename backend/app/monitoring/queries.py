@@ -1,18 +1,12 @@
-"""Validate query strings of the monitoring endpoints with pydantic, raising our 422."""
+"""Query strings of the monitoring endpoints as pydantic models (`parse_query` turns them into our 422)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TypeVar
 
-import pydantic
-from flask import request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import ValidationError
-from ..validation import field_errors
-
-Q = TypeVar("Q", bound=BaseModel)
+from ..validation import parse_query as parse_query  # re-exported: it lives beside parse_json now
 
 
 class StatsQuery(BaseModel):
@@ -43,11 +37,3 @@ class RecentErrorsQuery(BaseModel):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def parse_query(model: type[Q]) -> Q:
-    """The query string as `model`, or a 422 VALIDATION_ERROR naming each bad parameter."""
-    try:
-        return model.model_validate(request.args.to_dict())
-    except pydantic.ValidationError as exc:
-        raise ValidationError("Some query parameters are invalid.", details={"fields": field_errors(exc)}) from exc

@@ -1,4 +1,4 @@
-"""Views: upload audio, start a render, follow it, download the video."""
+"""Views: upload audio, start a render, list uploads and renders, follow a render, download the video."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from werkzeug.utils import secure_filename
 from werkzeug.wrappers import Response
 
 from ..auth.decorators import login_required
-from ..errors import ConflictError, FileError, FileSizeError, NotFoundError, ValidationError
+from ..errors import ConflictError, FileError, FileSizeError, NotFoundError
 from ..extensions import db
 from ..idempotency import HEADER_DOC as IDEMPOTENCY_HEADER_DOC
 from ..idempotency import idempotent
@@ -22,11 +22,21 @@ from ..openapi import documented
 from ..rate_limits import rate_limited
 from ..request_context import get_request_id
 from ..routing import MAX_INT
-from ..schemas import RenderDownloadOut, RenderEnvelope, RenderList, RenderRequest, UploadEnvelope, UploadForm
+from ..schemas import (
+    PAGE_QUERY_DOC,
+    PageQuery,
+    RenderDownloadOut,
+    RenderEnvelope,
+    RenderList,
+    RenderRequest,
+    UploadEnvelope,
+    UploadForm,
+    UploadList,
+)
 from ..services import get_storage
 from ..services.audio import inspect_audio
 from ..services.rendering import RenderSpec, ffmpeg_binary
-from ..validation import parse_json
+from ..validation import parse_json, parse_query
 from . import bp
 from .runner import queue_render
 
@@ -137,24 +147,47 @@ def create_render() -> tuple[dict[str, Any], int, dict[str, str]]:
     return {"render": render.to_dict()}, 202, {"Location": f"/api/renders/{render.id}"}
 
 
+def _page(model: type[Upload] | type[Render]) -> tuple[list[Any], int | None]:
+    """One page of the caller's rows, newest first, and the `before` of the next page (None at the end)."""
+    query = parse_query(PageQuery)
+    chosen = select(model).where(model.user_id == current_user.id)
+    if query.before is not None:
+        chosen = chosen.where(model.id < query.before)
+    rows = db.session.scalars(chosen.order_by(model.id.desc()).limit(query.limit + 1)).all()
+    page = list(rows[: query.limit])
+    return page, page[-1].id if len(rows) > query.limit else None  # one row more says another page exists
+
+
+@bp.get("/api/uploads")
+@documented(
+    "List your uploads, newest first, a page at a time",
+    tag="uploads",
+    responses={200: UploadList},
+    auth="user",
+    errors=(422,),
+    query=PAGE_QUERY_DOC,
+)
+@login_required
+def list_uploads() -> dict[str, Any]:
+    """The caller's uploads, newest first; `next_before` pages on."""
+    page, next_before = _page(Upload)
+    return {"uploads": [row.to_dict() for row in page], "next_before": next_before}
+
+
 @bp.get("/api/renders")
 @documented(
-    "List your renders, newest first",
+    "List your renders, newest first, a page at a time",
     tag="renders",
     responses={200: RenderList},
     auth="user",
-    query=(("limit", "integer", "How many (1-100, default 50)"),),
+    errors=(422,),
+    query=PAGE_QUERY_DOC,
 )
 @login_required
 def list_renders() -> dict[str, Any]:
-    """The caller's renders, newest first."""
-    limit = request.args.get("limit", default=50, type=int)
-    if limit is None or not 1 <= limit <= 100:
-        raise ValidationError("limit must be between 1 and 100.", field="limit")
-    rows = db.session.scalars(
-        select(Render).where(Render.user_id == current_user.id).order_by(Render.id.desc()).limit(limit)
-    ).all()
-    return {"renders": [row.to_dict() for row in rows]}
+    """The caller's renders, newest first; `next_before` pages on."""
+    page, next_before = _page(Render)
+    return {"renders": [row.to_dict() for row in page], "next_before": next_before}
 
 
 @bp.get(f"/api/renders/<int(max={MAX_INT}):render_id>")

@@ -437,7 +437,8 @@ async function signIn(event) {
   const panel = $("#login-panel");
   try {
     const { data } = await api.post("/api/auth/login", { email: $("#email").value, password: $("#password").value });
-    api.setToken(data.access_token); // memory only: never stored, never in a URL
+    // Memory only: never stored, never in a URL; the client renews an expired access token with the refresh one.
+    api.setTokens({ access: data.access_token, refresh: data.refresh_token });
     $("#password").value = "";
     hideError(panel, { force: true });
     state.signedIn = true;
