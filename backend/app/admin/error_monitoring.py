@@ -17,7 +17,7 @@ from ..errors import NotFoundError, ValidationError
 from ..extensions import db
 from ..monitoring import get_recorder
 from ..monitoring.health import service_health
-from ..monitoring.queries import RecentErrorsQuery, StatsQuery, parse_query
+from ..monitoring.queries import RecentErrorsQuery, StatsQuery
 from ..monitoring.stats import decode_cursor, error_stats, recent_events
 from ..openapi import documented
 from ..schemas import (
@@ -38,7 +38,7 @@ from ..schemas import (
 from ..utils.circuit_breaker import BreakerRegistry, CircuitBreaker
 from ..utils.fault_injection import EXTENSION as FAULTS
 from ..utils.fault_injection import FaultInjectionDisabledError, FaultInjector, make_rule
-from ..validation import parse_json
+from ..validation import parse_json, parse_query
 
 bp = Blueprint("monitoring", __name__, url_prefix="/admin/api/monitoring")
 

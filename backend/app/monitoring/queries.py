@@ -6,8 +6,6 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..validation import parse_query as parse_query  # re-exported: it lives beside parse_json now
-
 
 class StatsQuery(BaseModel):
     """Query of GET .../errors/stats."""
