@@ -145,6 +145,11 @@ class PaymentError(APIError):
     extra_codes = {
         "PAYMENT_DECLINED": ("The card or payment method was declined.", True),
         "INSUFFICIENT_CREDITS": ("No render credits are left; buy a pack first.", False),
+        "CREDITS_IN_DEBT": (
+            "The account owes credits (a pack was refunded or disputed after they were spent); "
+            "buying a pack settles the debt first, then renders start again.",
+            False,
+        ),
     }
 
 
