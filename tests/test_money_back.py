@@ -33,6 +33,7 @@ from backend.app.models import (
     User,
 )
 from backend.app.monitoring import flush_error_stats
+from backend.app.monitoring.inbox import Inbox
 from backend.app.payments.failed_work import PaymentInboxSource
 from tests.conftest import bearer, login, read_log
 from tests.contract import assert_error
@@ -223,7 +224,9 @@ def test_point5_inbox_discard_keeps_the_reason_and_purge_deletes_what_was_given_
     shop.deliver(first)
     shop.deliver(second)
     source = PaymentInboxSource()
+    inbox = Inbox([source])  # the aggregator the admin API and the alert rule use, through the protocol
     with shop.app.app_context():
+        assert inbox.counts() == {"payment": 2} and inbox.oldest()["payment"] is not None
         one, two = (item.id for item in source.items(limit=10))
         assert [item.id for item in source.items(limit=1, offset=1)] == [two]
         assert source.discard(one, reason="refunded by hand in the Stripe dashboard", actor="admin@example.com")
