@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from backend.app import credits
 from backend.app.errors import PaymentError
 from backend.app.extensions import db
-from backend.app.models import CreditEntry, User
+from backend.app.models import CreditAccount, CreditEntry, User
 
 
 def make_user(app: Flask, email: str = "c@example.com") -> int:
@@ -133,4 +133,158 @@ def test_credits_endpoint_shows_the_free_credit(app: Flask) -> None:
     client = app.test_client()
     token = login(client)["access_token"]
     response = client.get("/api/payments/credits", headers=bearer(token))
-    assert response.status_code == 200 and response.get_json() == {"balance": 1}
+    assert response.status_code == 200 and response.get_json() == {"balance": 1, "debt": 0}
+
+
+# -- point 5: claw-backs, debts and their settlement ---------------------------------------------------------------
+
+
+def assert_ledger_balanced(app: Flask) -> None:
+    """Every account: balance == sum(amount) and debt == sum(debt_change), neither negative, never both > 0."""
+    with app.app_context():
+        sums = dict(
+            (row.user_id, (int(row.amount), int(row.debt)))
+            for row in db.session.execute(
+                select(
+                    CreditEntry.user_id,
+                    func.sum(CreditEntry.amount).label("amount"),
+                    func.sum(CreditEntry.debt_change).label("debt"),
+                ).group_by(CreditEntry.user_id)
+            )
+        )
+        accounts = db.session.scalars(select(CreditAccount)).all()
+        for account in accounts:
+            assert (account.balance, account.debt) == sums.get(account.user_id, (0, 0)), account.user_id
+            assert account.balance >= 0 and account.debt >= 0
+            assert account.balance == 0 or account.debt == 0, "a balance while owing: the debt was not settled first"
+        db.session.remove()
+
+
+def test_point5_take_back_uses_the_balance_first_and_records_the_rest_as_debt(app: Flask) -> None:
+    user_id = make_user(app)
+    with app.app_context():
+        credits.grant(user_id, 5, "pack", "stripe:cs_1")  # 1 free + 5
+        credits.consume(user_id, "render:1")
+        credits.consume(user_id, "render:2")
+        credits.consume(user_id, "render:3")  # 3 left
+        took = credits.take_back_uncommitted(user_id, 5, "stripe refund", "stripe:evt_1")
+        db.session.commit()
+        assert (took.taken, took.owed) == (3, 2)
+        assert credits.account(user_id) == credits.Account(balance=0, debt=2)
+        kinds = db.session.execute(
+            select(CreditEntry.kind, CreditEntry.amount, CreditEntry.debt_change).where(
+                CreditEntry.ref == "stripe:evt_1"
+            )
+        ).all()
+        assert sorted(kinds) == [("clawback", -3, 0), ("debt", 0, 2)]
+    assert_ledger_balanced(app)
+
+
+def test_point5_consume_is_refused_with_credits_in_debt_until_a_grant_settles_it(app: Flask) -> None:
+    user_id = make_user(app)
+    with app.app_context():
+        credits.consume(user_id, "render:1")  # the free credit, spent
+        credits.take_back_uncommitted(user_id, 3, "stripe dispute", "stripe:evt_d")
+        db.session.commit()
+        with pytest.raises(PaymentError) as raised:
+            credits.consume(user_id, "render:2")
+        error = raised.value
+        assert (error.status_code, error.code, error.recoverable) == (402, "CREDITS_IN_DEBT", False)
+        assert error.details == {
+            "debt": 3,
+            "balance": 0,
+            "settle": "/api/payments/checkout",
+            "how": "buy any pack: its credits settle the debt first, the rest stay on your balance",
+        }
+        # A grant smaller than the debt all goes to it; the balance stays 0 and renders stay refused.
+        assert credits.grant(user_id, 2, "pack", "stripe:cs_small") is True
+        assert credits.account(user_id) == credits.Account(balance=0, debt=1)
+        assert credits.debt_settled_by("grant", "stripe:cs_small") == 2
+        with pytest.raises(PaymentError):
+            credits.consume(user_id, "render:2")
+        assert credits.grant(user_id, 5, "pack", "stripe:cs_big") is True
+        assert credits.account(user_id) == credits.Account(balance=4, debt=0)
+        assert credits.grant(user_id, 5, "pack", "stripe:cs_big") is False  # a replay settles nothing twice
+        credits.consume(user_id, "render:2")
+        assert credits.account(user_id) == credits.Account(balance=3, debt=0)
+        settled = db.session.scalars(select(CreditEntry.ref).where(CreditEntry.kind == "debt_settled")).all()
+        assert sorted(settled) == ["grant:stripe:cs_big", "grant:stripe:cs_small"]
+    assert_ledger_balanced(app)
+
+
+def test_point5_a_render_credit_given_back_while_owing_pays_the_debt(app: Flask) -> None:
+    user_id = make_user(app)
+    with app.app_context():
+        credits.consume(user_id, "render:7")
+        credits.take_back_uncommitted(user_id, 2, "stripe refund", "stripe:evt_r")
+        db.session.commit()
+        assert credits.refund(user_id, "render:7") is True  # the render failed: its credit goes to the debt
+        assert credits.account(user_id) == credits.Account(balance=0, debt=1)
+    assert_ledger_balanced(app)
+
+
+def _check_claw_back_races_renders(app: Flask) -> None:
+    """A claw-back of 10 while 8 renders spend: never negative, the ledger sums, nothing lost or made up."""
+    user_id = make_user(app, "clawrace@example.com")
+    with app.app_context():
+        credits.grant(user_id, 10, "pack", "stripe:cs_claw")  # 11 credits
+        db.session.remove()
+    barrier = threading.Barrier(9)
+    errors: list[BaseException] = []
+
+    def take_back() -> None:
+        with app.app_context():
+            barrier.wait(timeout=10)
+            try:
+                credits.take_back_uncommitted(user_id, 10, "stripe refund", "stripe:evt_race")
+                db.session.commit()
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                db.session.remove()
+
+    thread = threading.Thread(target=take_back)
+    thread.start()
+    barrier_refs = [f"render:claw:{i}" for i in range(8)]
+    ok = _race_with(app, user_id, barrier_refs, barrier)
+    thread.join(30)
+    assert errors == []
+    with app.app_context():
+        state = credits.account(user_id)
+    # 11 credits, 10 taken back, `ok` renders spent them: what is left minus what is owed is 1 - ok.
+    assert state.balance - state.debt == 1 - ok
+    assert_ledger_balanced(app)
+
+
+def _race_with(app: Flask, user_id: int, refs: list[str], barrier: threading.Barrier) -> int:
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def worker(ref: str) -> None:
+        with app.app_context():
+            barrier.wait(timeout=10)
+            try:
+                credits.consume(user_id, ref)
+                outcome = "ok"
+            except PaymentError:
+                outcome = "refused"
+            finally:
+                db.session.remove()
+            with lock:
+                outcomes.append(outcome)
+
+    threads = [threading.Thread(target=worker, args=(ref,)) for ref in refs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(outcomes) == len(refs)
+    return outcomes.count("ok")
+
+
+def test_point5_a_claw_back_racing_renders_keeps_the_ledger_true_on_sqlite(app: Flask) -> None:
+    _check_claw_back_races_renders(app)
+
+
+def test_point5_a_claw_back_racing_renders_keeps_the_ledger_true_on_postgresql(pg_app: Flask) -> None:
+    _check_claw_back_races_renders(pg_app)

@@ -146,6 +146,11 @@ class PaymentError(APIError):
         # Not recoverable: the same request is declined again; the user must change the card (the message says so).
         "PAYMENT_DECLINED": ("The card or payment method was declined; use another one.", False),
         "INSUFFICIENT_CREDITS": ("No render credits are left; buy a pack first.", False),
+        "CREDITS_IN_DEBT": (
+            "The account owes credits (a pack was refunded or disputed after they were spent); "
+            "buying a pack settles the debt first, then renders start again.",
+            False,
+        ),
     }
 
 

@@ -341,18 +341,24 @@ class CheckoutOut(BaseModel):
 
 
 class WebhookAck(BaseModel):
-    """The webhook's acknowledgement: whether the event was new and what it granted."""
+    """The webhook's acknowledgement: whether the event was new and what it granted or took back."""
 
     received: bool
     duplicate: bool | None = None
     credits_granted: int | None = None
+    debt_settled: int | None = None
+    credits_clawed_back: int | None = None
+    debt_added: int | None = None
+    unapplied: str | None = Field(None, description="Why the event could not be applied (kept for an admin)")
+    recorded: str | None = None
     ignored: str | None = None
 
 
 class CreditsOut(BaseModel):
-    """The user's render credits."""
+    """The user's render credits, and the credits they owe after a refund or dispute of spent credits."""
 
     balance: int
+    debt: int = Field(description="Credits owed; renders are refused (402 CREDITS_IN_DEBT) until a pack settles it")
 
 
 # --- Health, breakers, degradation (monitoring) ------------------------------------------------------

@@ -1,5 +1,9 @@
 """A Stripe-wire-compatible local server for Checkout Sessions (what localstripe lacks), and Stripe webhook signing.
 
+Paid sessions carry a `payment_intent` and get a Charge; the peer builds the later events of a sale with
+Stripe's shapes (`async_succeeded_event`, `async_failed_event`, `expired_event`, `refunded_event` with the
+cumulative `amount_refunded`, `dispute_event` with a Dispute naming the charge and its payment intent).
+
 It speaks the real API's dialect: form-encoded bodies with bracketed keys, Bearer secret keys, `Idempotency-Key`
 replays (`Idempotent-Replayed: true`) and `idempotency_error` on a reused key with other parameters, Stripe's error
 JSON, and a `Request-Id` on every response. The real `stripe` SDK works against it unchanged::
@@ -133,6 +137,8 @@ class StripePeer:
     webhook_secret: str = DEFAULT_WEBHOOK_SECRET
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     prices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    charges: dict[str, dict[str, Any]] = field(default_factory=dict)  # by charge id, made when a session is paid
+    disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -162,6 +168,8 @@ class StripePeer:
         with self._lock:
             self.sessions.clear()
             self.prices.clear()
+            self.charges.clear()
+            self.disputes.clear()
             self.requests.clear()
             self._idempotency.clear()
             self._failures.clear()
@@ -196,16 +204,100 @@ class StripePeer:
         """The POST /v1/checkout/sessions requests received (replays included)."""
         return [r for r in self.requests if r.method == "POST" and r.path == "/v1/checkout/sessions"]
 
-    def complete_session(self, session_id: str) -> dict[str, Any]:
-        """Mark a session paid, as if the customer finished checkout; returns the updated Session."""
+    def complete_session(self, session_id: str, *, delayed: bool = False) -> dict[str, Any]:
+        """Finish checkout: paid (with a payment intent and its charge), or `delayed` (a bank debit still unpaid)."""
         with self._lock:
             session = self.sessions[session_id]
-            session.update(status="complete", payment_status="paid", payment_intent=_id("pi_"), url=None)
+            session.update(status="complete", payment_intent=session.get("payment_intent") or _id("pi_"), url=None)
+            if delayed:
+                session["payment_status"] = "unpaid"  # Stripe says later: async_payment_succeeded or _failed
+            else:
+                self._pay(session)
             return dict(session)
 
-    def completed_event(self, session_id: str) -> dict[str, Any]:
+    def completed_event(self, session_id: str, *, delayed: bool = False) -> dict[str, Any]:
         """Complete the session and return its `checkout.session.completed` event."""
-        return build_event("checkout.session.completed", self.complete_session(session_id))
+        return build_event("checkout.session.completed", self.complete_session(session_id, delayed=delayed))
+
+    def async_succeeded_event(self, session_id: str) -> dict[str, Any]:
+        """The delayed payment of a completed session arrived: `checkout.session.async_payment_succeeded`."""
+        with self._lock:
+            session = self.sessions[session_id]
+            self._pay(session)
+            return build_event("checkout.session.async_payment_succeeded", session)
+
+    def async_failed_event(self, session_id: str) -> dict[str, Any]:
+        """The delayed payment of a completed session failed: `checkout.session.async_payment_failed`."""
+        with self._lock:
+            session = self.sessions[session_id]
+            session.update(payment_status="unpaid")
+            return build_event("checkout.session.async_payment_failed", session)
+
+    def expired_event(self, session_id: str) -> dict[str, Any]:
+        """The customer never paid and the session expired: `checkout.session.expired`."""
+        with self._lock:
+            session = self.sessions[session_id]
+            session.update(status="expired", url=None)
+            return build_event("checkout.session.expired", session)
+
+    def charge_of(self, session_id: str) -> dict[str, Any]:
+        """The Charge of a paid session (as `GET /v1/charges/<id>` shows it)."""
+        intent = self.sessions[session_id]["payment_intent"]
+        return next(dict(c) for c in self.charges.values() if c["payment_intent"] == intent)
+
+    def refunded_event(self, session_id: str, amount: int | None = None) -> dict[str, Any]:
+        """Refund `amount` cents (default: what is left) of a paid session's charge: `charge.refunded`.
+
+        Like Stripe, the event's Charge carries the cumulative `amount_refunded` and `refunded` once it is all back.
+        """
+        with self._lock:
+            charge = self._charge(session_id)
+            left = charge["amount"] - charge["amount_refunded"]
+            amount = left if amount is None else amount
+            if not 0 < amount <= left:
+                raise ValueError(f"refund of {amount} is not between 1 and the {left} left on {charge['id']}")
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+            return build_event("charge.refunded", charge)
+
+    def dispute_event(self, session_id: str, *, reason: str = "fraudulent") -> dict[str, Any]:
+        """The cardholder disputes a paid session's charge: `charge.dispute.created` (a Dispute object)."""
+        with self._lock:
+            charge = self._charge(session_id)
+            charge["disputed"] = True
+            dispute = {
+                "id": _id("dp_"), "object": "dispute", "amount": charge["amount"] - charge["amount_refunded"],
+                "balance_transactions": [], "charge": charge["id"], "created": int(time.time()),
+                "currency": charge["currency"], "evidence_details": {"due_by": int(time.time()) + 7 * 86400,
+                "has_evidence": False, "past_due": False, "submission_count": 0}, "is_charge_refundable": False,
+                "livemode": False, "metadata": {}, "payment_intent": charge["payment_intent"], "reason": reason,
+                "status": "needs_response",
+            }  # fmt: skip
+            self.disputes[dispute["id"]] = dispute
+            return build_event("charge.dispute.created", dispute)
+
+    def _pay(self, session: dict[str, Any]) -> None:
+        """Mark a session paid and create its succeeded Charge (called with the lock held)."""
+        session.update(status="complete", payment_status="paid", url=None)
+        session["payment_intent"] = session.get("payment_intent") or _id("pi_")
+        if any(c["payment_intent"] == session["payment_intent"] for c in self.charges.values()):
+            return
+        charge_id = _id("ch_")
+        self.charges[charge_id] = {
+            "id": charge_id, "object": "charge", "amount": session["amount_total"],
+            "amount_captured": session["amount_total"], "amount_refunded": 0, "captured": True,
+            "created": int(time.time()), "currency": session["currency"], "customer": session.get("customer"),
+            "disputed": False, "livemode": False, "metadata": {}, "paid": True,
+            "payment_intent": session["payment_intent"], "receipt_email": session.get("customer_email"),
+            "refunded": False, "status": "succeeded",
+        }  # fmt: skip
+
+    def _charge(self, session_id: str) -> dict[str, Any]:
+        intent = self.sessions[session_id].get("payment_intent")
+        for charge in self.charges.values():
+            if charge["payment_intent"] == intent:
+                return charge
+        raise ValueError(f"session {session_id} was never paid: it has no charge")
 
     # -- HTTP ------------------------------------------------------------------------------------------------
 
@@ -268,6 +360,11 @@ class StripePeer:
         path = request.path.rstrip("/")
         if path == "/v1/checkout/sessions" and request.method == "POST":
             return 200, self._create_session(params)
+        charge = re.fullmatch(r"/v1/charges/([^/]+)", path)
+        if charge and request.method == "GET":
+            if charge.group(1) in self.charges:
+                return 200, self.charges[charge.group(1)]
+            raise StripeAPIError(404, f"No such charge: '{charge.group(1)}'", code="resource_missing", param="id")
         match = re.fullmatch(r"/v1/checkout/sessions/([^/]+)(/expire)?", path)
         if match and match.group(1) in self.sessions:
             session = self.sessions[match.group(1)]

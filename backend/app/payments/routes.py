@@ -1,4 +1,4 @@
-"""Payments views: start a Checkout, receive Stripe's webhook, read the credit balance."""
+"""Payments views: start a Checkout, receive Stripe's webhook, read the credit balance and debt."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def checkout() -> tuple[dict[str, Any], int]:
     headers=(("Stripe-Signature", "Stripe's signature of the raw body"),),
 )
 def webhook() -> dict[str, Any]:
-    """Verify the event and process it once (grants credits for paid Checkout Sessions)."""
+    """Verify the event and process it once (grants, claw-backs; what cannot apply is kept and alerted, then 2xx)."""
     event = get_payments().construct_event(request.get_data(cache=False), request.headers.get("Stripe-Signature"))
     return process_event(event)
 
@@ -73,5 +73,6 @@ def webhook() -> dict[str, Any]:
 @documented("The current user's render credits", tag="payments", responses={200: CreditsOut}, auth="user")
 @login_required
 def credit_balance() -> dict[str, int]:
-    """How many renders the user can still start."""
-    return {"balance": credits.balance(current_user.id)}
+    """How many renders the user can still start, and what they owe (renders wait until it is paid off)."""
+    state = credits.account(current_user.id)
+    return {"balance": state.balance, "debt": state.debt}

@@ -72,7 +72,8 @@ class _Work:
 def queue_render(user_id: int, upload: Upload, spec: RenderSpec, *, request_id: str | None) -> Render:
     """Create a queued render, spend its credit and enqueue its job, in ONE transaction.
 
-    402 `INSUFFICIENT_CREDITS` leaves nothing behind; a crash anywhere before the commit leaves
+    402 `INSUFFICIENT_CREDITS` (or `CREDITS_IN_DEBT` while the user owes credits after a refund or
+    dispute) leaves nothing behind; a crash anywhere before the commit leaves
     nothing either, so no render row can outlive an unspent credit or miss its job.
     """
     get_renderer().admit(spec, upload.duration_seconds, input_bytes=upload.size)
@@ -91,7 +92,7 @@ def queue_render(user_id: int, upload: Upload, spec: RenderSpec, *, request_id: 
     try:
         db.session.add(render)
         db.session.flush()  # the id names the credit ref and the job key; nothing is committed yet
-        credits.consume_uncommitted(user_id, render.credit_ref)  # rolls everything back on 402
+        credits.consume_uncommitted(user_id, render.credit_ref)  # rolls everything back on either 402
         enqueue(
             JOB_KIND,
             {"render_id": render.id},
