@@ -194,8 +194,9 @@ class Inbox:
         """The source of one kind, or 404 `FAILED_WORK_KIND_UNKNOWN`."""
         source = self._sources.get(kind)
         if source is None:
+            shown = kind[:40]  # a path segment is the caller's text: echoed short
             raise FailedWorkKindUnknownError(
-                f"The failed-work inbox has no kind {kind!r}.", details={"kind": kind, "kinds": list(self.kinds)}
+                f"The failed-work inbox has no kind {shown!r}.", details={"kind": shown, "kinds": list(self.kinds)}
             )
         return source
 
