@@ -114,6 +114,9 @@ class Config:
     ERROR_EVENT_MAX_ROWS: int | None = 2_000_000
     ERROR_ROLLUP_RETENTION_DAYS = 90
     ERROR_REPORT_MAX_BYTES = 16 * 1024
+    # Failed-work inbox: archived dead letters, discarded emails/files and long-finished outbox/sync rows are
+    # deleted this many days after they were given up (or finished), so no table grows without bound.
+    FAILED_WORK_RETENTION_DAYS = 30.0
     METRICS_TOKEN: str | None = None  # /metrics needs `Authorization: Bearer <token>` when set
     FAULT_INJECTION_ENABLED = False  # admin fault injection (tests, staging); always refused in production
     PASSWORD_HASH_TIME_COST = 3
@@ -170,6 +173,7 @@ class Config:
         cfg.REQUEST_LOGGING_ENABLED = _bool(env.get("REQUEST_LOGGING_ENABLED"), cfg.REQUEST_LOGGING_ENABLED)
         cfg.ERROR_STATS_ENABLED = _bool(env.get("ERROR_STATS_ENABLED"), getattr(cfg, "ERROR_STATS_ENABLED", True))
         cfg.ERROR_EVENT_RETENTION_DAYS = _int(env, "ERROR_EVENT_RETENTION_DAYS", cfg.ERROR_EVENT_RETENTION_DAYS)
+        cfg.FAILED_WORK_RETENTION_DAYS = _float(env, "FAILED_WORK_RETENTION_DAYS", cfg.FAILED_WORK_RETENTION_DAYS)
         cfg.FAULT_INJECTION_ENABLED = _bool(env.get("FAULT_INJECTION_ENABLED"), cfg.FAULT_INJECTION_ENABLED)
         _read_optional(cfg, env)
         cfg.validate()
@@ -179,6 +183,8 @@ class Config:
         """Refuse settings that cannot work; production tightens this."""
         if self.MAX_UPLOAD_MB <= 0:
             raise ConfigError("MAX_UPLOAD_MB must be positive")
+        if self.FAILED_WORK_RETENTION_DAYS <= 0:
+            raise ConfigError("FAILED_WORK_RETENTION_DAYS must be positive (days given-up work is kept)")
 
 
 # Job and render settings read from the environment only when set; unset, the modules' own defaults apply

@@ -26,6 +26,7 @@ from tests.contract import assert_error, assert_no_leak
 #: JSON bodies for POST endpoints that need one (endpoint name → body).
 BODIES: dict[str, dict[str, Any]] = {
     "dead_letters.requeue_matching_view": {"kind": "maintenance.noop"},
+    "failed_work.discard_view": {"reason": "matrix"},
     "monitoring.add_fault": {"service": "storage", "mode": "fail", "rate": 0.0, "duration_seconds": 5},
     "monitoring.configure_alert": {
         "name": "matrix",
@@ -50,8 +51,10 @@ def _url_args(app: Flask, rule: Any) -> dict[str, Any]:
     for name in rule.arguments:
         if name == "service":
             args[name] = "storage"
-        elif name == "job_id":
+        elif name in ("job_id", "item_id"):  # item_id: a failed-work item of kind "job" is a dead letter
             args[name] = _dead_letter(app)
+        elif name == "kind":
+            args[name] = "job"
         else:  # pragma: no cover - a new kind of path argument needs a value here
             pytest.fail(f"no sample value for <{name}> in {rule.rule}")
     return args

@@ -4,8 +4,10 @@ An admin signs in through the page; the email tile goes red when the SendGrid pe
 answering; a breaker is forced open and reset with clicks; a real dead letter (made by the job engine)
 is inspected and requeued; an error group is acknowledged; recent errors are found by request ID; an
 alert rule is created and edited; a queued render shows its progress bar; a failing call shows its
-message and request ID. Screenshots at 1280x800 and 375x812 go to tests/artifacts/ (git-ignored), and
-the page logs no console errors. Chromium is Debian's, driven by Playwright (see test_browser_client).
+message and request ID. The failed-work inbox panel (#13 point 6) lists dead jobs, failed emails and
+stuck files with their error, age and attempts, retries them, and discards one only with a reason.
+Screenshots at 1280x800 and 375x812 go to tests/artifacts/ (git-ignored), and the page logs no console
+errors. Chromium is Debian's, driven by Playwright (see test_browser_client).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
 from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.jobs.worker import Worker, WorkerOptions
+from backend.app.models import EmailOutbox, PendingSync
 from backend.app.models.job import DEAD, QUEUED, Job
 from backend.app.monitoring import flush_error_stats
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
@@ -284,3 +287,107 @@ def admin_user_id(app: Flask) -> int:
 
     with app.app_context():
         return int(db.session.scalars(select(User.id).where(User.email == ADMIN_EMAIL)).one())
+
+
+def test_point6_failed_work_panel_lists_retries_and_discards_with_a_reason(
+    make_app: Callable[..., Flask], browser: Any
+) -> None:
+    """The inbox panel: every kind with its error, age and attempts; retry; discard asks for a reason; bulk retry."""
+    from tests.test_failed_work import failed_email, failed_file
+
+    app = make_app(HEALTH_PROBE_DEADLINE=0.5)
+    client = app.test_client()
+    assert login(client, ADMIN_EMAIL, PASSWORD)["access_token"]
+    try:
+        dead_id = _dead_letter(app)
+    finally:
+        REGISTRY.unregister(BAD_KIND)
+    email_id = failed_email(app, "render-finished:31", minutes_ago=50)
+    bulk_ids = [failed_email(app, f"receipt:{i}", minutes_ago=5) for i in range(2)]
+    file_id = failed_file(app, "renders/31/video.mp4", minutes_ago=130)
+
+    with LiveServer(app) as server:
+        desk = Page(browser, server.url, DESKTOP)
+        desk.sign_in()
+        page = desk.page
+        row = page.locator(f"tr[data-inbox-item='email:{email_id}']")
+        row.wait_for(timeout=WAIT_MS)
+        assert page.locator("#inbox tr[data-inbox-item]").count() == 5
+        assert page.inner_text("#inbox-total") == "(5)"
+        assert page.inner_text("#inbox-kinds [data-kind='email']") == "Failed emails (3)"
+        text = row.inner_text()
+        assert "email render-finished:31" in text and "UPSTREAM_REJECTED" in text and "50 min" in text
+        file_row = page.locator(f"tr[data-inbox-item='storage:{file_id}']")
+        assert "2 h" in file_row.inner_text() and "storage.objects.create" in file_row.inner_text()
+        assert f"{BAD_KIND} job {dead_id}" in page.inner_text(f"tr[data-inbox-item='job:{dead_id}']")
+        # Oldest first: the file (130 min), then the email (50 min).
+        first = page.locator("#inbox tr[data-inbox-item]").first.get_attribute("data-inbox-item")
+        assert first == f"storage:{file_id}"
+        desk.shot("1280-failed-work")
+
+        # Inspect shows the history.
+        row.locator("button[data-action='inspect']").click()
+        page.wait_for_selector("#inbox-detail:not([hidden])", timeout=WAIT_MS)
+        detail = json.loads(page.inner_text("#inbox-detail"))
+        assert detail["id"] == email_id and [h["code"] for h in detail["history"]][-1] == "UPSTREAM_REJECTED"
+
+        # Retry the email: it leaves the inbox and is queued for the outbox job.
+        row.locator("button[data-action='retry']").click()
+        row.wait_for(state="detached", timeout=WAIT_MS)
+        with app.app_context():
+            assert db.session.get(EmailOutbox, email_id).status == "queued"
+
+        # Discard asks for a reason: an empty one is not sent, a blank one is refused by the API.
+        file_row.locator("button[data-action='discard']").click()
+        form = page.locator("#inbox-discard")
+        form.wait_for(state="visible", timeout=WAIT_MS)
+        assert "renders/31/video.mp4" in page.inner_text("#inbox-discard-title")
+        page.click("#inbox-discard button[type=submit]")  # empty: the browser keeps it (required)
+        page.fill("#inbox-reason", "   ")
+        page.click("#inbox-discard button[type=submit]")
+        refused = page.locator("#inbox-discard .panel-error")
+        refused.wait_for(state="visible", timeout=WAIT_MS)
+        assert "VALIDATION_ERROR" in refused.inner_text() and "reason" in refused.inner_text()
+        with app.app_context():
+            assert db.session.get(PendingSync, file_id).status == "failed"
+        page.fill("#inbox-reason", "The bucket was retired; the render is redone")
+        page.click("#inbox-discard button[type=submit]")
+        file_row.wait_for(state="detached", timeout=WAIT_MS)
+        assert form.is_hidden()
+        with app.app_context():
+            stored = db.session.get(PendingSync, file_id)
+            assert stored.status == "discarded" and stored.discard_reason.startswith("The bucket was retired")
+
+        # One kind, then every item of it at once.
+        page.click("#inbox-kinds [data-kind='email']")
+        page.wait_for_selector("#inbox-retry-kind:not([hidden])", timeout=WAIT_MS)
+        assert page.locator("#inbox tr[data-inbox-item]").count() == 2
+        page.click("#inbox-retry-kind")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#inbox tr[data-inbox-item]').length === 0", timeout=WAIT_MS
+        )
+        with app.app_context():
+            assert {db.session.get(EmailOutbox, i).status for i in bulk_ids} == {"queued"}
+        page.click("#inbox-kinds [data-kind='all']")
+        page.wait_for_function("() => document.querySelector('#inbox-total').innerText === '(1)'", timeout=WAIT_MS)
+        desk.shot("1280-failed-work-after-actions")
+        # The only console message is Chromium's own note about the refused (422) discard.
+        assert all("422" in line for line in desk.console_errors), desk.console_errors
+
+        phone = Page(browser, server.url, PHONE)
+        phone.sign_in()
+        phone.page.wait_for_selector(f"tr[data-inbox-item='job:{dead_id}']", timeout=WAIT_MS)
+        phone.page.locator("#inbox-panel").scroll_into_view_if_needed()
+        phone.shot("375-failed-work", full_page=False)
+        assert phone.page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+        assert phone.console_errors == [], phone.console_errors
+        desk.context.close()
+        phone.context.close()
+
+    security = read_log(app, "security.log")
+    actions = [(e["event_type"], e.get("kind")) for e in security if str(e.get("event_type")).startswith("failed_work")]
+    assert actions == [
+        ("failed_work_retried", "email"),
+        ("failed_work_discarded", "storage"),
+        ("failed_work_bulk_retried", "email"),
+    ]

@@ -537,7 +537,11 @@ def test_a_running_worker_schedules_the_maintenance_jobs(app: Flask) -> None:
     run_worker(app, drain=True, schedule=True)
     with app.app_context():
         kinds_run = dict(db.session.execute(select(Job.kind, Job.status).where(Job.kind.like("maintenance.%"))).all())
-    assert kinds_run == {"maintenance.dead_letter_ttl": SUCCEEDED, "maintenance.compensations": SUCCEEDED}
+    assert kinds_run == {
+        "maintenance.dead_letter_ttl": SUCCEEDED,
+        "maintenance.compensations": SUCCEEDED,
+        "maintenance.failed_work_retention": SUCCEEDED,  # #13 point 6: given-up work is deleted after retention
+    }
 
 
 def test_dead_letters_are_archived_after_the_ttl_not_deleted(app: Flask, kinds: Callable[[JobKind], JobKind]) -> None:

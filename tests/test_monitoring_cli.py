@@ -74,7 +74,7 @@ def test_cli_actor_names_the_os_user() -> None:
 def test_monitoring_group_keeps_prune_errors_and_lists_every_command(app: Flask) -> None:
     result = run(app, "--help")
     assert result.exit_code == 0
-    for name in ("health", "stats", "breakers", "reset", "reset-all", "dlq", "alerts", "prune-errors"):
+    for name in ("health", "stats", "breakers", "reset", "reset-all", "dlq", "alerts", "failed-work", "prune-errors"):
         assert f"  {name} " in result.output, name
     assert run(app, "dlq", "--help").exit_code == 0 and "requeue" in run(app, "dlq", "--help").output
 

@@ -66,6 +66,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_services(app)
     init_rate_limits(app)
     init_error_stats(app)
+    _init_inbox(app)
     init_cli(app)
     init_admin_cli(app)
     return app
@@ -134,10 +135,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _init_inbox(app: Flask) -> None:
+    """The failed-work inbox: one source per kind of work that failed for good (see monitoring/inbox.py)."""
+    from .jobs.failed_work import JobInboxSource
+    from .monitoring.inbox import Inbox
+    from .services import get_storage
+    from .services.failed_work import EmailInboxSource, StorageInboxSource
+
+    sources = [
+        JobInboxSource(),
+        EmailInboxSource(),
+        StorageInboxSource(local_file=lambda key: get_storage().local_file(key)),
+        # Unapplied payments (#13 point 5): the integrator adds PaymentInboxSource() from
+        # backend/app/payments/failed_work.py here, as the fourth kind ("payment").
+    ]
+    app.extensions["inbox"] = Inbox(sources, on_error=db.session.rollback)
+
+
 def _register_blueprints(app: Flask) -> None:
     from .admin.dashboard import bp as dashboard_bp
     from .admin.dead_letters import bp as dead_letters_bp
     from .admin.error_monitoring import bp as monitoring_bp
+    from .admin.failed_work import bp as failed_work_bp
     from .api import bp as api_bp
     from .auth import bp as auth_bp
     from .jobs import init_jobs
@@ -147,6 +166,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(monitoring_bp)
     app.register_blueprint(dead_letters_bp)
+    app.register_blueprint(failed_work_bp)
     app.register_blueprint(dashboard_bp)
     init_renders(app)
     init_jobs(app)

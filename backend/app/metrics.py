@@ -5,7 +5,8 @@ endpoint and status, and their durations), the `error_occurred` signal (error re
 a breaker listener (transitions, rejections) and a recovery listener (outbound calls by outcome,
 retries, fallbacks served). Values that live elsewhere are read at scrape time, by the process
 that answers the scrape: breaker states (from the breaker store, shared on Redis), queue depth,
-dead letters and job records by kind and status (from the database).
+dead letters and job records by kind and status (from the database), and the failed-work inbox's
+size and oldest item's age by kind (a source that cannot be read is left out, never the scrape).
 
 Several processes: with `PROMETHEUS_MULTIPROC_DIR` set in the environment before the process
 starts (prometheus-client decides at import), every worker writes its counters to files there and
@@ -151,6 +152,31 @@ class _ScrapeTimeCollector:
             yield from self._jobs()
         except Exception:  # a scrape must still answer with what it has when the database is down
             logger.warning("Metrics: could not read the job tables", exc_info=True)
+        try:
+            yield from self._inbox()
+        except Exception:  # the inbox is one more source: never the reason a scrape fails
+            logger.warning("Metrics: could not read the failed-work inbox", exc_info=True)
+
+    def _inbox(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        inbox = self.app.extensions.get("inbox")
+        if inbox is None:
+            return
+        with self.app.app_context():
+            sizes = inbox.sizes()  # per source: one that fails is logged and left out
+        now = time.time()
+        items = GaugeMetricFamily("oriel_failed_work_items", "Items in the failed-work inbox by kind", labels=["kind"])
+        oldest = GaugeMetricFamily(
+            "oriel_failed_work_oldest_age_seconds",
+            "Age of the oldest item in the failed-work inbox by kind (0 when empty)",
+            labels=["kind"],
+        )
+        for kind, (count, since) in sizes.items():
+            items.add_metric([kind], count)
+            oldest.add_metric([kind], max(0.0, now - since.timestamp()) if since is not None else 0.0)
+        yield items
+        yield oldest
 
     def _jobs(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily

@@ -327,6 +327,90 @@ class DeadLetterActionOut(BaseModel):
     job_ids: list[int]
 
 
+# --- Failed-work inbox (monitoring) ------------------------------------------------------------------
+
+
+class FailedWorkQuery(BaseModel):
+    """Query of GET .../failed-work (an unknown or malformed parameter is a 422, never a silent default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str | None = Field(default=None, min_length=1, max_length=32)
+    page: int = Field(default=1, ge=1, le=1_000_000)
+    per_page: int = Field(default=50, ge=1, le=100)
+
+
+class FailedWorkItemOut(BaseModel):
+    """One item of the failed-work inbox: what it is, its real error, how long it has waited."""
+
+    kind: str
+    id: int
+    title: str
+    status: str = Field(description="failed (in the inbox), discarded, or archived (a job the TTL archived)")
+    error_code: str | None
+    error_message: str | None
+    created_at: str | None
+    failed_at: str | None
+    age_seconds: int
+    attempts: int
+
+
+class FailedWorkPage(BaseModel):
+    """One page of the inbox (oldest failure first) and its size by kind."""
+
+    items: list[FailedWorkItemOut]
+    totals: dict[str, int]
+    oldest: dict[str, str | None]
+    total: int
+    kind: str | None
+    page: int
+    per_page: int
+
+
+class FailedWorkHistoryOut(BaseModel):
+    """One entry of an item's history: a failed attempt, or an admin's retry or discard."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str | None = None
+    kind: str | None = None
+    message: str | None = None
+    time: str | None = None
+
+
+class FailedWorkDetailOut(FailedWorkItemOut):
+    """An item with its full history and its source's details (secrets masked)."""
+
+    history: list[FailedWorkHistoryOut]
+    details: dict[str, object]
+
+
+class FailedWorkEnvelope(BaseModel):
+    """An item wrapped in `item`."""
+
+    item: FailedWorkDetailOut
+
+
+class FailedWorkDiscardRequest(StrictModel):
+    """Why the work is given up (kept with the item and written to security.log)."""
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class FailedWorkRetryAllRequest(StrictModel):
+    """Retry every item of one kind, oldest first, at most `limit`."""
+
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class FailedWorkActionOut(BaseModel):
+    """The items an inbox action changed."""
+
+    message: str
+    kind: str
+    ids: list[int]
+
+
 class CheckoutRequest(StrictModel):
     """Which render-credit pack to buy."""
 
@@ -713,14 +797,32 @@ ALERT_PARAMS: dict[str, tuple[str, ...]] = {
     "breaker_open": ("service",),
     "dead_letters": (),
     "slo_burn": ("group", "long_seconds", "short_seconds", "factor"),
+    "failed_work": ("older_than_minutes",),
 }
+
+
+def check_failed_work_params(params: dict[str, str | int | float]) -> None:
+    """`failed_work` params: `older_than_minutes` >= 0, optional inbox `kind`, `threshold` >= 1 (default 1)."""
+    from .monitoring.inbox import KINDS  # at validation time: schemas stay importable first
+
+    unknown = sorted(set(params) - {"older_than_minutes", "kind", "threshold"})
+    if unknown:
+        raise ValueError(f"params for failed_work do not take: {', '.join(unknown)}")
+    minutes = params.get("older_than_minutes")
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 <= minutes <= 525_600:
+        raise ValueError("older_than_minutes must be a number of minutes from 0 to 525600")
+    threshold = params.get("threshold", 1)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= 1_000_000:
+        raise ValueError("threshold must be a whole number from 1 to 1000000")
+    if "kind" in params and params["kind"] not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
 
 
 class AlertRuleRequest(StrictModel):
     """Create or replace (by name) an alert rule."""
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
-    kind: Literal["error_rate", "code_count", "breaker_open", "dead_letters", "slo_burn"]
+    kind: Literal["error_rate", "code_count", "breaker_open", "dead_letters", "slo_burn", "failed_work"]
     params: dict[Annotated[str, Field(max_length=32)], str | int | float] = Field(default_factory=dict, max_length=10)
     channels: list[AlertChannel] = Field(min_length=1, max_length=10)
     severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = "HIGH"
@@ -732,6 +834,12 @@ class AlertRuleRequest(StrictModel):
         missing = [key for key in ALERT_PARAMS[self.kind] if key not in self.params]
         if missing:
             raise ValueError(f"params for {self.kind} need: {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _failed_work_params(self) -> AlertRuleRequest:
+        if self.kind == "failed_work":
+            check_failed_work_params(self.params)
         return self
 
 

@@ -1,4 +1,4 @@
-"""`flask monitoring health|stats|breakers|reset|reset-all|dlq|alerts`: the admin API for a shell on the box.
+"""`flask monitoring health|stats|breakers|reset|reset-all|dlq|alerts|failed-work`: the admin API for a shell.
 
 Each command calls the same functions as the admin views (no HTTP), prints a readable table or, with
 `--json`, the API's JSON. Admin actions go to security.log with the actor "cli:<os user>".
@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from ...logging_config import log_security_event
+from ..errors import APIError
 from ..extensions import db
 from ..utils.circuit_breaker import BreakerRegistry
 
@@ -255,9 +256,114 @@ def alerts_test(name: str, as_json: bool) -> None:
     _emit(data, as_json, text)
 
 
+def age(seconds: int) -> str:
+    """A short age: 42s, 45m, 3h, 2d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _inbox_call(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run an inbox action; its typed error (unknown kind or id, not open, bad input) as a CLI error."""
+    try:
+        return call()
+    except APIError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+
+
+def _error_text(item: dict[str, Any], width: int = 60) -> str:
+    return f"{item['error_code'] or ''} {(item['error_message'] or '')[:width]}".strip()
+
+
+@click.command("list")
+@json_option
+@click.option("--kind", default=None, help="Only this kind (job, email, storage, payment).")
+@click.option("--page", default=1, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--per-page", default=50, show_default=True, type=click.IntRange(1, 100))
+@with_appcontext
+def inbox_list(as_json: bool, kind: str | None, page: int, per_page: int) -> None:
+    """Items in the failed-work inbox, oldest failure first, with their error, age and attempts."""
+    from .failed_work import list_items
+
+    data = _inbox_call(lambda: list_items(kind, page=page, per_page=per_page))
+    rows = [
+        [i["kind"], i["id"], i["title"], age(i["age_seconds"]), i["attempts"], _error_text(i)] for i in data["items"]
+    ]
+    totals = ", ".join(f"{n} {k}" for k, n in data["totals"].items())
+    text = f"{data['total']} item(s) in the inbox ({totals})\n" + table(
+        ("kind", "id", "title", "age", "attempts", "error"), rows
+    )
+    _emit(data, as_json, text)
+
+
+@click.command("show")
+@click.argument("kind")
+@click.argument("item_id", type=int)
+@json_option
+@with_appcontext
+def inbox_show(kind: str, item_id: int, as_json: bool) -> None:
+    """One item with its history and details."""
+    from .failed_work import show_item
+
+    data = _inbox_call(lambda: show_item(kind, item_id))
+    item = data["item"]
+    history = [[h.get("time"), h.get("code"), h.get("kind"), (h.get("message") or "")[:80]] for h in item["history"]]
+    text = "\n".join(
+        [
+            f"{item['title']} ({item['kind']} {item['id']}, {item['status']})",
+            f"Error: {_error_text(item, 200) or '-'}",
+            f"Failed {age(item['age_seconds'])} ago, after {item['attempts']} attempt(s); created {item['created_at']}",
+            "History:\n" + table(("time", "code", "kind", "message"), history) if history else "History: none",
+            "Details: " + json.dumps(item["details"], indent=2, sort_keys=True, default=str),
+        ]
+    )
+    _emit(data, as_json, text)
+
+
+@click.command("retry")
+@click.argument("kind")
+@click.argument("item_id", type=int, required=False)
+@click.option("--all", "every", is_flag=True, help="Retry every item of KIND (oldest first, at most --limit).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@with_appcontext
+def inbox_retry(kind: str, item_id: int | None, every: bool, limit: int, as_json: bool) -> None:
+    """Put an item's work back where it came from (or, with --all, every item of KIND) as the CLI actor."""
+    from .failed_work import retry_item, retry_kind
+
+    if (item_id is None) == (not every):
+        raise click.UsageError("Give an id or --all (not both).")
+    actor = cli_actor()
+    if every:
+        data = _inbox_call(lambda: retry_kind(kind, limit=limit, actor=actor))
+    else:
+        data = _inbox_call(lambda: retry_item(kind, item_id, actor=actor))  # type: ignore[arg-type]
+    _emit(data, as_json, data["message"])
+
+
+@click.command("discard")
+@click.argument("kind")
+@click.argument("item_id", type=int)
+@click.option("--reason", required=True, help="Why the work is given up (1-500 characters).")
+@json_option
+@with_appcontext
+def inbox_discard(kind: str, item_id: int, reason: str, as_json: bool) -> None:
+    """Give an item up with a reason (kept with it until the retention purge) as the CLI actor."""
+    from .failed_work import discard_item
+
+    data = _inbox_call(lambda: discard_item(kind, item_id, reason=reason, actor=cli_actor()))
+    _emit(data, as_json, data["message"])
+
+
 dlq = click.Group("dlq", help="Dead letters: list and requeue.", commands=[dlq_list, dlq_requeue])
 alerts = click.Group("alerts", help="Alert rules: test one now.", commands=[alerts_test])
-COMMANDS: tuple[click.Command, ...] = (health, stats, breakers, reset, reset_all, dlq, alerts)
+failed_work = click.Group(
+    "failed-work",
+    help="The failed-work inbox (dead jobs, failed emails, stuck files, unapplied payments).",
+    commands=[inbox_list, inbox_show, inbox_retry, inbox_discard],
+)
+COMMANDS: tuple[click.Command, ...] = (health, stats, breakers, reset, reset_all, dlq, alerts, failed_work)
 
 
 def init_admin_cli(app: Flask) -> None:
@@ -267,6 +373,6 @@ def init_admin_cli(app: Flask) -> None:
         group = AppGroup(GROUP)
         app.cli.add_command(group)
     # Extends the stats engineer's group (prune-errors) rather than replacing it.
-    group.help = "Monitoring: health, error statistics, breakers, dead letters, alerts, maintenance."
+    group.help = "Monitoring: health, error statistics, breakers, dead letters, alerts, failed work, maintenance."
     for command in COMMANDS:
         group.add_command(command)

@@ -8,6 +8,9 @@ Kinds and their params:
 - `dead_letters`: at least `threshold` jobs dead-lettered within `window_seconds`.
 - `slo_burn`: the endpoint `group` burns its error budget at least `factor` times over both
   `long_seconds` and `short_seconds` (see `alerts.slo`).
+- `failed_work`: the failed-work inbox holds at least `threshold` (default 1) items (of inbox `kind`,
+  when given) that failed more than `older_than_minutes` ago; it resolves once they are retried,
+  discarded or fewer (see `monitoring.inbox`).
 
 A rule moving ok → firing announces itself once (unless it was announced less than
 `cooldown_seconds` ago: flapping is not paged twice); while it keeps firing nothing more is sent;
@@ -86,7 +89,26 @@ def evaluate_condition(app: Flask, rule: AlertRule, now: datetime) -> tuple[bool
             f"{int(p['long_seconds'])} s and {short_rate:.1f}x over {int(p['short_seconds'])} s (alert at {factor}x)"
         )
         return firing, long_rate, summary
+    if kind == "failed_work":
+        return _failed_work(app, p, now)
     raise ValueError(f"unknown alert kind {kind!r}")
+
+
+def _failed_work(app: Flask, p: dict[str, Any], now: datetime) -> tuple[bool, float | None, str]:
+    """Items in the failed-work inbox older than `older_than_minutes` (of one `kind`, when given)."""
+    minutes = float(p["older_than_minutes"])
+    threshold = int(p.get("threshold", 1))
+    only = p.get("kind") or None
+    inbox = app.extensions["inbox"]
+    before = now - timedelta(minutes=minutes)
+    if only is None:
+        count = sum(inbox.counts(failed_before=before).values())
+    else:
+        source = inbox.source(only)
+        count = source.count(failed_before=before) if source is not None else 0
+    what = f"{only} item(s)" if only else "item(s)"
+    summary = f"{count} failed-work {what} older than {minutes:g} min in the inbox (alert at {threshold})"
+    return count >= threshold, float(count), summary
 
 
 def _transition(rule: AlertRule, firing: bool, now: datetime) -> str | None:

@@ -7,6 +7,7 @@ Other owners register their periodic work with one line each, in their own modul
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from flask import current_app
@@ -14,12 +15,14 @@ from flask import current_app
 from .compensation import sweep_pending
 from .context import JobContext
 from .dead_letters import archive_expired, purge_succeeded
+from .records import utcnow
 from .registry import job_kind, register_periodic
 
 logger = logging.getLogger(__name__)
 
 DEAD_LETTER_TTL_EVERY_SECONDS = 3600
 COMPENSATION_SWEEP_EVERY_SECONDS = 60
+FAILED_WORK_RETENTION_EVERY_SECONDS = 3600
 
 
 @job_kind("maintenance.noop", queue="default", max_attempts=1)
@@ -46,5 +49,25 @@ def compensation_sweep(ctx: JobContext) -> dict[str, Any]:
     return {"applied": applied}
 
 
+class FailedWorkPurgeError(RuntimeError):
+    """A failed-work source could not be purged (the others were)."""
+
+
+def failed_work_retention(ctx: JobContext) -> dict[str, Any]:
+    """Delete what the failed-work inbox gave up more than FAILED_WORK_RETENTION_DAYS ago (every source).
+
+    Archived dead letters, discarded emails and files, and long-finished outbox and sync rows go; open
+    items never do. A source that fails is retried with the job; the others are purged first.
+    """
+    days = float(current_app.config.get("FAILED_WORK_RETENTION_DAYS", 30))
+    result = current_app.extensions["inbox"].purge(utcnow() - timedelta(days=days))
+    if result.total:
+        logger.info("Failed-work retention (%s days): deleted %s", days, result.deleted)
+    if result.failed:
+        raise FailedWorkPurgeError(f"failed-work purge failed for {', '.join(sorted(result.failed))}: {result.failed}")
+    return {"deleted": result.deleted, "retention_days": days}
+
+
 register_periodic("maintenance.dead_letter_ttl", DEAD_LETTER_TTL_EVERY_SECONDS, dead_letter_ttl)
 register_periodic("maintenance.compensations", COMPENSATION_SWEEP_EVERY_SECONDS, compensation_sweep)
+register_periodic("maintenance.failed_work_retention", FAILED_WORK_RETENTION_EVERY_SECONDS, failed_work_retention)

@@ -366,6 +366,10 @@ class StorageService:
     def _local_path(self, key: str) -> Path:
         return self.local_dir.joinpath(*check_key(key).split("/"))
 
+    def local_file(self, key: str) -> Path:
+        """Where `key` lives in local (fallback) storage, whether or not the file is there."""
+        return self._local_path(key)
+
     def _write_local(self, key: str, data: bytes) -> None:
         path = self._local_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)

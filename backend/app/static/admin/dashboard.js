@@ -12,7 +12,7 @@ const MON = "/admin/api/monitoring";
 const api = createClient({ baseUrl: "", maxAttempts: 2, deadlineMs: 8000, timeoutMs: 8000 });
 const $ = (sel) => document.querySelector(sel);
 
-const state = { window: "1h", requestId: "", timer: null, signedIn: false, current: null };
+const state = { window: "1h", requestId: "", timer: null, signedIn: false, current: null, inboxKind: "", discarding: null };
 
 /** Show a failure in a panel: message, code, request ID; never a blank panel. */
 function showError(panel, error) {
@@ -295,6 +295,113 @@ async function loadDeadLetters() {
   }
 }
 
+// -- the failed-work inbox --------------------------------------------------------------------------
+
+const INBOX_KINDS = { job: "Dead jobs", email: "Failed emails", storage: "Stuck files", payment: "Unapplied payments" };
+
+/** A short age: 42 s, 45 min, 3 h, 2 d. */
+function fmtAge(seconds) {
+  if (seconds >= 86400) return `${Math.floor(seconds / 86400)} d`;
+  if (seconds >= 3600) return `${Math.floor(seconds / 3600)} h`;
+  if (seconds >= 60) return `${Math.floor(seconds / 60)} min`;
+  return `${seconds} s`;
+}
+
+const itemUrl = (item) => `${MON}/failed-work/${encodeURIComponent(item.kind)}/${item.id}`;
+
+async function loadInbox() {
+  const q = state.inboxKind ? `&kind=${encodeURIComponent(state.inboxKind)}` : "";
+  const { data } = await api.get(`${MON}/failed-work?per_page=50${q}`);
+  const total = Object.values(data.totals).reduce((sum, n) => sum + n, 0);
+  $("#inbox-total").textContent = `(${total})`;
+  const tabs = $("#inbox-kinds");
+  clear(tabs);
+  // The API's kinds in the inbox's order (JSON objects come back with sorted keys).
+  const kinds = [...Object.keys(INBOX_KINDS), ...Object.keys(data.totals)].filter((k, i, all) => k in data.totals && all.indexOf(k) === i);
+  for (const kind of ["", ...kinds]) {
+    const label = kind ? INBOX_KINDS[kind] || kind : "All";
+    const pick = () => { state.inboxKind = kind; load("inbox-panel", loadInbox); };
+    tabs.append(el("button", { type: "button", class: `kind-tab${kind === state.inboxKind ? " active" : ""}`,
+      "data-kind": kind || "all", onclick: pick }, `${label} (${kind ? data.totals[kind] : total})`));
+  }
+  const bulk = $("#inbox-retry-kind");
+  bulk.hidden = !state.inboxKind || !data.totals[state.inboxKind];
+  bulk.textContent = `Retry all ${(INBOX_KINDS[state.inboxKind] || state.inboxKind).toLowerCase()}`;
+  const tbody = $("#inbox tbody");
+  clear(tbody);
+  if (!data.items.length) emptyRow(tbody, 6, state.inboxKind ? "Nothing of this kind needs you." : "Nothing failed for good: the inbox is empty.");
+  for (const item of data.items) {
+    const inspect = async () => {
+      try {
+        const { data: one } = await api.get(itemUrl(item));
+        const pre = $("#inbox-detail");
+        pre.textContent = JSON.stringify(one.item, null, 2);
+        pre.hidden = false;
+        hideError(document.getElementById("inbox-panel"));
+      } catch (error) {
+        showError(document.getElementById("inbox-panel"), error);
+      }
+    };
+    const retry = async () => {
+      const done = await act("inbox-panel", `${item.title} retried`, () => api.post(`${itemUrl(item)}/retry`, {}));
+      if (done) $("#inbox-detail").hidden = true;
+    };
+    tbody.append(
+      el("tr", { "data-inbox-item": `${item.kind}:${item.id}`, "data-kind": item.kind },
+        el("td", {}, INBOX_KINDS[item.kind] || item.kind),
+        el("td", { class: "mono" }, item.title),
+        el("td", { class: "error" }, item.error_code ? el("b", {}, item.error_code) : "", item.error_message || ""),
+        el("td", { class: "age", title: item.failed_at || "" }, fmtAge(item.age_seconds)),
+        el("td", {}, String(item.attempts)),
+        el("td", { class: "actions" },
+          el("button", { type: "button", "data-action": "inspect", onclick: inspect }, "Inspect"),
+          el("button", { type: "button", "data-action": "retry", onclick: retry }, "Retry"),
+          el("button", { type: "button", class: "danger", "data-action": "discard", onclick: () => askReason(item) }, "Discard"),
+        ),
+      ),
+    );
+  }
+}
+
+/** Discard asks why first: the reason is required and stays with the item. */
+function askReason(item) {
+  state.discarding = item;
+  const form = $("#inbox-discard");
+  $("#inbox-discard-title").textContent = item.title;
+  $("#inbox-reason").value = "";
+  form.querySelector(".panel-error").hidden = true;
+  form.hidden = false;
+  $("#inbox-reason").focus();
+}
+
+async function discardItem(event) {
+  event.preventDefault();
+  const item = state.discarding;
+  const form = $("#inbox-discard");
+  if (!item) return;
+  try {
+    const { data } = await api.post(`${itemUrl(item)}/discard`, { reason: $("#inbox-reason").value });
+    form.hidden = true;
+    state.discarding = null;
+    $("#inbox-detail").hidden = true;
+    toast(data.message);
+    await refresh();
+  } catch (error) {
+    showError(form, error);
+    if (error instanceof OrielError && error.fields) {
+      const box = form.querySelector(".panel-error");
+      for (const [field, msg] of Object.entries(error.fields)) box.append(el("div", {}, `${field}: ${msg}`));
+    }
+  }
+}
+
+function retryKind() {
+  const kind = state.inboxKind;
+  if (!kind) return;
+  act("inbox-panel", `Every ${kind} item retried`, () =>
+    api.post(`${MON}/failed-work/${encodeURIComponent(kind)}/retry`, { limit: 100 }));
+}
+
 const RULE_FIELDS = ["name", "kind", "params", "channels", "severity", "cooldown_seconds", "enabled"];
 
 function editRule(rule) {
@@ -403,6 +510,7 @@ async function reloadAll() {
     load("recent-panel", loadRecent),
     load("breakers-panel", loadBreakers),
     load("dlq-panel", loadDeadLetters),
+    load("inbox-panel", loadInbox),
     load("alerts-panel", loadAlerts),
     load("renders-panel", loadRenders),
   ]);
@@ -479,6 +587,9 @@ function init() {
   $("#alert-new").addEventListener("click", () => editRule(null));
   $("#alert-cancel").addEventListener("click", () => { $("#alert-form").hidden = true; });
   $("#alert-form").addEventListener("submit", saveRule);
+  $("#inbox-discard").addEventListener("submit", discardItem);
+  $("#inbox-discard-cancel").addEventListener("click", () => { $("#inbox-discard").hidden = true; state.discarding = null; });
+  $("#inbox-retry-kind").addEventListener("click", retryKind);
   document.body.dataset.ready = "true";
 }
 
