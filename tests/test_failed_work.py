@@ -192,9 +192,10 @@ class FakePaymentSource:
 
 
 def with_source(app: Flask, extra: Any) -> Inbox:
-    """Replace the app's inbox by one with every wired source plus `extra`."""
+    """Replace the app's inbox by one with every wired source, `extra` replacing the one of its kind."""
     inbox: Inbox = app.extensions["inbox"]
-    app.extensions["inbox"] = Inbox([*(inbox.source(k) for k in inbox.kinds), extra], on_error=db.session.rollback)
+    wired = [inbox.source(k) for k in inbox.kinds if k != extra.kind]  # `extra` stands in for its kind's source
+    app.extensions["inbox"] = Inbox([*wired, extra], on_error=db.session.rollback)
     return app.extensions["inbox"]
 
 
@@ -434,7 +435,7 @@ def test_point6_discard_needs_a_reason_and_is_kept_with_it_for_every_kind(app: F
         assert (email.status, email.discard_reason) == ("discarded", reason) and email.discarded_at is not None
         stored = db.session.get(PendingSync, file_id)
         assert (stored.status, stored.discard_reason) == ("discarded", reason) and stored.discarded_at is not None
-    assert client.get(BASE, headers=headers).get_json()["totals"] == {"job": 0, "email": 0, "storage": 0}
+    assert client.get(BASE, headers=headers).get_json()["totals"] == {"job": 0, "email": 0, "storage": 0, "payment": 0}
     events = security_events(app, "failed_work_discarded")
     assert [(e["kind"], e["item_ids"], e["reason"]) for e in events] == [
         ("job", [job_id], reason),
@@ -516,7 +517,7 @@ def test_point6_cli_lists_shows_retries_and_discards_like_the_api(app: Flask, ba
     client = app.test_client()
     headers = admin(client)
     api = client.get(BASE, headers=headers).get_json()
-    assert data["totals"] == api["totals"] == {"job": 1, "email": 1, "storage": 1}
+    assert data["totals"] == api["totals"] == {"job": 1, "email": 1, "storage": 1, "payment": 0}
     assert [(i["kind"], i["id"]) for i in data["items"]] == [(i["kind"], i["id"]) for i in api["items"]]
     only = json.loads(cli(app, "list", "--kind", "storage", "--json").output)
     assert [i["id"] for i in only["items"]] == [file_id]
@@ -729,7 +730,7 @@ def test_point6_retention_purges_only_what_is_old_and_given_up(make_app: Callabl
     with app.app_context():
         record = db.session.get(Job, job.id)
         assert record.status == SUCCEEDED, record.errors
-        assert record.result == {"deleted": {"job": 2, "email": 2, "storage": 3}, "retention_days": 30.0}
+        assert record.result == {"deleted": {"job": 2, "email": 2, "storage": 3, "payment": 0}, "retention_days": 30.0}
         local = {
             key: get_storage().local_file(key).exists()
             for key in (
@@ -792,15 +793,16 @@ def test_point6_retry_discard_and_purge_on_postgresql(pg_app: Flask, bad_kind: s
     file_id = failed_file(app, "renders/pg.mp4")
     inbox: Inbox = app.extensions["inbox"]
     with app.app_context():
-        assert inbox.counts() == {"job": 1, "email": 1, "storage": 1}
-        assert inbox.counts(failed_before=_now() - timedelta(minutes=20)) == {"job": 0, "email": 1, "storage": 1}
+        assert inbox.counts() == {"job": 1, "email": 1, "storage": 1, "payment": 0}
+        early = _now() - timedelta(minutes=20)
+        assert inbox.counts(failed_before=early) == {"job": 0, "email": 1, "storage": 1, "payment": 0}
         inbox.retry("email", email_id, actor="test")
         inbox.discard("storage", file_id, reason="gone", actor="test")
         inbox.discard("job", job_id, reason="gone", actor="test")
-        assert inbox.counts() == {"job": 0, "email": 0, "storage": 0}
+        assert inbox.counts() == {"job": 0, "email": 0, "storage": 0, "payment": 0}
         assert inbox.get("job", job_id).status == "discarded"
         result = inbox.purge(_now() + timedelta(seconds=5))  # everything given up counts as old here
-    assert result.deleted == {"job": 1, "email": 0, "storage": 1} and not result.failed
+    assert result.deleted == {"job": 1, "email": 0, "storage": 1, "payment": 0} and not result.failed
     assert _exists(app, Job, [job_id]) == [False] and _exists(app, EmailOutbox, [email_id]) == [True]
 
 

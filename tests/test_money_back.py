@@ -235,7 +235,7 @@ def test_point5_inbox_discard_keeps_the_reason_and_purge_deletes_what_was_given_
         discarded = source.get(one)
         assert discarded is not None and discarded.status == "discarded"
         assert discarded.details["discard_reason"] == "refunded by hand in the Stripe dashboard"
-        assert discarded.history[-1]["action"] == "discarded" and source.count() == 1
+        assert discarded.history[-1]["code"] == "DISCARDED" and source.count() == 1
         assert source.purge(datetime.now(UTC) - timedelta(days=1)) == 0  # within the retention period
         assert source.purge(datetime.now(UTC) + timedelta(seconds=1)) == 1
         assert source.get(one) is None and source.get(two) is not None and source.count() == 1
@@ -529,3 +529,36 @@ def test_point5_stripe_peer_builds_late_and_money_back_events_with_stripes_shape
         payload, headers = signed_webhook(event, stripe_peer.webhook_secret)
         verified = stripe.Webhook.construct_event(payload, headers["Stripe-Signature"], stripe_peer.webhook_secret)
         assert verified.type == event["type"] and verified.data.object.id == event["data"]["object"]["id"]
+
+
+def test_point5_and_6_an_unapplied_payment_is_in_the_admin_inbox_and_a_discard_keeps_its_reason(
+    sqlite_shop: Shop,
+) -> None:
+    """Wired into the app: the admin API lists the unapplied payment with its real reason and discards it."""
+    shop = sqlite_shop
+    headers, _ = shop.buyer()
+    session_id = shop.checkout(headers)
+    shop.peer.sessions[session_id]["metadata"] = {"pack": "starter"}  # no user, no credits: unusable
+    shop.peer.sessions[session_id]["client_reference_id"] = None
+    assert shop.deliver(shop.peer.completed_event(session_id))["unapplied"] == "SESSION_METADATA_UNUSABLE"
+    client = shop.client
+    admin = bearer(login(client, "admin@example.com")["access_token"])
+
+    listed = client.get("/admin/api/monitoring/failed-work?kind=payment", headers=admin).get_json()
+    assert listed["totals"]["payment"] == 1
+    [item] = listed["items"]
+    assert (item["kind"], item["error_code"]) == ("payment", "SESSION_METADATA_UNUSABLE")
+    assert session_id in item["title"]
+    refused = client.post(f"/admin/api/monitoring/failed-work/payment/{item['id']}/discard", headers=admin, json={})
+    assert_error(refused, 422, "VALIDATION_ERROR")  # a discard needs its reason
+    done = client.post(
+        f"/admin/api/monitoring/failed-work/payment/{item['id']}/discard",
+        headers=admin,
+        json={"reason": "refunded by hand in the Stripe dashboard"},
+    )
+    assert done.status_code == 200, done.get_json()
+    shown = client.get(f"/admin/api/monitoring/failed-work/payment/{item['id']}", headers=admin).get_json()["item"]
+    assert shown["status"] == "discarded" and shown["history"][-1]["code"] == "DISCARDED"
+    assert client.get("/admin/api/monitoring/failed-work", headers=admin).get_json()["totals"]["payment"] == 0
+    audit = [e for e in read_log(shop.app, "security.log") if e.get("event_type") == "failed_work_discarded"]
+    assert audit and audit[-1]["reason"] == "refunded by hand in the Stripe dashboard"

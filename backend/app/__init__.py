@@ -139,6 +139,7 @@ def _init_inbox(app: Flask) -> None:
     """The failed-work inbox: one source per kind of work that failed for good (see monitoring/inbox.py)."""
     from .jobs.failed_work import JobInboxSource
     from .monitoring.inbox import Inbox
+    from .payments.failed_work import PaymentInboxSource
     from .services import get_storage
     from .services.failed_work import EmailInboxSource, StorageInboxSource
 
@@ -146,8 +147,7 @@ def _init_inbox(app: Flask) -> None:
         JobInboxSource(),
         EmailInboxSource(),
         StorageInboxSource(local_file=lambda key: get_storage().local_file(key)),
-        # Unapplied payments (#13 point 5): the integrator adds PaymentInboxSource() from
-        # backend/app/payments/failed_work.py here, as the fourth kind ("payment").
+        PaymentInboxSource(),
     ]
     app.extensions["inbox"] = Inbox(sources, on_error=db.session.rollback)
 

@@ -19,7 +19,6 @@ from ..auth.decorators import admin_required
 from ..errors import ValidationError
 from ..jobs.records import iso
 from ..monitoring.inbox import MAX_MERGED_DEPTH, Inbox
-from ..monitoring.queries import parse_query
 from ..openapi import documented
 from ..schemas import (
     FailedWorkActionOut,
@@ -29,7 +28,7 @@ from ..schemas import (
     FailedWorkQuery,
     FailedWorkRetryAllRequest,
 )
-from ..validation import parse_json
+from ..validation import parse_json, parse_query
 
 bp = Blueprint("failed_work", __name__, url_prefix="/admin/api/monitoring/failed-work")
 

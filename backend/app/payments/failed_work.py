@@ -125,7 +125,14 @@ class PaymentInboxSource:
         now = utcnow()
         why = clean_text(reason, 500)
         history = append_error(
-            row.errors or [], {"action": "discarded", "actor": actor, "reason": why, "time": iso(now)}
+            row.errors or [],
+            {
+                "code": "DISCARDED",
+                "kind": "discard",
+                "message": f"Discarded by {actor}: {why}",
+                "time": iso(now),
+                "actor": actor,
+            },
         )
         changed = db.session.execute(
             update(UnappliedPayment)

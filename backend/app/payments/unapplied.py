@@ -178,7 +178,15 @@ def mark_applied(item_id: int, *, actor: str, note: str) -> bool:
         db.session.rollback()
         return False
     history = append_error(
-        item.errors or [], {"action": "applied", "actor": actor, "note": note, "time": iso(utcnow())}
+        item.errors or [],
+        # Shaped like the other inbox sources' markers (RETRIED, DISCARDED), so one history view reads all.
+        {
+            "code": "APPLIED",
+            "kind": "retry",
+            "message": f"Applied by {actor}: {note}",
+            "time": iso(utcnow()),
+            "actor": actor,
+        },
     )
     now = utcnow()
     changed = db.session.execute(
