@@ -69,6 +69,7 @@ class Config:
     JWT_REFRESH_TOKEN_EXPIRES_SECONDS = 30 * 24 * 3600
     SQLALCHEMY_DATABASE_URI: str | None = None  # None → SQLite in the instance folder
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
+    DATABASE_CONNECT_TIMEOUT = 3  # seconds (whole: libpq's unit) a PostgreSQL connect may wait; not SQLite
     REDIS_URL: str | None = None
     LOG_DIR = str(PROJECT_ROOT / "logs")
     LOG_LEVEL = "INFO"
@@ -164,6 +165,7 @@ class Config:
             cfg.ADMIN_EMAILS = frozenset(e.strip().lower() for e in env["ADMIN_EMAILS"].split(",") if e.strip())
         cfg.MAX_UPLOAD_MB = _int(env, "MAX_UPLOAD_MB", cfg.MAX_UPLOAD_MB)
         cfg.FREE_RENDER_CREDITS = _int(env, "FREE_RENDER_CREDITS", cfg.FREE_RENDER_CREDITS)
+        cfg.DATABASE_CONNECT_TIMEOUT = _int(env, "DATABASE_CONNECT_TIMEOUT", cfg.DATABASE_CONNECT_TIMEOUT)
         for name in ("GCS_TIMEOUT", "STRIPE_TIMEOUT", "SENDGRID_TIMEOUT"):
             setattr(cfg, name, _float(env, name, getattr(cfg, name)))
         cfg.RATELIMIT_ENABLED = _bool(env.get("RATELIMIT_ENABLED"), cfg.RATELIMIT_ENABLED)
@@ -185,6 +187,8 @@ class Config:
             raise ConfigError("MAX_UPLOAD_MB must be positive")
         if self.FAILED_WORK_RETENTION_DAYS <= 0:
             raise ConfigError("FAILED_WORK_RETENTION_DAYS must be positive (days given-up work is kept)")
+        if self.DATABASE_CONNECT_TIMEOUT < 1:
+            raise ConfigError("DATABASE_CONNECT_TIMEOUT must be at least 1 second (0 would mean no timeout)")
 
 
 # Job and render settings read from the environment only when set; unset, the modules' own defaults apply

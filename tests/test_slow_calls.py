@@ -34,6 +34,7 @@ def _thresholds(app: Flask) -> dict[str, tuple[float, float]]:
         {},
         {"STRIPE_TIMEOUT": 30.0, "GCS_TIMEOUT": 2.0, "SENDGRID_TIMEOUT": 1.0},
         {"SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"connect_timeout": 3}}},
+        {"SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://nobody@127.0.0.1:1/none", "DATABASE_CONNECT_TIMEOUT": 2},
     ],
 )
 def test_point8_every_slow_call_threshold_is_below_its_adapter_timeout(
@@ -45,6 +46,8 @@ def test_point8_every_slow_call_threshold_is_below_its_adapter_timeout(
         assert slow is not None and 0 < slow < timeout, (name, slow, timeout)
     if "SQLALCHEMY_ENGINE_OPTIONS" in settings:
         assert thresholds["database"] == (1.5, 3.0)
+    if "DATABASE_CONNECT_TIMEOUT" in settings:  # PostgreSQL: the connect timeout the app really sets
+        assert thresholds["database"] == (1.0, 2.0)
 
 
 def test_point8_an_explicit_threshold_at_or_above_the_timeout_is_warned_about(make_app: Callable[..., Flask]) -> None:

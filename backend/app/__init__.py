@@ -27,6 +27,7 @@ from .request_context import init_request_context
 from .request_metrics import init_request_metrics
 from .routing import IdConverter
 from .services import init_services
+from .utils.database_breaker import install_database_breaker
 from .utils.resilience import init_resilience
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -61,6 +62,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_request_metrics(app)
     init_error_handlers(app)
     init_resilience(app)
+    install_database_breaker(app)  # after the engines (extensions) and the breakers (resilience) exist
     init_observability(app)
     _register_blueprints(app)
     init_services(app)
@@ -82,8 +84,11 @@ def _derive_settings(app: Flask) -> None:
     if url.get_backend_name() == "sqlite":
         engine_options.setdefault("connect_args", {"timeout": 15})
     else:
+        # pre-ping turns every outage into a failed connect, which the database breaker counts.
         engine_options.setdefault("pool_pre_ping", True)
-        engine_options.setdefault("connect_args", {"connect_timeout": 3})
+        connect_args = dict(engine_options.get("connect_args") or {})
+        connect_args.setdefault("connect_timeout", int(cfg.get("DATABASE_CONNECT_TIMEOUT", 3)))
+        engine_options["connect_args"] = connect_args
     cfg["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
     cfg["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(seconds=cfg["JWT_ACCESS_TOKEN_EXPIRES_SECONDS"])
     cfg["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(seconds=cfg["JWT_REFRESH_TOKEN_EXPIRES_SECONDS"])

@@ -1,7 +1,13 @@
 """A loopback TCP forwarder (PostgreSQL, Redis) whose wire can be cut and restored, for database outages.
 
 `down()` cuts every open connection and answers new ones by closing them at once (the client sees the server
-go away, as when PostgreSQL restarts); `up()` forwards again. The forwarder binds 127.0.0.1 only.
+go away, as when PostgreSQL restarts); `hang()` cuts them too, then accepts new connections and never answers
+(a host that stopped responding: a client waits for its connect timeout); `up()` forwards again. The
+forwarder binds 127.0.0.1 only.
+
+Open connections are cut, not stalled, by `hang()`: nothing in libpq bounds a query on a live but silent
+connection, so a stalled pooled connection would block its pre-ping for good. That is another fault (one
+for TCP or statement timeouts); this mode stands for the connect-timeout wait.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ class TcpFaultProxy:
         self.target = (target_host, target_port)
         self._lock = threading.Lock()
         self._down = False
+        self._hanging = False
         self._conns: set[socket.socket] = set()
+        self._held: set[socket.socket] = set()  # accepted while hanging, never answered
         self.refused = 0  # connections answered by closing them while down
+        self.held = 0  # connections accepted and left unanswered while hanging
         self._server = socket.socket()
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("127.0.0.1", 0))
@@ -34,12 +43,17 @@ class TcpFaultProxy:
             except OSError:
                 return  # closed
             with self._lock:
-                down = self._down
+                down, hanging = self._down, self._hanging
                 if down:
                     self.refused += 1
+                elif hanging:
+                    self.held += 1
+                    self._held.add(client)
             if down:
                 client.close()
                 continue
+            if hanging:
+                continue  # read nothing, answer nothing: the client's own timeout ends it
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -66,16 +80,34 @@ class TcpFaultProxy:
     def down(self) -> None:
         """Cut every open connection and refuse new ones until `up()`."""
         with self._lock:
-            self._down = True
+            self._down, self._hanging = True, False
+        self._cut()
+
+    def hang(self) -> None:
+        """Cut every open connection; accept new ones and never answer them until `up()`."""
+        with self._lock:
+            self._down, self._hanging = False, True
+        self._cut()
+
+    def up(self) -> None:
+        """Forward new connections again (connections held by `hang()` are closed)."""
+        with self._lock:
+            self._down = self._hanging = False
+            held, self._held = list(self._held), set()
+        for conn in held:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _cut(self) -> None:
+        with self._lock:
             conns, self._conns = list(self._conns), set()
+            held, self._held = list(self._held), set()
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-
-    def up(self) -> None:
-        """Forward new connections again."""
-        with self._lock:
-            self._down = False
+        for conn in held:
+            with contextlib.suppress(OSError):
+                conn.close()
 
     def close(self) -> None:
         """Cut everything and stop listening."""

@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import text
 
 from ..utils.breaker_store import Outcome
 from ..utils.circuit_breaker import BreakerListener, CircuitBreaker
@@ -141,11 +140,12 @@ def _timed(fn: Callable[[], ProbeResult | dict[str, Any] | None]) -> ProbeResult
 
 
 def _database_probe(app: Flask) -> ProbeResult:
-    with app.app_context():
-        from ..extensions import db
+    """The real database, around its breaker: health must see it is back while the breaker still waits."""
+    from ..extensions import db
+    from ..utils.database_breaker import probe
 
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+    with app.app_context():
+        probe(db.engine, app.extensions["breakers"].get("database"))
     return ProbeResult("ok")
 
 

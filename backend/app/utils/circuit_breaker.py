@@ -39,12 +39,14 @@ KNOWN_SERVICES = ("stripe", "storage", "email", "rendering", "database")
 #: just before timing out never trips its breaker: half of each adapter's default timeout (STRIPE_TIMEOUT
 #: 10 s, GCS_TIMEOUT 10 s, SENDGRID_TIMEOUT 5 s, PostgreSQL connect_timeout 3 s). An app derives them from
 #: its configured timeouts instead (`resilience.slow_call_defaults`).
+#: The database recovers sooner than the default 60 s: while its breaker is open every request fails
+#: (nothing is served without it), and a trial costs one connect of at most its 3 s connect timeout.
 SERVICE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     "stripe": {"slow_call_seconds": 5.0},
     "storage": {"slow_call_seconds": 5.0},
     "email": {"slow_call_seconds": 2.5},
     "rendering": {},  # renders take minutes by design; their own timeout bounds them
-    "database": {"slow_call_seconds": 1.5},
+    "database": {"slow_call_seconds": 1.5, "recovery_timeout": 10.0},
 }
 
 
