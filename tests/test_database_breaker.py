@@ -144,6 +144,8 @@ def test_point7_a_database_that_goes_down_opens_the_breaker_and_requests_fail_fa
     assert health["last_failure"] is not None
     public = app.test_client().get("/api/errors/system-health").get_json()
     assert public["status"] == "down" and "everything" in public["degraded_features"]
+    scrape = app.test_client().get("/metrics")  # what a monitoring system sees: the breaker open (2)
+    assert scrape.status_code == 200 and 'oriel_circuit_breaker_state{service="database"} 2.0' in scrape.text
     ready, elapsed = _timed(lambda: app.test_client().get("/readyz"))
     assert_error(ready, 503, "SERVICE_NOT_READY")
     assert elapsed < FAST
