@@ -98,6 +98,13 @@ class Config:
     STRIPE_TIMEOUT = 10.0
     SENDGRID_TIMEOUT = 5.0
     EMAIL_FROM = "no-reply@oriel.local"
+    EMAIL_MAX_ATTEMPTS = 10  # sends of one email before it ends failed (a refusal for good: at once)
+    # Storage sync, per file: attempts before it ends failed (the inbox), full-jitter backoff between them,
+    # and the lease a claimed row is held for (longer than one upload with its retries).
+    STORAGE_SYNC_MAX_ATTEMPTS = 10
+    STORAGE_SYNC_BASE_DELAY = 60.0
+    STORAGE_SYNC_MAX_DELAY = 3600.0
+    STORAGE_SYNC_LEASE_SECONDS = 300.0
     PUBLIC_BASE_URL: str | None = None  # absolute links in emails and Checkout redirects
     RENDER_PACKS: dict[str, tuple[int, int]] | str | None = None  # {"starter": (credits, cents)}; None: defaults
     RATELIMIT_ENABLED = True
@@ -189,6 +196,10 @@ class Config:
             raise ConfigError("FAILED_WORK_RETENTION_DAYS must be positive (days given-up work is kept)")
         if self.DATABASE_CONNECT_TIMEOUT < 1:
             raise ConfigError("DATABASE_CONNECT_TIMEOUT must be at least 1 second (0 would mean no timeout)")
+        if self.STORAGE_SYNC_MAX_ATTEMPTS < 1 or self.EMAIL_MAX_ATTEMPTS < 1:
+            raise ConfigError("STORAGE_SYNC_MAX_ATTEMPTS and EMAIL_MAX_ATTEMPTS must be at least 1")
+        if min(self.STORAGE_SYNC_BASE_DELAY, self.STORAGE_SYNC_MAX_DELAY, self.STORAGE_SYNC_LEASE_SECONDS) < 0:
+            raise ConfigError("STORAGE_SYNC_BASE_DELAY, _MAX_DELAY and _LEASE_SECONDS must not be negative")
 
 
 # Job and render settings read from the environment only when set; unset, the modules' own defaults apply
@@ -209,6 +220,9 @@ OPTIONAL_FLOATS = (
     "SLO_FLUSH_SECONDS",
     "EMAIL_LEASE_SECONDS",
     "ERROR_STATS_RETRY_SECONDS",
+    "STORAGE_SYNC_BASE_DELAY",
+    "STORAGE_SYNC_MAX_DELAY",
+    "STORAGE_SYNC_LEASE_SECONDS",
 )
 OPTIONAL_INTS = (
     "JOBS_CONCURRENCY",
@@ -220,6 +234,8 @@ OPTIONAL_INTS = (
     "RENDER_EMAIL_LINK_SECONDS",
     "RENDER_JOB_MAX_ATTEMPTS",
     "ALERT_DELIVERY_MAX_ATTEMPTS",
+    "EMAIL_MAX_ATTEMPTS",
+    "STORAGE_SYNC_MAX_ATTEMPTS",
 )
 OPTIONAL_STRINGS = ("RENDER_WORK_DIR", "FFMPEG_BINARY")
 

@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from backend.app.extensions import db
 from backend.app.models import EmailOutbox
@@ -16,22 +17,22 @@ from backend.app.services import get_email
 from backend.app.services.email import DEDUP_HEADER
 from backend.app.services.email_templates import payment_receipt, render_failed, render_finished
 from backend.app.utils.error_recovery import degraded_services
-from tests.conftest import read_log
-from tests.peers.sendgrid_peer import SendGridPeer
+from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
+from tests.peers.sendgrid_peer import SendGridPeer, sendgrid_error_body
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
 
 
 def email_app(make_app: Callable[..., Flask], host: str, **extra: Any) -> Flask:
     """An app whose SendGrid is `host` (the peer, or a fault proxy in front of it)."""
-    return make_app(
+    settings: dict[str, Any] = {
         **FAST,
-        SENDGRID_API_KEY=SendGridPeer.api_key,
-        SENDGRID_API_HOST=host,
-        SENDGRID_TIMEOUT=0.5,
-        EMAIL_FROM="renders@oriel.example",
-        **extra,
-    )
+        "SENDGRID_API_KEY": SendGridPeer.api_key,
+        "SENDGRID_API_HOST": host,
+        "SENDGRID_TIMEOUT": 0.5,
+        "EMAIL_FROM": "renders@oriel.example",
+    }
+    return make_app(**{**settings, **extra})
 
 
 def test_send_reaches_sendgrid_once_with_the_dedup_key_and_is_marked_sent(
@@ -102,22 +103,43 @@ def test_outbox_resends_after_an_outage_exactly_once_even_with_two_workers(
     assert len(sendgrid_peer.messages) == 5
 
 
-def test_a_rejected_message_does_not_block_the_others_and_gives_up_after_max_attempts(
+def test_a_rejected_message_fails_at_once_and_does_not_block_the_others(
     make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer
 ) -> None:
+    """#13 point 4 (this test's old contract kept a refused email queued for EMAIL_MAX_ATTEMPTS tries)."""
     app = email_app(make_app, sendgrid_peer.url, EMAIL_MAX_ATTEMPTS=2)
     with app.app_context():
         email = get_email()
         sendgrid_peer.fail_next(400, "The to email does not contain a valid address.")
         first = email.send("bad@example.com", "Hi", "Body", dedup_key="bad")
-        assert first.status == "queued"
+        assert (first.status, first.reason) == ("failed", "UPSTREAM_REJECTED")  # at once, not after 2 tries
         email.send("good@example.com", "Hi", "Body", dedup_key="good")
-        sendgrid_peer.fail_next(400, "The to email does not contain a valid address.")
-        assert email.resend_outbox() == 0  # the only queued one is rejected again: attempt 2 of 2
+        assert email.resend_outbox() == 0  # a failed email is not resent on its own
         row = db.session.get(EmailOutbox, first.outbox_id)
-        assert row is not None and row.status == "failed" and row.attempts == 2
-        assert email.outbox_count() == 0
+        assert row is not None and row.status == "failed" and row.attempts == 1
+        assert email.outbox_count() == 0 and email.failed_count() == 1
     assert sendgrid_peer.count(custom_arg=("dedup_key", "good")) == 1
+
+
+def test_a_message_that_uses_up_its_attempts_ends_failed_with_its_history(
+    make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer
+) -> None:
+    """Outages that outlast EMAIL_MAX_ATTEMPTS sends end failed (the inbox), never dropped."""
+    app = email_app(make_app, sendgrid_peer.url, EMAIL_MAX_ATTEMPTS=2, CIRCUIT_BREAKERS={"email": {"min_calls": 50}})
+    with app.app_context():
+        email = get_email()
+        sendgrid_peer.fail_next(503, "try later", times=6)  # two sends of three tries each
+        first = email.send("late@example.com", "Hi", "Body", dedup_key="late")
+        assert (first.status, first.degraded) == ("queued", True)
+        assert email.resend_outbox() == 0
+        row = db.session.get(EmailOutbox, first.outbox_id)
+        assert row is not None and (row.status, row.attempts) == ("failed", 2) and row.failed_at is not None
+        assert [(e["attempt"], e["code"], e["status"]) for e in row.errors] == [
+            (1, "EMAIL_UNAVAILABLE", 503),
+            (2, "EMAIL_UNAVAILABLE", 503),
+        ]
+        assert row.last_error.startswith("EMAIL_UNAVAILABLE: ") and "try later" in row.last_error
+        assert row.possible_duplicates == 0  # a 503 proves nothing was sent
 
 
 def test_templates_carry_what_the_user_needs() -> None:
@@ -193,3 +215,163 @@ def test_a_send_interrupted_mid_flight_is_resent_after_its_lease_and_not_before(
         assert get_email().outbox_count() == 1  # the live lease still belongs to its worker
     assert sendgrid_peer.count(custom_arg=("dedup_key", "stale")) == 1
     assert sendgrid_peer.count(custom_arg=("dedup_key", "live")) == 0
+
+
+# -- #13 point 4: ambiguous outcomes and permanent failures ---------------------------------------------------
+
+
+def _row(app: Flask, outbox_id: int) -> EmailOutbox:
+    with app.app_context():
+        db.session.expire_all()
+        row = db.session.get(EmailOutbox, outbox_id)
+        assert row is not None
+        db.session.expunge(row)
+        return row
+
+
+def _inbox_resend(app: Flask, outbox_id: int) -> None:
+    """What the failed-work inbox's retry does: back to queued, attempts 0, due now."""
+    with app.app_context():
+        db.session.execute(
+            update(EmailOutbox)
+            .where(EmailOutbox.id == outbox_id, EmailOutbox.status == "failed")
+            .values(status="queued", attempts=0, failed_at=None)
+        )
+        db.session.commit()
+
+
+def test_point4_a_lost_reply_is_not_retried_inline_and_is_resent_once_as_a_visible_possible_duplicate(
+    make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer, make_fault_proxy: Callable[..., Any]
+) -> None:
+    """#13 point 4: SendGrid accepted it and the reply was lost: one message now, the resend is counted."""
+    proxy = make_fault_proxy(sendgrid_peer.url, max_hold=5.0)
+    app = email_app(make_app, proxy.url, ADMIN_EMAILS=frozenset({ADMIN_EMAIL}))
+    proxy.hang(after_upstream=True)
+    with app.test_request_context():
+        result = get_email().send("ada@example.com", "Ready", "Your video", dedup_key="render-finished:5")
+        assert (result.status, result.degraded) == ("queued", True)  # kept for the outbox, and said so
+        status = get_email().status()
+    assert len(sendgrid_peer.messages) == 1  # SendGrid has it once: no inline retry after a lost reply
+    assert proxy.counts == {"hang": 1}
+    row = _row(app, result.outbox_id)
+    assert (row.status, row.attempts, row.possible_duplicates) == ("queued", 1, 1)
+    [entry] = row.errors
+    assert entry["kind"] == "transient" and entry["ambiguous"] is True and entry["code"] == "EMAIL_UNAVAILABLE"
+    assert (status["outbox"], status["possible_duplicates"], status["failed"]) == (1, 1, 0)
+    assert any(
+        line["level"] == "WARNING"
+        and "possible duplicate" in line["message"]
+        and "render-finished:5" in line["message"]
+        for line in read_log(app, "app.log")
+    )
+
+    proxy.passthrough()
+    with app.app_context():
+        assert get_email().resend_outbox() == 1
+        assert get_email().resend_outbox() == 0 and get_email().outbox_count() == 0
+    # The resend carries the same dedup key: the duplicate is provable at the provider.
+    assert sendgrid_peer.count(custom_arg=("dedup_key", "render-finished:5")) == 2
+    assert sendgrid_peer.count(header=(DEDUP_HEADER, "render-finished:5")) == 2
+    row = _row(app, result.outbox_id)
+    assert (row.status, row.attempts, row.possible_duplicates) == ("sent", 2, 1)
+
+    client = app.test_client()
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "oriel_email_possible_duplicates_total 1.0" in metrics
+    headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
+    backlog = client.get("/admin/api/monitoring/health/services", headers=headers).get_json()["backlog"]
+    assert backlog["email_possible_duplicates"] == 1 and backlog["failed_email"] == 0
+
+
+@pytest.mark.parametrize("refusal", ["401-wrong-key", "403"])
+def test_point4_refused_credentials_fail_at_once_with_the_real_code_and_are_not_resent(
+    refusal: str, make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer, make_fault_proxy: Callable[..., Any]
+) -> None:
+    """#13 point 4: 401/403 are SERVICE_MISCONFIGURED: failed at once, with SendGrid's words, never resent alone."""
+    proxy = make_fault_proxy(sendgrid_peer.url, max_hold=5.0)
+    if refusal == "401-wrong-key":
+        app = email_app(make_app, proxy.url, SENDGRID_API_KEY="SG.revoked-key.abcdefghijklmnopqrstuvwxyz012345")
+        said, status = "The provided authorization grant is invalid, expired, or revoked", 401
+    else:
+        app = email_app(make_app, proxy.url)
+        said, status = "access forbidden", 403
+        proxy.status(403, body=sendgrid_error_body(said))
+    with app.app_context():
+        result = get_email().send("ada@example.com", "Receipt", "Thanks", dedup_key=f"receipt:{refusal}")
+        assert (result.status, result.degraded, result.reason) == ("failed", False, "SERVICE_MISCONFIGURED")
+        assert sum(proxy.counts.values()) == 1  # tried once: waiting cannot fix a key
+        assert get_email().resend_outbox() == 0
+        assert sum(proxy.counts.values()) == 1  # and the outbox does not try it again either
+        assert get_email().failed_count() == 1 and get_email().outbox_count() == 0
+    row = _row(app, result.outbox_id)
+    assert (row.status, row.attempts) == ("failed", 1) and row.failed_at is not None
+    assert row.last_error.startswith("SERVICE_MISCONFIGURED: ") and said in row.last_error
+    [entry] = row.errors
+    assert (entry["code"], entry["status"], entry["kind"], entry["misconfigured"]) == (
+        "SERVICE_MISCONFIGURED",
+        status,
+        "permanent",
+        True,
+    )
+    assert "SG.revoked-key" not in str(row.errors) + row.last_error
+    assert sendgrid_peer.messages == []
+    errors = [line for line in read_log(app, "errors.log") if f"receipt:{refusal}" in line["message"]]
+    assert errors and errors[-1]["level"] == "ERROR" and "failed-work inbox" in errors[-1]["message"]
+
+
+def test_point4_a_bad_address_fails_at_once_with_sendgrids_own_message(
+    make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer, make_fault_proxy: Callable[..., Any]
+) -> None:
+    """#13 point 4: a 400 is UPSTREAM_REJECTED with SendGrid's error message; the next email still goes."""
+    proxy = make_fault_proxy(sendgrid_peer.url, max_hold=5.0)
+    app = email_app(make_app, proxy.url)
+    with app.app_context():
+        bad = get_email().send("ada@localhost", "Hi", "Body", dedup_key="bad-address")  # SendGrid wants a domain
+        good = get_email().send("ada@example.com", "Hi", "Body", dedup_key="good-address")
+        assert (bad.status, bad.reason) == ("failed", "UPSTREAM_REJECTED") and good.status == "sent"
+        assert get_email().resend_outbox() == 0
+    assert proxy.counts == {"pass": 2}  # one try each: a bad request is not repeated
+    row = _row(app, bad.outbox_id)
+    assert row.status == "failed" and row.attempts == 1
+    assert row.last_error.startswith("UPSTREAM_REJECTED: ")
+    assert "Does not contain a valid address. (personalizations.0.to.0.email)" in row.last_error
+    assert row.errors[0]["status"] == 400 and row.errors[0]["kind"] == "permanent"
+    assert sendgrid_peer.rejected and sendgrid_peer.count(custom_arg=("dedup_key", "good-address")) == 1
+
+
+def test_point4_a_failed_email_set_back_to_queued_is_sent_by_the_next_resend(
+    make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer, make_fault_proxy: Callable[..., Any]
+) -> None:
+    """#13 point 4: once the cause is fixed, the inbox's retry (failed → queued) is sent by the outbox job."""
+    proxy = make_fault_proxy(sendgrid_peer.url, max_hold=5.0)
+    app = email_app(make_app, proxy.url)
+    proxy.status(401, body=sendgrid_error_body("The provided authorization grant is invalid"), times=1)
+    with app.app_context():
+        failed = get_email().send("ada@example.com", "Receipt", "Thanks", dedup_key="receipt:cs_42")
+        assert failed.status == "failed"
+        assert get_email().send("ada@example.com", "Receipt", "Thanks", dedup_key="receipt:cs_42").status == "failed"
+    _inbox_resend(app, failed.outbox_id)  # the key was rotated; an admin resends it
+    with app.app_context():
+        assert get_email().outbox_count() == 1
+        assert get_email().resend_outbox() == 1
+        assert get_email().failed_count() == 0
+    row = _row(app, failed.outbox_id)
+    assert (row.status, row.attempts, row.failed_at, row.last_error) == ("sent", 1, None, None)
+    assert len(row.errors) == 1  # what happened before stays in the history
+    assert sendgrid_peer.count(custom_arg=("dedup_key", "receipt:cs_42")) == 1
+
+
+def test_point4_an_address_the_sdk_cannot_even_build_fails_at_once_and_blocks_nothing(
+    make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer, make_fault_proxy: Callable[..., Any]
+) -> None:
+    """#13 point 4: the SendGrid helper refuses "not an address" (KeyError): failed, nothing sent, no bug hidden."""
+    proxy = make_fault_proxy(sendgrid_peer.url, max_hold=5.0)
+    app = email_app(make_app, proxy.url)
+    with app.app_context():
+        bad = get_email().send("not an address", "Hi", "Body", dedup_key="unparsable")
+        assert (bad.status, bad.reason) == ("failed", "EMAIL_MESSAGE_INVALID")
+        assert get_email().send("ada@example.com", "Hi", "Body", dedup_key="fine").status == "sent"
+    assert proxy.counts == {"pass": 1}  # the unbuildable one never went out
+    row = _row(app, bad.outbox_id)
+    assert row.status == "failed" and row.last_error.startswith("EMAIL_MESSAGE_INVALID: ")
+    assert row.errors[0]["exc_type"] == "builtins.KeyError" and row.errors[0]["kind"] == "permanent"

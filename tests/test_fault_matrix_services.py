@@ -5,7 +5,9 @@ how the failure was classified, how many attempts were made, what the user gets,
 state, and that nothing is lost once the peer recovers (the fallback file reaches the bucket,
 the outbox email is sent exactly once, the checkout succeeds with one session for its key).
 A permanent refusal (400, 401) gets no fallback (#13 point 1): it is the real error, never a local
-copy that could never sync; a 401 is SERVICE_MISCONFIGURED for every service.
+copy that could never sync; a 401 is SERVICE_MISCONFIGURED for every service. A refused email is kept
+`failed` at once with that real code (#13 point 4), and a hung SendGrid (the reply lost: SendGrid may
+have accepted it) is tried once, never again inline: the outbox resends it, counted as a possible duplicate.
 Retries do not sleep (`RETRY_SLEEP_ENABLED=False`) and client timeouts are 0.3 s.
 """
 
@@ -19,6 +21,8 @@ import pytest
 from flask import Flask
 
 from backend.app.errors import APIError
+from backend.app.extensions import db
+from backend.app.models import EmailOutbox
 from backend.app.services import get_email, get_storage
 from backend.app.utils.classifier import ErrorKind, classify
 from backend.app.utils.error_recovery import RecoveryEvent, degraded_services, get_breaker
@@ -47,11 +51,13 @@ FAULTS: dict[str, tuple[Callable[[FaultProxy], None], ErrorKind]] = {
 }
 
 
-def expected(fault: str) -> tuple[ErrorKind, int, str]:
+def expected(fault: str, service: str = "") -> tuple[ErrorKind, int, str]:
     """(classification, attempts, breaker state after the call) for a fault."""
     kind = FAULTS[fault][1]
     if kind is ErrorKind.PERMANENT:
         return kind, 1, "closed"  # never retried, never trips the breaker: the service answered
+    if service == "email" and fault == "hang":
+        return kind, 1, "closed"  # ambiguous (SendGrid may have it): never retried inline (#13 point 4)
     return kind, 3, "open"  # 1 + 2 retries, and 3 failures reach the breaker's minimum with 100% failures
 
 
@@ -61,8 +67,10 @@ def recorder(app: Flask) -> list[RecoveryEvent]:
     return events
 
 
-def check_call(events: list[RecoveryEvent], operation: str, fault: str, outcome: str, proxy: FaultProxy) -> None:
-    kind, attempts, _ = expected(fault)
+def check_call(
+    events: list[RecoveryEvent], operation: str, fault: str, outcome: str, proxy: FaultProxy, service: str = ""
+) -> None:
+    kind, attempts, _ = expected(fault, service)
     [event] = [e for e in events if e.operation == operation]
     assert event.outcome == outcome, event
     assert event.error is not None and classify(event.error).kind is kind, (event.error, classify(event.error))
@@ -209,19 +217,31 @@ def test_email_send_under_fault(
     app = make_app(**COMMON, SENDGRID_API_KEY=sendgrid_peer.api_key, SENDGRID_API_HOST=proxy.url, SENDGRID_TIMEOUT=0.3)
     events = recorder(app)
     FAULTS[fault][0](proxy)
-    kind, _, breaker = expected(fault)
+    kind, _, breaker = expected(fault, "email")
     keys = [f"matrix-{fault}"]
     with app.test_request_context():
         email = get_email()
         result = email.send("user@example.com", "Your video is ready", "Download it", dedup_key=keys[0])
         if kind is ErrorKind.PERMANENT:
             assert result.degraded is False and degraded_services() == []  # no fallback for a refusal
-            check_call(events, "send", fault, "error", proxy)
+            check_call(events, "send", fault, "error", proxy, "email")
+            # #13 point 4: kept as failed at once, with the real code, and never resent on its own.
+            code = {"400": "UPSTREAM_REJECTED", "401": "SERVICE_MISCONFIGURED"}[fault]
+            assert (result.status, result.reason) == ("failed", code)
+            row = db.session.get(EmailOutbox, result.outbox_id)
+            assert row is not None and (row.status, row.attempts) == ("failed", 1)
+            assert row.last_error.startswith(f"{code}: ") and row.errors[0]["status"] == int(fault)
+            seen = sum(proxy.counts.values())
+            assert email.resend_outbox() == 0 and sum(proxy.counts.values()) == seen
+            assert email.failed_count() == 1 and email.outbox_count() == 0
+            assert sendgrid_peer.messages == []
             return
         assert (result.status, result.degraded) == ("queued", True)  # kept, and the caller is told so
         assert degraded_services() == ["email"]
-        check_call(events, "send", fault, "fallback", proxy)
+        check_call(events, "send", fault, "fallback", proxy, "email")
         assert get_breaker("email").state.value == breaker
+        duplicates = 1 if fault == "hang" else 0  # a lost reply may hide an accepted email: counted, visible
+        assert db.session.get(EmailOutbox, result.outbox_id).possible_duplicates == duplicates
         if breaker == "open":
             keys.append(f"matrix-{fault}-2")
             started = time.perf_counter()

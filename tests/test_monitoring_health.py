@@ -77,9 +77,44 @@ def test_health_services_reports_every_dependency(app: Flask) -> None:
     assert services["queue"]["probe"]["status"] == "ok"
     assert body["queue"]["dead_letters"] == 0
     assert body["queue"]["depth"] == {"ready": 0, "scheduled": 0, "running": 0}
-    assert body["backlog"] == {"status": "ok", "pending_storage_sync": 0, "email_outbox": 0}
+    assert body["backlog"] == {
+        "status": "ok",
+        "pending_storage_sync": 0,
+        "failed_storage_sync": 0,
+        "email_outbox": 0,
+        "failed_email": 0,
+        "email_possible_duplicates": 0,
+    }
     assert body["logs"]["state"] == "ok"
     assert body["status"] in ("ok", "degraded")
+
+
+def test_point3_and_4_backlog_counts_waiting_work_apart_from_failed_work_and_possible_duplicates(app: Flask) -> None:
+    """#13 points 3-4: pending files and queued emails are the backlog; failed ones (the inbox) are shown apart."""
+    from backend.app.extensions import db
+    from backend.app.models import EmailOutbox, PendingSync
+
+    with app.app_context():
+        for i, status in enumerate(("pending", "pending", "failed", "synced", "discarded")):
+            db.session.add(PendingSync(key=f"k{i}", content_type="video/mp4", size=1, status=status))
+        for i, (status, duplicates) in enumerate((("queued", 1), ("sending", 0), ("failed", 0), ("sent", 2))):
+            db.session.add(
+                EmailOutbox(
+                    dedup_key=f"e{i}", to_address="a@example.com", subject="S", text_body="T", status=status,
+                    possible_duplicates=duplicates,
+                )
+            )  # fmt: skip
+        db.session.commit()
+    client = app.test_client()
+    backlog = client.get("/admin/api/monitoring/health/services", headers=admin_headers(client)).get_json()["backlog"]
+    assert backlog == {
+        "status": "ok",
+        "pending_storage_sync": 2,
+        "failed_storage_sync": 1,
+        "email_outbox": 2,
+        "failed_email": 1,
+        "email_possible_duplicates": 3,
+    }
 
 
 def test_hung_dependency_reports_timeout_within_the_deadline(

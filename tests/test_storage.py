@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import requests
 from flask import Flask
+from sqlalchemy import select, update
 
 from backend.app.errors import APIError, NotFoundError, ValidationError
+from backend.app.jobs.records import as_utc
+from backend.app.models.user import utcnow
 from backend.app.services import get_storage
 from backend.app.services.storage import StorageService, StoredObject
 from backend.app.utils.error_recovery import degraded_services, get_breaker
+from tests.conftest import read_log
 from tests.peers.gcs_emulator import GCSEmulator, storage_client
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
@@ -273,3 +278,318 @@ def test_a_file_saved_again_during_its_sync_stays_pending_with_the_new_bytes(app
         assert service.sync_pending() == 1 and service.pending_sync_count() == 0
     assert uploads == [b"old bytes", b"new bytes"]
     assert not (tmp_path / "k.bin").exists()
+
+
+# -- #13 point 3: the sync never blocks behind one bad file ---------------------------------------------------
+
+
+def _rows(app: Flask) -> dict[str, Any]:
+    """Every pending-sync row by key, read fresh."""
+    from backend.app.extensions import db
+    from backend.app.models import PendingSync
+
+    with app.app_context():
+        db.session.expire_all()
+        return {row.key: row for row in db.session.scalars(select(PendingSync)).all()}
+
+
+def _time_passes(app: Flask, key: str) -> None:
+    """Make a backing-off row due now, as if its backoff had run out."""
+    from backend.app.extensions import db
+    from backend.app.models import PendingSync
+
+    with app.app_context():
+        db.session.execute(
+            update(PendingSync).where(PendingSync.key == key).values(next_attempt_at=utcnow() - timedelta(seconds=1))
+        )
+        db.session.commit()
+
+
+def _inbox_retry(app: Flask, key: str) -> None:
+    """What the failed-work inbox's retry does: back to pending, attempts 0, due now."""
+    from backend.app.extensions import db
+    from backend.app.models import PendingSync
+
+    with app.app_context():
+        db.session.execute(
+            update(PendingSync)
+            .where(PendingSync.key == key, PendingSync.status == "failed")
+            .values(status="pending", attempts=0, next_attempt_at=None, failed_at=None)
+        )
+        db.session.commit()
+
+
+def _keep_locally(app: Flask, keys: list[str]) -> None:
+    """Queue files as the fallback does when the bucket is down (local copy + pending row)."""
+    import requests as http
+
+    with app.app_context():
+        for key in keys:
+            get_storage()._save_fallback(
+                http.ConnectionError("bucket down"), key, f"bytes of {key}".encode(), "video/mp4"
+            )
+
+
+def _uploads(proxy: Any) -> int:
+    return sum(1 for seen in proxy.seen if seen.method == "POST" and seen.path.startswith("/upload/"))
+
+
+def _in_bucket(gcs_emulator: GCSEmulator, bucket: str, key: str) -> bytes | None:
+    blob = storage_client(gcs_emulator.url).bucket(bucket).get_blob(key, timeout=5, retry=None)
+    return blob.download_as_bytes(timeout=5, retry=None) if blob is not None else None
+
+
+def test_point3_a_refused_file_backs_off_then_fails_with_its_real_error_while_the_others_reach_the_bucket(
+    make_app: Callable[..., Flask],
+    make_fault_proxy: Callable[..., Any],
+    gcs_emulator: GCSEmulator,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+) -> None:
+    """#13 point 3: one file the bucket refuses (403) never blocks the others; it ends failed with the real code."""
+    proxy = make_fault_proxy(gcs_emulator.url, max_hold=5.0)
+    app = gcs_app(make_app, proxy.url, gcs_bucket, gcs_signing_credentials, STORAGE_SYNC_MAX_ATTEMPTS=5)
+    keys = ["renders/bad.mp4", "renders/1.mp4", "renders/2.mp4", "renders/3.mp4"]
+    _keep_locally(app, keys)  # the bad one is oldest: the sync meets it first
+    # The bucket refuses the first upload (the bad file's): a permission missing on that object.
+    proxy.status(403, times=1, path="/upload/")
+    started = utcnow()
+    with app.app_context():
+        assert get_storage().sync_pending() == 3  # the good ones went on, in the same run
+        assert get_storage().pending_sync_count() == 1 and get_storage().failed_sync_count() == 0
+    for key in keys[1:]:
+        assert _in_bucket(gcs_emulator, gcs_bucket, key) == f"bytes of {key}".encode()
+    assert _in_bucket(gcs_emulator, gcs_bucket, "renders/bad.mp4") is None
+    bad = _rows(app)["renders/bad.mp4"]
+    assert (bad.status, bad.attempts, bad.synced_at, bad.failed_at) == ("pending", 1, None, None)
+    # Backing off: a permanent refusal gets one retry, after the base delay (60 s), never at once.
+    assert as_utc(bad.next_attempt_at) >= started + timedelta(seconds=59)
+    [first] = bad.errors
+    assert first["code"] == "SERVICE_MISCONFIGURED" and first["status"] == 403  # not STORAGE_UNAVAILABLE
+    assert first["kind"] == "permanent" and first["misconfigured"] is True and first["attempt"] == 1
+    assert "403" in first["message"] and "fault proxy injected HTTP 403" in first["message"]
+    assert bad.last_error.startswith("SERVICE_MISCONFIGURED: ") and "HTTP 403" in bad.last_error
+    assert all(row.status == "synced" and row.synced_at for key, row in _rows(app).items() if key != keys[0])
+
+    uploads = _uploads(proxy)
+    with app.app_context():
+        assert get_storage().sync_pending() == 0  # not due yet: no request at all
+    assert _uploads(proxy) == uploads
+
+    _time_passes(app, "renders/bad.mp4")
+    proxy.status(403, times=1, path="/upload/")
+    with app.app_context():
+        assert get_storage().sync_pending() == 0
+        status = get_storage().status()
+    assert (status["pending_sync"], status["failed_sync"]) == (0, 1)
+    bad = _rows(app)["renders/bad.mp4"]
+    assert (bad.status, bad.attempts, bad.next_attempt_at, bad.synced_at) == ("failed", 2, None, None)
+    assert bad.failed_at is not None and bad.last_error.startswith("SERVICE_MISCONFIGURED: ")
+    assert [(e["attempt"], e["code"], e["status"]) for e in bad.errors] == [
+        (1, "SERVICE_MISCONFIGURED", 403),
+        (2, "SERVICE_MISCONFIGURED", 403),
+    ]
+    with app.app_context():
+        assert get_storage().read("renders/bad.mp4") == b"bytes of renders/bad.mp4"  # still served, locally
+        assert get_storage().sync_pending() == 0  # failed rows wait for an admin, never retried on their own
+    errors = [line for line in read_log(app, "errors.log") if "renders/bad.mp4" in line["message"]]
+    assert errors and errors[-1]["level"] == "ERROR" and "failed-work inbox" in errors[-1]["message"]
+
+
+def test_point3_a_failed_file_set_back_to_pending_is_uploaded_by_the_next_sync(
+    make_app: Callable[..., Flask],
+    make_fault_proxy: Callable[..., Any],
+    gcs_emulator: GCSEmulator,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+) -> None:
+    """#13 point 3: the inbox's retry (failed → pending, attempts 0, due now) is picked up by the next sync."""
+    proxy = make_fault_proxy(gcs_emulator.url, max_hold=5.0)
+    app = gcs_app(make_app, proxy.url, gcs_bucket, gcs_signing_credentials, STORAGE_SYNC_MAX_ATTEMPTS=1)
+    _keep_locally(app, ["renders/7.mp4"])
+    proxy.status(400, times=1, path="/upload/")  # refused as a bad request: UPSTREAM_REJECTED
+    with app.app_context():
+        assert get_storage().sync_pending() == 0 and get_storage().failed_sync_count() == 1
+    row = _rows(app)["renders/7.mp4"]
+    assert row.status == "failed" and row.last_error.startswith("UPSTREAM_REJECTED: ")
+    assert row.errors[0]["code"] == "UPSTREAM_REJECTED" and row.errors[0]["status"] == 400
+
+    _inbox_retry(app, "renders/7.mp4")  # the cause was fixed; an admin retries it
+    with app.app_context():
+        assert get_storage().pending_sync_count() == 1
+        assert get_storage().sync_pending() == 1
+        assert get_storage().pending_sync_count() == 0 and get_storage().failed_sync_count() == 0
+    row = _rows(app)["renders/7.mp4"]
+    assert row.status == "synced" and row.synced_at is not None and row.failed_at is None
+    assert len(row.errors) == 1  # the history of what happened stays
+    assert _in_bucket(gcs_emulator, gcs_bucket, "renders/7.mp4") == b"bytes of renders/7.mp4"
+
+
+def test_point3_a_vanished_local_file_ends_failed_local_file_missing_never_synced(
+    make_app: Callable[..., Flask],
+    make_fault_proxy: Callable[..., Any],
+    gcs_emulator: GCSEmulator,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+    tmp_path: Any,
+) -> None:
+    """#13 point 3: a pending file removed from local storage is an error in the inbox, not "synced"."""
+    proxy = make_fault_proxy(gcs_emulator.url, max_hold=5.0)
+    local = tmp_path / "fallback"
+    app = gcs_app(make_app, proxy.url, gcs_bucket, gcs_signing_credentials, LOCAL_STORAGE_DIR=str(local))
+    _keep_locally(app, ["renders/gone.mp4", "renders/kept.mp4"])
+    (local / "renders" / "gone.mp4").unlink()  # removed by hand, or a disk lost
+    with app.app_context():
+        assert get_storage().sync_pending() == 1
+        assert get_storage().failed_sync_count() == 1 and get_storage().pending_sync_count() == 0
+    gone = _rows(app)["renders/gone.mp4"]
+    assert (gone.status, gone.synced_at, gone.attempts) == ("failed", None, 1)
+    assert gone.last_error.startswith("LOCAL_FILE_MISSING: ") and "renders/gone.mp4" in gone.last_error
+    assert gone.errors[0]["code"] == "LOCAL_FILE_MISSING" and gone.errors[0]["kind"] == "permanent"
+    assert _in_bucket(gcs_emulator, gcs_bucket, "renders/gone.mp4") is None
+    assert _in_bucket(gcs_emulator, gcs_bucket, "renders/kept.mp4") == b"bytes of renders/kept.mp4"
+    assert _uploads(proxy) == 1  # nothing was uploaded for the vanished file
+
+
+def test_point3_an_open_breaker_stops_the_run_without_spending_attempts(
+    make_app: Callable[..., Flask],
+    make_fault_proxy: Callable[..., Any],
+    gcs_emulator: GCSEmulator,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+) -> None:
+    """#13 point 3: the bucket itself down (breaker open) ends the run; no file is charged an attempt."""
+    proxy = make_fault_proxy(gcs_emulator.url, max_hold=5.0)
+    app = gcs_app(
+        make_app,
+        proxy.url,
+        gcs_bucket,
+        gcs_signing_credentials,
+        CIRCUIT_BREAKERS={"storage": {"min_calls": 3, "recovery_timeout": 0.4}},
+    )
+    proxy.down()
+    with app.test_request_context():
+        storage = get_storage()
+        for i in range(3):
+            assert storage.save(f"renders/{i}.mp4", f"v{i}".encode(), "video/mp4").degraded
+        assert get_breaker("storage").state.value == "open"
+        for _ in range(3):
+            assert storage.sync_pending() == 0
+        assert storage.pending_sync_count() == 3 and storage.failed_sync_count() == 0
+    for row in _rows(app).values():
+        assert (row.status, row.attempts, row.errors, row.next_attempt_at) == ("pending", 0, [], None)
+    proxy.passthrough()
+    time.sleep(0.45)  # the breaker lets a trial call through
+    with app.app_context():
+        assert get_storage().sync_pending() == 3
+    for i in range(3):
+        assert _in_bucket(gcs_emulator, gcs_bucket, f"renders/{i}.mp4") == f"v{i}".encode()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_point3_two_workers_syncing_at_once_never_upload_the_same_row(
+    database: str,
+    request: pytest.FixtureRequest,
+    make_app: Callable[..., Flask],
+    make_fault_proxy: Callable[..., Any],
+    gcs_emulator: GCSEmulator,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+) -> None:
+    """#13 point 3: each row is claimed (a lease in a conditional UPDATE): one upload and one count per file."""
+    import threading
+
+    from backend.app.extensions import db
+
+    proxy = make_fault_proxy(gcs_emulator.url, max_hold=5.0)
+    settings = {
+        "GCS_BUCKET": gcs_bucket,
+        "GCS_ENDPOINT": proxy.url,
+        "GCS_TIMEOUT": 2.0,
+        "GCS_SIGNING_CREDENTIALS": gcs_signing_credentials,
+    }
+    if database == "postgresql":
+        app = request.getfixturevalue("pg_app")
+        app.config.update(settings)  # the adapters are built on first use, from the config as it is then
+    else:
+        app = gcs_app(make_app, proxy.url, gcs_bucket, gcs_signing_credentials, GCS_TIMEOUT=2.0)
+    keys = [f"renders/{i}.mp4" for i in range(16)]
+    _keep_locally(app, keys)
+    barrier = threading.Barrier(3)
+    uploaded: list[int] = []
+
+    def worker() -> None:
+        with app.app_context():
+            barrier.wait(10)
+            uploaded.append(get_storage().sync_pending())
+            db.session.remove()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(uploaded) == len(keys) and len(uploaded) == 3
+    assert _uploads(proxy) == len(keys)  # one upload per file, whoever claimed it
+    assert all(row.status == "synced" for row in _rows(app).values())
+    for key in keys:
+        assert _in_bucket(gcs_emulator, gcs_bucket, key) == f"bytes of {key}".encode()
+
+
+class _FailingClient:
+    """A bucket whose uploads raise what `errors` holds, one per call (unit test of the backoff decisions)."""
+
+    def __init__(self, errors: list[BaseException]) -> None:
+        self.errors = errors
+
+    def bucket(self, name: str) -> Any:
+        client = self
+
+        class Blob:
+            def upload_from_string(self, data: bytes, **kwargs: Any) -> None:
+                if client.errors:
+                    raise client.errors.pop(0)
+
+        return type("Bucket", (), {"blob": lambda self, key: Blob()})()
+
+
+def test_point3_backoff_follows_the_classifier(app: Flask, tmp_path: Any) -> None:
+    """#13 point 3: transient backs off (full jitter, capped), throttled waits Retry-After, attempts are limited."""
+    from google.api_core import exceptions as gexc
+
+    from backend.app.jobs.retry_policy import RetryPolicy
+
+    throttled = gexc.TooManyRequests("slow down", response=type("R", (), {"headers": {"Retry-After": "120"}})())
+    client = _FailingClient([gexc.ServiceUnavailable("busy"), throttled, gexc.ServiceUnavailable("busy")])
+    ceilings: list[float] = []
+
+    def rng(low: float, high: float) -> float:
+        ceilings.append(high)
+        return high  # the top of the jitter range: the cap is what is checked
+
+    service = StorageService(
+        backend="gcs",
+        local_dir=tmp_path,
+        bucket="b",
+        client=client,
+        max_retries=0,
+        sync_policy=RetryPolicy(max_attempts=3, base_delay=10.0, max_delay=15.0),
+        rng=rng,
+    )
+    delays: list[float] = []
+    with app.app_context():
+        service._save_fallback(ConnectionError("down"), "k.bin", b"data", "application/octet-stream")
+        for _ in range(3):
+            started = utcnow()
+            assert service.sync_pending() == 0
+            due = _rows(app)["k.bin"].next_attempt_at
+            if due is not None:
+                delays.append((as_utc(due) - started).total_seconds())
+            _time_passes(app, "k.bin")
+    row = _rows(app)["k.bin"]
+    assert ceilings == [10.0]  # attempt 1: uniform(0, base); attempt 2 was throttled (no jitter)
+    assert 9.5 <= delays[0] <= 10.5 and 119.5 <= delays[1] <= 120.5  # the peer's Retry-After, honoured
+    assert (row.status, row.attempts) == ("failed", 3)  # out of attempts: the inbox
+    assert [e["kind"] for e in row.errors] == ["transient", "throttled", "transient"]
+    assert [e["code"] for e in row.errors] == ["STORAGE_UNAVAILABLE"] * 3
+    assert row.errors[1]["status"] == 429 and row.errors[1]["retry_after"] == 120.0

@@ -239,10 +239,27 @@ class StorageError(ExternalServiceError):
     code = "STORAGE_UNAVAILABLE"
 
 
+class LocalFileMissingError(StorageError):
+    """A file kept in local fallback storage for the bucket is gone: nothing is left to upload (failed-work inbox)."""
+
+    status_code = 500
+    code = "LOCAL_FILE_MISSING"
+    recoverable = False
+    extra_codes = {
+        "LOCAL_FILE_UNREADABLE": ("A file kept in local fallback storage for the bucket cannot be read.", False),
+    }
+
+
 class EmailError(ExternalServiceError):
     """The email service is unavailable; retry later."""
 
     code = "EMAIL_UNAVAILABLE"
+    extra_codes = {
+        "EMAIL_MESSAGE_INVALID": (
+            "The email cannot be built for SendGrid (an address that does not parse, say); it is kept as failed.",
+            False,
+        ),
+    }
 
 
 class DatabaseError(APIError):

@@ -35,6 +35,7 @@ from .openapi import documented
 from .request_context import request_started
 from .utils.breaker_store import BreakerState
 from .utils.circuit_breaker import BreakerListener, CircuitBreaker
+from .utils.classifier import classify
 from .utils.resilience import RecoveryEvent
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ class Metrics:
         )
         self.retries = Counter("oriel_outbound_retries", "Retries of outbound calls", ["service"], registry=reg)
         self.fallbacks = Counter("oriel_fallbacks_served", "Fallbacks that served a call", ["service"], registry=reg)
+        self.possible_duplicates = Counter(
+            "oriel_email_possible_duplicates",
+            "Email sends whose outcome was unknown (reply lost after sending): resent later with the same dedup key",
+            registry=reg,
+        )
         self.request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
@@ -126,6 +132,9 @@ def _recovery_listener(metrics: Metrics) -> Any:
             metrics.retries.labels(event.service).inc(event.attempts - 1)
         if event.outcome == "fallback":
             metrics.fallbacks.labels(event.service).inc()
+        if event.service == "email" and event.error is not None and classify(event.error).ambiguous:
+            # SendGrid may have accepted it: the outbox resends it (never inline), so it may arrive twice.
+            metrics.possible_duplicates.inc()
 
     return listen
 

@@ -322,7 +322,16 @@ def _probes(app: Flask, deadline: float) -> tuple[dict[str, Probe], dict[str, Pr
     return probes, fixed
 
 
-def _count(app: Flask, model_name: str) -> int | None:
+BACKLOG_KEYS = (
+    "pending_storage_sync",
+    "failed_storage_sync",
+    "email_outbox",
+    "failed_email",
+    "email_possible_duplicates",
+)
+
+
+def _count(app: Flask, model_name: str, statuses: tuple[str, ...]) -> int | None:
     from sqlalchemy import func, select
 
     from .. import models
@@ -332,17 +341,30 @@ def _count(app: Flask, model_name: str) -> int | None:
     if model is None:
         return None
     with app.app_context():
-        if model_name == "PendingSync":
-            stmt = select(func.count()).select_from(model).where(model.synced_at.is_(None))
-        else:
-            stmt = select(func.count()).select_from(model).where(model.status.in_(("queued", "sending")))
+        stmt = select(func.count()).select_from(model).where(model.status.in_(statuses))
         return int(db.session.execute(stmt).scalar_one())
 
 
+def _possible_duplicates(app: Flask) -> int:
+    from sqlalchemy import func, select
+
+    from ..extensions import db
+    from ..models import EmailOutbox
+
+    with app.app_context():
+        return int(db.session.execute(select(func.coalesce(func.sum(EmailOutbox.possible_duplicates), 0))).scalar_one())
+
+
 def _backlog(app: Flask) -> ProbeResult:
-    return ProbeResult(
-        "ok", extra={"pending_storage_sync": _count(app, "PendingSync"), "email_outbox": _count(app, "EmailOutbox")}
-    )
+    # Waiting work (pending files, queued emails) and work that needs a human (failed: the inbox), apart.
+    counts = {
+        "pending_storage_sync": _count(app, "PendingSync", ("pending",)),
+        "failed_storage_sync": _count(app, "PendingSync", ("failed",)),
+        "email_outbox": _count(app, "EmailOutbox", ("queued", "sending")),
+        "failed_email": _count(app, "EmailOutbox", ("failed",)),
+        "email_possible_duplicates": _possible_duplicates(app),
+    }
+    return ProbeResult("ok", extra=counts)
 
 
 def service_health(app: Flask) -> dict[str, Any]:
@@ -384,11 +406,7 @@ def service_health(app: Flask) -> dict[str, Any]:
             "workers_alive": queue.get("workers_alive"),
             "heartbeat_age_seconds": queue.get("heartbeat_age_seconds"),
         },
-        "backlog": {
-            "status": backlog.status,
-            "pending_storage_sync": (backlog.extra or {}).get("pending_storage_sync"),
-            "email_outbox": (backlog.extra or {}).get("email_outbox"),
-        },
+        "backlog": {"status": backlog.status, **{key: (backlog.extra or {}).get(key) for key in BACKLOG_KEYS}},
         "logs": sink_status(),
         "breaker_storage": breakers.storage,
     }

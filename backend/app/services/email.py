@@ -10,7 +10,18 @@ two workers never send the same row, and a worker that dies mid-send releases it
 Exactly once: one row per `dedup_key`, sent only from a claimed row and marked sent in the same
 breath. The key travels to SendGrid as the custom arg `dedup_key` and the header `X-Oriel-Dedup-Key`,
 so duplicates are provable at the provider. The one case no client can close is a message SendGrid
-accepted whose answer was lost (a timeout after acceptance): it is sent again, and the key shows it.
+accepted whose answer was lost (a timeout or a connection lost after the request went out: the
+classifier's `ambiguous`). Such a send is never retried inline (`retry_ambiguous=False`): the row
+stays queued for the outbox's later resend, with the same dedup key, and counts one more
+`possible_duplicates` (logged, in `status()`, health and `/metrics`). Failures that prove nothing
+was sent (a refused connection, a 5xx, a 429) are retried inline as before.
+
+A permanent failure is not an outage: credentials refused (401/403, SERVICE_MISCONFIGURED) or the
+message refused (400, e.g. a bad address: UPSTREAM_REJECTED with SendGrid's own words) keeps the
+email `failed` at once, with its real error and history, logged at ERROR: the failed-work inbox,
+where an admin resends it (back to `queued`) once the cause is fixed. A message that used up
+EMAIL_MAX_ATTEMPTS ends `failed` too. Nothing ages out unseen. A breaker rejection spends no attempt:
+nothing reached SendGrid.
 
 Not configured (no SENDGRID_API_KEY): `send()` keeps the email queued with the reason "email not
 configured", logs it, and reports status "queued" (never "sent").
@@ -18,7 +29,9 @@ configured", logs it, and reports status "queued" (never "sent").
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,13 +40,15 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import APIError, EmailError
+from ...redaction import redact
+from ..errors import APIError, EmailError, UpstreamRejectedError
 from ..extensions import db
-from ..models.outbox import FAILED, QUEUED, SENDING, SENT, EmailOutbox
+from ..models.outbox import DISCARDED, FAILED, QUEUED, SENDING, SENT, EmailOutbox
 from ..models.user import utcnow
-from ..utils.classifier import ErrorKind, classify
-from ..utils.error_recovery import call_with_recovery, get_breaker
+from ..utils.classifier import classify
+from ..utils.error_recovery import CircuitOpenError, call_with_recovery, get_breaker
 from . import email_templates as templates
+from .replay import Failure
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +59,10 @@ NOT_CONFIGURED = "email not configured (SENDGRID_API_KEY is not set)"
 
 @dataclass(frozen=True)
 class EmailResult:
-    """What happened to one email: "sent", or "queued" in the outbox (`degraded` when SendGrid failed)."""
+    """What happened to one email: "sent"; "queued" in the outbox (`degraded` when SendGrid failed); "failed".
+
+    "failed": refused for good or out of attempts, it waits in the failed-work inbox (`reason` is the code).
+    """
 
     status: str
     degraded: bool
@@ -52,14 +70,62 @@ class EmailResult:
     reason: str | None = None
 
 
-def translate_email_error(exc: BaseException) -> APIError:
-    """Our error for a failed SendGrid call (the adapter's one translation table)."""
+def translate_email_error(exc: BaseException) -> BaseException:
+    """Our error for a failed SendGrid call (the adapter's one translation table).
+
+    Credentials refused never reach here (`with_error_recovery` makes them SERVICE_MISCONFIGURED); any
+    other refusal (400: the message itself, e.g. a bad address) is UPSTREAM_REJECTED with SendGrid's own
+    words; the rest is an outage, EMAIL_UNAVAILABLE. A programming error (a builtin that is no OSError)
+    is not SendGrid's answer: it is returned as itself, so it propagates unchanged.
+    """
+    if type(exc).__module__ == "builtins" and not isinstance(exc, OSError):
+        return exc
     verdict = classify(exc)
+    if not verdict.retryable:
+        return UpstreamRejectedError(
+            redact(f"SendGrid refused this email: {sendgrid_said(exc)}"),
+            details={"service": SERVICE, "status": verdict.status},
+        )
     return EmailError(
         "The email service is unavailable right now; the email is queued.",
         details={"service": SERVICE, "reason": verdict.kind.value},
-        recoverable=verdict.retryable,
+        recoverable=True,
+        retry_after=math.ceil(verdict.retry_after) if verdict.retry_after is not None else None,
     )
+
+
+def sendgrid_said(exc: BaseException | None) -> str | None:
+    """SendGrid's own words about a failed send: its status and the messages of its error body, else the error."""
+    if exc is None:
+        return None
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):  # python_http_client.exceptions.HTTPError
+        messages = _error_messages(getattr(exc, "body", None))
+        return f"HTTP {status}: {messages}" if messages else f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _error_messages(body: Any) -> str | None:
+    """The messages of a SendGrid error body (`{"errors": [{"message", "field"}]}`), joined; None if it has none."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body.strip():
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.strip()[:200]  # not JSON (a proxy's page?): its start is still what the peer said
+    if not isinstance(data, dict):
+        return None
+    errors = data.get("errors")
+    if not isinstance(errors, list):
+        errors = [data["error"]] if isinstance(data.get("error"), dict) else []
+    parts = [
+        str(item["message"]) + (f" ({item['field']})" if item.get("field") else "")
+        for item in errors[:5]
+        if isinstance(item, dict) and item.get("message")
+    ]
+    return "; ".join(parts) or None
 
 
 class EmailService:
@@ -153,8 +219,9 @@ class EmailService:
             result = self._deliver(outbox_id, fallback=False)
             if result.status == SENT:
                 sent += 1
-            elif result.reason in {ErrorKind.TRANSIENT.value, ErrorKind.THROTTLED.value}:
-                break  # SendGrid is down or busy: the rest would fail the same way
+            elif result.status == QUEUED:
+                break  # SendGrid is down, busy or its breaker open: the rest would fail the same way
+            # FAILED: this message was refused for good (the inbox has it); the others go on.
         if sent:
             logger.info("Outbox: sent %s queued email(s)", sent)
         return sent
@@ -163,14 +230,24 @@ class EmailService:
         """Emails waiting in the outbox (queued or being sent)."""
         return int(db.session.scalar(select(func.count()).where(EmailOutbox.status.in_((QUEUED, SENDING)))) or 0)
 
+    def failed_count(self) -> int:
+        """Emails refused for good or out of attempts: they wait in the failed-work inbox."""
+        return int(db.session.scalar(select(func.count()).where(EmailOutbox.status == FAILED)) or 0)
+
+    def possible_duplicates(self) -> int:
+        """Sends whose outcome was unknown (SendGrid may have delivered them before the resend), over all emails."""
+        return int(db.session.scalar(select(func.coalesce(func.sum(EmailOutbox.possible_duplicates), 0))) or 0)
+
     def status(self) -> dict[str, Any]:
-        """Configured or not, breaker state and outbox size (no network call)."""
+        """Configured or not, breaker state, outbox size, failed emails and possible duplicates (no network call)."""
         info: dict[str, Any] = {
             "service": SERVICE,
             "status": "configured" if self.configured else "not_configured",
             "configured": self.configured,
             "breaker": get_breaker(SERVICE).state.value,
             "outbox": self.outbox_count(),
+            "failed": self.failed_count(),
+            "possible_duplicates": self.possible_duplicates(),
         }
         if not self.configured:
             info["reason"] = NOT_CONFIGURED
@@ -199,8 +276,8 @@ class EmailService:
         row = db.session.scalar(select(EmailOutbox).where(EmailOutbox.dedup_key == dedup_key[:255]))
         assert row is not None  # the unique key just said it exists
         logger.info("Email %s already in the outbox (%s): not sent again", dedup_key, row.status)
-        if row.status == SENT:
-            return EmailResult(SENT, False, row.id, "duplicate")
+        if row.status in (SENT, FAILED, DISCARDED):  # a failed one is resent from the inbox, never by a repeat
+            return EmailResult(row.status, False, row.id, "duplicate")
         return EmailResult(QUEUED, False, row.id, "duplicate")
 
     def _claim(self, outbox_id: int) -> bool:
@@ -219,26 +296,37 @@ class EmailService:
         return claimed == 1
 
     def _deliver(self, outbox_id: int, *, fallback: bool = True) -> EmailResult:
-        """Send a claimed row; on failure it goes back to queued (or failed after too many attempts)."""
+        """Send a claimed row; on failure it goes back to queued, or ends failed (refused for good, out of attempts)."""
         row = db.session.get(EmailOutbox, outbox_id)
         assert row is not None
-        payload = (row.id, row.dedup_key, row.to_address, row.subject, row.text_body, row.html_body)
+        try:
+            body = self._message(row)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:  # the SDK's helper refuses the row's data
+            return self._record_failure(outbox_id, _unbuildable(row.to_address, exc))
         try:
             message_id = call_with_recovery(
                 self._post,
-                payload,
+                (row.id, row.dedup_key, row.to_address, row.subject, body),
                 {},
                 service=SERVICE,
                 operation="send",
                 max_retries=self.max_retries,
-                idempotent=True,  # see the module docstring: the dedup key makes a repeat visible
+                # A refused connection, a 5xx or a 429 prove nothing was sent: those are retried at once...
+                idempotent=True,
+                # ...but a lost reply may hide an accepted email: the outbox resends it later, visibly.
+                retry_ambiguous=False,
                 fallback=self._keep_queued if fallback else None,
                 translate=translate_email_error,
             )
         except APIError as exc:
-            kind = classify(exc.__cause__ or exc).kind
-            self._requeue(outbox_id, f"{exc.code}: {kind.value}")
-            return EmailResult(QUEUED, False, outbox_id, kind.value)
+            return self._record_failure(outbox_id, Failure.of(exc, sendgrid_said(exc.__cause__)))
+        except Exception as exc:
+            # A bug, not SendGrid's answer: the row goes to the inbox with it (it must not block the outbox),
+            # then the bug propagates with its traceback like any other.
+            self._record_failure(
+                outbox_id, Failure("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}", classify(exc), exc)
+            )
+            raise
         if isinstance(message_id, EmailResult):  # the fallback answered
             return message_id
         db.session.execute(
@@ -251,6 +339,7 @@ class EmailService:
                 attempts=EmailOutbox.attempts + 1,
                 provider_message_id=message_id,
                 last_error=None,
+                failed_at=None,
             )
         )
         db.session.commit()
@@ -260,30 +349,69 @@ class EmailService:
     def _keep_queued(
         self, exc: BaseException, outbox_id: int, dedup_key: str, to: str, subject: str, *_: Any
     ) -> EmailResult:
-        """The fallback: log the email (the seed's behaviour) and keep it in the outbox for `resend_outbox`."""
-        verdict = classify(exc)
+        """The fallback (outages only): log the email (the seed's behaviour) and keep it for `resend_outbox`."""
+        translated = exc if isinstance(exc, APIError) else translate_email_error(exc)
+        error = translated if isinstance(translated, APIError) else EmailError(f"{type(exc).__name__}: {exc}")
+        if error is not exc:
+            error.__cause__ = exc
+        failure = Failure.of(error, None if error is exc else sendgrid_said(exc))
         logger.warning(
             "Email %s to %s (%r) not sent: %s (%s); kept in the outbox",
             dedup_key,
             to,
             subject,
             type(exc).__name__,
-            verdict.reason,
+            failure.verdict.reason,
         )
-        self._requeue(outbox_id, f"{type(exc).__name__}: {verdict.reason}")
-        return EmailResult(QUEUED, True, outbox_id, verdict.kind.value)
+        result = self._record_failure(outbox_id, failure)
+        return EmailResult(result.status, True, outbox_id, result.reason)
 
-    def _requeue(self, outbox_id: int, error: str) -> None:
+    def _record_failure(self, outbox_id: int, failure: Failure) -> EmailResult:
+        """Write one failed send into the row: its history, a possible duplicate, and queued again or failed."""
         db.session.rollback()  # whatever the failed call left in the session is not ours to commit
         row = db.session.get(EmailOutbox, outbox_id)
         assert row is not None
-        row.attempts += 1
-        row.last_error = error[:500]
+        now, dedup_key, to = utcnow(), row.dedup_key, row.to_address
         row.lease_expires_at = None
-        row.status = FAILED if row.attempts >= self.max_attempts else QUEUED
+        if isinstance(failure.exc, CircuitOpenError):
+            # Refused by our own breaker: nothing reached SendGrid, so no attempt is spent and nothing happened.
+            row.status = QUEUED
+            row.last_error = row.last_error or failure.last_error
+            db.session.commit()
+            return EmailResult(QUEUED, False, outbox_id, failure.verdict.kind.value)
+        row.attempts += 1
+        row.errors = failure.appended_to(row.errors, row.attempts, now)
+        row.last_error = failure.last_error
+        if failure.verdict.ambiguous:
+            row.possible_duplicates = (row.possible_duplicates or 0) + 1
+        if failure.permanent or row.attempts >= self.max_attempts:
+            row.status, row.failed_at = FAILED, now
+        else:
+            row.status = QUEUED
+        status, attempts, duplicates = row.status, row.attempts, row.possible_duplicates
         db.session.commit()
-        if row.status == FAILED:
-            logger.error("Email %s gave up after %s attempts: %s", row.dedup_key, row.attempts, error)
+        if failure.verdict.ambiguous:
+            logger.warning(
+                "Email %s: the reply from SendGrid was lost after the request went out (%s); SendGrid may have "
+                "accepted it. Not retried now: left queued for the outbox's resend with the same dedup key, "
+                "a possible duplicate (%s so far for this email)",
+                dedup_key,
+                failure.verdict.reason,
+                duplicates,
+                extra={"error_code": failure.code, "dedup_key": dedup_key},
+            )
+        if status == FAILED:
+            why = "refused for good" if failure.permanent else f"gave up after {attempts} attempts"
+            logger.error(
+                "Email %s to %s failed (%s): %s; kept as failed in the failed-work inbox",
+                dedup_key,
+                to,
+                why,
+                failure.last_error,
+                extra={"error_code": failure.code},
+            )
+            return EmailResult(FAILED, False, outbox_id, failure.code)
+        return EmailResult(QUEUED, False, outbox_id, failure.verdict.kind.value)
 
     def _sdk(self) -> Any:
         if self._client is None:
@@ -294,15 +422,33 @@ class EmailService:
             self._client = client
         return self._client
 
-    def _post(self, outbox_id: int, dedup_key: str, to: str, subject: str, text: str, html: str | None) -> str | None:
+    def _message(self, row: EmailOutbox) -> dict[str, Any]:
+        """The v3 JSON of one outbox row, the dedup key in it twice (custom arg and header)."""
         from sendgrid.helpers.mail import CustomArg, Header, Mail
 
-        mail = Mail(from_email=self.from_email, to_emails=to, subject=subject, plain_text_content=text)
-        if html:
-            mail.add_content(html, "text/html")
-        mail.custom_arg = CustomArg("dedup_key", dedup_key)
-        mail.custom_arg = CustomArg("outbox_id", str(outbox_id))
-        mail.header = Header(DEDUP_HEADER, dedup_key)
-        response = self._sdk().send(mail)
+        mail = Mail(
+            from_email=self.from_email, to_emails=row.to_address, subject=row.subject, plain_text_content=row.text_body
+        )
+        if row.html_body:
+            mail.add_content(row.html_body, "text/html")
+        mail.custom_arg = CustomArg("dedup_key", row.dedup_key)
+        mail.custom_arg = CustomArg("outbox_id", str(row.id))
+        mail.header = Header(DEDUP_HEADER, row.dedup_key)
+        return mail.get()
+
+    def _post(self, outbox_id: int, dedup_key: str, to: str, subject: str, body: dict[str, Any]) -> str | None:
+        response = self._sdk().send(body)
         headers = getattr(response, "headers", None)
         return headers.get("X-Message-Id") if headers is not None else None
+
+
+def _unbuildable(to: str, exc: BaseException) -> Failure:
+    """The failure of an email the SendGrid helper cannot even build (an address that does not parse, say)."""
+    error = EmailError(
+        f"The email to {to!r} cannot be built for SendGrid ({type(exc).__name__}: {exc}); "
+        "check the address. Nothing was sent.",
+        code="EMAIL_MESSAGE_INVALID",
+    )
+    error.__cause__ = exc
+    logger.error("Email to %r cannot be built for SendGrid", to, exc_info=exc)
+    return Failure.of(error)

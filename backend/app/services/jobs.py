@@ -2,8 +2,10 @@
 
 `storage.sync` uploads fallback files to the bucket and `email.outbox` sends the queued emails
 (render emails included: they are written to the outbox first, so this job is their durable path).
-Both are idempotent and stop at the first sign of an outage (the breaker rejects fast), so running
-them every minute costs one rejected call while a service is down. `monitoring.prune_errors`
+Both are idempotent and claim each row, so two workers never replay the same one. Both stop at the
+first sign of an outage (the breaker rejects fast), so running them every minute costs one rejected
+call while a service is down; one bad file or one refused email never blocks the others: it backs
+off, or ends `failed` in the failed-work inbox. Each returns what is left, failed included. `monitoring.prune_errors`
 applies the retention of raw error events and their rollups (ERROR_EVENT_RETENTION_DAYS,
 ERROR_EVENT_MAX_ROWS, ERROR_ROLLUP_RETENTION_DAYS); rollups themselves are written with the events.
 """
@@ -26,16 +28,23 @@ def storage_sync(ctx: JobContext) -> dict[str, Any]:
     """Upload files kept in local fallback storage to the bucket."""
     from . import get_storage
 
-    uploaded = get_storage().sync_pending(int(current_app.config.get("STORAGE_SYNC_BATCH", 100)))
-    return {"uploaded": uploaded, "pending": get_storage().pending_sync_count()}
+    storage = get_storage()
+    uploaded = storage.sync_pending(int(current_app.config.get("STORAGE_SYNC_BATCH", 100)))
+    return {"uploaded": uploaded, "pending": storage.pending_sync_count(), "failed": storage.failed_sync_count()}
 
 
 def email_outbox(ctx: JobContext) -> dict[str, Any]:
     """Send the queued emails of the outbox."""
     from . import get_email
 
-    sent = get_email().resend_outbox(int(current_app.config.get("EMAIL_OUTBOX_BATCH", 100)))
-    return {"sent": sent, "queued": get_email().outbox_count()}
+    email = get_email()
+    sent = email.resend_outbox(int(current_app.config.get("EMAIL_OUTBOX_BATCH", 100)))
+    return {
+        "sent": sent,
+        "queued": email.outbox_count(),
+        "failed": email.failed_count(),
+        "possible_duplicates": email.possible_duplicates(),
+    }
 
 
 def prune_errors(ctx: JobContext) -> dict[str, Any]:

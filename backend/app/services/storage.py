@@ -15,6 +15,8 @@ Backends (`STORAGE_BACKEND`, default "gcs" when `GCS_BUCKET` is set, else "local
 Downloads: a v4 signed URL for objects in the bucket (signed offline with the service-account key
 in `GCS_SIGNING_CREDENTIALS_FILE`, or the client's own credentials when they can sign), or an
 app-signed, expiring URL (`/api/files/<token>`) for local files.
+
+The sync of fallback files to the bucket (`sync_pending`) lives in `storage_sync.py`.
 """
 
 from __future__ import annotations
@@ -22,25 +24,27 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import random
 import re
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flask import current_app, has_request_context, url_for
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import APIError, NotFoundError, StorageError, UpstreamRejectedError, ValidationError
 from ..extensions import db
-from ..models.outbox import PendingSync
-from ..models.user import utcnow
+from ..jobs.retry_policy import RetryPolicy
+from ..models.outbox import SYNC_FAILED, SYNC_PENDING, PendingSync
 from ..utils.classifier import classify
 from ..utils.error_recovery import call_with_recovery, get_breaker
+from .replay import Failure
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +94,17 @@ def translate_storage_error(exc: BaseException) -> APIError:
     )
 
 
+def peer_said(exc: BaseException | None) -> str | None:
+    """What the bucket said about a failed call: its HTTP status and message (Google's errors), else the error."""
+    if exc is None:
+        return None
+    status = getattr(exc, "code", None)
+    message = getattr(exc, "message", None)
+    if isinstance(status, int) and isinstance(message, str):  # google.api_core GoogleAPICallError
+        return f"HTTP {status}: {message}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class StorageService:
     """Save, read and link files; see the module docstring for the backends and the fallback."""
 
@@ -106,6 +121,9 @@ class StorageService:
         signing_credentials_file: str | None = None,
         signing_credentials: Any = None,
         client: Any = None,
+        sync_policy: RetryPolicy | None = None,
+        sync_lease_seconds: float = 300.0,
+        rng: Callable[[float, float], float] = random.uniform,
     ) -> None:
         if backend not in {"gcs", "local"}:
             raise ValueError(f"STORAGE_BACKEND must be 'gcs' or 'local', got {backend!r}")
@@ -119,6 +137,11 @@ class StorageService:
         self._signing_file = signing_credentials_file
         self._signing = signing_credentials
         self._client = client
+        # Per-file backoff and attempt limit of the sync: the jobs' policy, so files fail like jobs do.
+        self.sync_policy = sync_policy or RetryPolicy(max_attempts=10, base_delay=60.0, max_delay=3600.0)
+        # A claimed row is not due again before this: longer than one upload with its retries can take.
+        self.sync_lease = dt.timedelta(seconds=sync_lease_seconds)
+        self.sync_rng = rng  # the jitter of the sync's backoff (injectable: tests check the cap)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, instance_path: str) -> StorageService:
@@ -135,6 +158,12 @@ class StorageService:
             max_retries=int(config.get("GCS_MAX_RETRIES", 2)),
             signing_credentials_file=config.get("GCS_SIGNING_CREDENTIALS_FILE") or None,
             signing_credentials=config.get("GCS_SIGNING_CREDENTIALS"),
+            sync_policy=RetryPolicy(
+                max_attempts=int(config.get("STORAGE_SYNC_MAX_ATTEMPTS", 10)),
+                base_delay=float(config.get("STORAGE_SYNC_BASE_DELAY", 60.0)),
+                max_delay=float(config.get("STORAGE_SYNC_MAX_DELAY", 3600.0)),
+            ),
+            sync_lease_seconds=float(config.get("STORAGE_SYNC_LEASE_SECONDS", 300.0)),
         )
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -230,57 +259,30 @@ class StorageService:
         )
 
     def sync_pending(self, limit: int = 100) -> int:
-        """Upload up to `limit` fallback files to the bucket; the number uploaded (stops at the first outage)."""
+        """Upload up to `limit` due fallback files to the bucket, one claimed row at a time; the number uploaded.
+
+        A file that fails backs off (or ends `failed`) and the others go on; only an open breaker ends the run
+        (see `storage_sync.py`).
+        """
         if self.backend != "gcs" or not self.bucket_name:
             return 0
-        rows = db.session.scalars(
-            select(PendingSync).where(PendingSync.synced_at.is_(None)).order_by(PendingSync.id).limit(limit)
-        ).all()
-        uploaded = 0
-        for row in rows:
-            path = self._local_path(row.key)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                # The row outlived its file (removed by hand): nothing left to upload, say so loudly.
-                logger.error("Pending storage sync for %s has no local file; marking it done", row.key)
-                self._mark_synced(row.id)
-                continue
-            try:
-                call_with_recovery(
-                    self._upload,
-                    (row.key, data, row.content_type),
-                    {},
-                    service=SERVICE,
-                    operation="sync_upload",
-                    max_retries=self.max_retries,
-                    idempotent=True,
-                    translate=translate_storage_error,
-                )
-            except APIError as exc:
-                db.session.execute(
-                    update(PendingSync)
-                    .where(PendingSync.id == row.id)
-                    .values(attempts=PendingSync.attempts + 1, last_error=f"{exc.code}: {exc.message}"[:500])
-                )
-                db.session.commit()
-                logger.warning("Storage sync stopped after %s upload(s): %s", uploaded, exc.code)
-                break
-            if path.read_bytes() != data:
-                continue  # saved again while we uploaded: the row is pending again, the next sync sends the new bytes
-            self._mark_synced(row.id)
-            path.unlink(missing_ok=True)  # the bucket has it now; the row keeps the history
-            uploaded += 1
-        if uploaded:
-            logger.info("Storage sync uploaded %s fallback file(s) to the bucket", uploaded)
-        return uploaded
+        from .storage_sync import StorageSync
+
+        return StorageSync(self).run(limit)
 
     def pending_sync_count(self) -> int:
-        """Files in local fallback storage not yet uploaded to the bucket."""
-        return int(db.session.scalar(select(func.count()).where(PendingSync.synced_at.is_(None))) or 0)
+        """Files in local fallback storage waiting for the bucket (due or backing off; not the failed ones)."""
+        return self._count_sync(SYNC_PENDING)
+
+    def failed_sync_count(self) -> int:
+        """Files that could not reach the bucket and wait in the failed-work inbox."""
+        return self._count_sync(SYNC_FAILED)
+
+    def _count_sync(self, status: str) -> int:
+        return int(db.session.scalar(select(func.count()).where(PendingSync.status == status)) or 0)
 
     def status(self) -> dict[str, Any]:
-        """Backend, configured or not, bucket, breaker state and pending sync count (no network call)."""
+        """Backend, configured or not, bucket, breaker state, pending and failed sync counts (no network call)."""
         info: dict[str, Any] = {
             "service": SERVICE,
             "backend": self.backend,
@@ -293,6 +295,7 @@ class StorageService:
             info["reason"] = "STORAGE_BACKEND is gcs but GCS_BUCKET is not set"
         if self.backend == "gcs":
             info["pending_sync"] = self.pending_sync_count()
+            info["failed_sync"] = self.failed_sync_count()
         return info
 
     def probe(self, timeout: float = 2.0) -> dict[str, Any]:
@@ -346,6 +349,19 @@ class StorageService:
         self._bucket().blob(key).upload_from_string(data, content_type=content_type, timeout=self.timeout, retry=None)
         return StoredObject(key, "bucket", False, len(data))
 
+    def sync_upload(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        """Upload one fallback file for the sync: guarded like `save`, but no fallback (it replays the fallback)."""
+        return call_with_recovery(
+            self._upload,
+            (key, data, content_type),
+            {},
+            service=SERVICE,
+            operation="sync_upload",
+            max_retries=self.max_retries,
+            idempotent=True,
+            translate=translate_storage_error,
+        )
+
     def _download(self, key: str) -> bytes | None:
         from google.api_core.exceptions import NotFound
 
@@ -388,12 +404,19 @@ class StorageService:
     def _save_fallback(self, exc: BaseException, key: str, data: bytes, content_type: str) -> StoredObject:
         """The fallback: keep the file locally and queue it for the bucket (nothing is lost)."""
         self._write_local(key, data)
+        error = exc if isinstance(exc, APIError) else translate_storage_error(exc)
+        if error is not exc:
+            error.__cause__ = exc
+        reason = Failure.of(error, None if error is exc else peer_said(exc)).last_error
         row = db.session.scalar(select(PendingSync).where(PendingSync.key == key))
-        reason = f"{type(exc).__name__}: {classify(exc).reason}"[:500]
         if row is None:
             db.session.add(PendingSync(key=key, content_type=content_type, size=len(data), last_error=reason))
-        else:  # saved again while still pending (or after a sync): upload the new bytes next time
-            row.synced_at, row.content_type, row.size, row.last_error = None, content_type, len(data), reason
+        else:
+            # Saved again (pending, synced, failed or discarded): new bytes are new work, due now with every
+            # attempt; the history stays. A sync holding the old lease can no longer mark it synced.
+            row.content_type, row.size, row.last_error, row.attempts = content_type, len(data), reason, 0
+            row.status, row.synced_at, row.next_attempt_at, row.failed_at = SYNC_PENDING, None, None, None
+            row.discarded_at, row.discard_reason = None, None
         try:
             db.session.commit()
         except IntegrityError:  # a concurrent save of the same key queued it first: it will upload the file
@@ -404,10 +427,6 @@ class StorageService:
     def _pending(self, key: str) -> bool:
         row = db.session.scalar(select(PendingSync.id).where(PendingSync.key == key, PendingSync.synced_at.is_(None)))
         return row is not None
-
-    def _mark_synced(self, row_id: int) -> None:
-        db.session.execute(update(PendingSync).where(PendingSync.id == row_id).values(synced_at=utcnow()))
-        db.session.commit()
 
     def _local_url(self, key: str, expires_in: int) -> str:
         token = self._serializer().dumps({"k": key, "e": int(time.time()) + int(expires_in)})
