@@ -593,3 +593,23 @@ def test_point3_backoff_follows_the_classifier(app: Flask, tmp_path: Any) -> Non
     assert [e["kind"] for e in row.errors] == ["transient", "throttled", "transient"]
     assert [e["code"] for e in row.errors] == ["STORAGE_UNAVAILABLE"] * 3
     assert row.errors[1]["status"] == 429 and row.errors[1]["retry_after"] == 120.0
+
+
+def test_point3_a_newer_direct_save_retires_the_older_fallback_copy_so_the_sync_never_overwrites_it(
+    make_app: Callable[..., Flask],
+    gcs_emulator: GCSEmulator,
+    gcs_bucket: str,
+    gcs_signing_credentials: Any,
+) -> None:
+    """#13 point 3: once the bucket has the newest bytes, the stale local copy is never uploaded over them."""
+    app = gcs_app(make_app, gcs_emulator.url, gcs_bucket, gcs_signing_credentials)
+    _keep_locally(app, ["renders/9.mp4"])  # saved while the bucket was down: old bytes, pending
+    with app.test_request_context():
+        stored = get_storage().save("renders/9.mp4", b"newer bytes", "video/mp4")  # the bucket is back
+        assert stored.location == "bucket" and not stored.degraded
+        assert get_storage().pending_sync_count() == 0
+        assert get_storage().sync_pending() == 0  # nothing left to replay
+        assert get_storage().read("renders/9.mp4") == b"newer bytes"
+        assert not get_storage().local_file("renders/9.mp4").exists()  # the stale copy is gone too
+    assert _rows(app)["renders/9.mp4"].status == "synced"
+    assert _in_bucket(gcs_emulator, gcs_bucket, "renders/9.mp4") == b"newer bytes"

@@ -35,13 +35,14 @@ from typing import Any
 
 from flask import current_app, has_request_context, url_for
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import APIError, NotFoundError, StorageError, UpstreamRejectedError, ValidationError
 from ..extensions import db
 from ..jobs.retry_policy import RetryPolicy
-from ..models.outbox import SYNC_FAILED, SYNC_PENDING, PendingSync
+from ..models.outbox import SYNC_FAILED, SYNC_PENDING, SYNC_SYNCED, PendingSync
+from ..models.user import utcnow
 from ..utils.classifier import classify
 from ..utils.error_recovery import call_with_recovery, get_breaker
 from .replay import Failure
@@ -180,7 +181,7 @@ class StorageService:
             self._write_local(key, data)
             return StoredObject(key, "local", False, len(data))
         self._require_bucket()
-        return call_with_recovery(
+        stored: StoredObject = call_with_recovery(
             self._upload,
             (key, data, content_type),
             {},
@@ -191,6 +192,9 @@ class StorageService:
             fallback=self._save_fallback,
             translate=translate_storage_error,
         )
+        if stored.location == "bucket":
+            self._retire_local_copy(key)
+        return stored
 
     def download_url(self, key: str, expires_in: int = 3600) -> str:
         """A URL that downloads `key` for `expires_in` seconds: GCS signed URL, or an app-signed local one."""
@@ -423,6 +427,19 @@ class StorageService:
             db.session.rollback()
         logger.warning("Stored %s locally (bucket unavailable: %s); queued for sync", key, reason)
         return StoredObject(key, "local", True, len(data))
+
+    def _retire_local_copy(self, key: str) -> None:
+        """The bucket has the newest bytes of `key`: an older fallback copy must never be synced over them."""
+        retired = db.session.execute(
+            update(PendingSync)
+            .where(PendingSync.key == key, PendingSync.status.in_((SYNC_PENDING, SYNC_FAILED)))
+            .values(status=SYNC_SYNCED, synced_at=utcnow(), next_attempt_at=None, failed_at=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        db.session.commit()
+        if retired:
+            self._local_path(key).unlink(missing_ok=True)
+            logger.info("Saved %s to the bucket directly; its older fallback copy is retired, not synced", key)
 
     def _pending(self, key: str) -> bool:
         row = db.session.scalar(select(PendingSync.id).where(PendingSync.key == key, PendingSync.synced_at.is_(None)))
