@@ -118,6 +118,12 @@ class Config:
     # deleted this many days after they were given up (or finished), so no table grows without bound.
     FAILED_WORK_RETENTION_DAYS = 30.0
     METRICS_TOKEN: str | None = None  # /metrics needs `Authorization: Bearer <token>` when set
+    # Configuration faults (backend/app/monitoring/service_faults.py): a refusal seen again is written at most
+    # every WRITE seconds; a success re-reads the open faults at most every REFRESH seconds; a failed write
+    # (database down) is retried every RETRY seconds.
+    SERVICE_FAULTS_WRITE_SECONDS = 5.0
+    SERVICE_FAULTS_REFRESH_SECONDS = 5.0
+    SERVICE_FAULTS_RETRY_SECONDS = 5.0
     FAULT_INJECTION_ENABLED = False  # admin fault injection (tests, staging); always refused in production
     PASSWORD_HASH_TIME_COST = 3
     PASSWORD_HASH_MEMORY_COST = 64 * 1024
@@ -205,6 +211,9 @@ OPTIONAL_FLOATS = (
     "SLO_FLUSH_SECONDS",
     "EMAIL_LEASE_SECONDS",
     "ERROR_STATS_RETRY_SECONDS",
+    "SERVICE_FAULTS_WRITE_SECONDS",
+    "SERVICE_FAULTS_REFRESH_SECONDS",
+    "SERVICE_FAULTS_RETRY_SECONDS",
 )
 OPTIONAL_INTS = (
     "JOBS_CONCURRENCY",
