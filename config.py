@@ -126,6 +126,12 @@ class Config:
     # deleted this many days after they were given up (or finished), so no table grows without bound.
     FAILED_WORK_RETENTION_DAYS = 30.0
     METRICS_TOKEN: str | None = None  # /metrics needs `Authorization: Bearer <token>` when set
+    # Configuration faults (backend/app/monitoring/service_faults.py): a refusal seen again is written at most
+    # every WRITE seconds; a success re-reads the open faults at most every REFRESH seconds; a failed write
+    # (database down) is retried every RETRY seconds.
+    SERVICE_FAULTS_WRITE_SECONDS = 5.0
+    SERVICE_FAULTS_REFRESH_SECONDS = 5.0
+    SERVICE_FAULTS_RETRY_SECONDS = 5.0
     FAULT_INJECTION_ENABLED = False  # admin fault injection (tests, staging); always refused in production
     PASSWORD_HASH_TIME_COST = 3
     PASSWORD_HASH_MEMORY_COST = 64 * 1024
@@ -223,6 +229,9 @@ OPTIONAL_FLOATS = (
     "STORAGE_SYNC_BASE_DELAY",
     "STORAGE_SYNC_MAX_DELAY",
     "STORAGE_SYNC_LEASE_SECONDS",
+    "SERVICE_FAULTS_WRITE_SECONDS",
+    "SERVICE_FAULTS_REFRESH_SECONDS",
+    "SERVICE_FAULTS_RETRY_SECONDS",
 )
 OPTIONAL_INTS = (
     "JOBS_CONCURRENCY",

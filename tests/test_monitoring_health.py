@@ -349,6 +349,12 @@ def test_stripe_and_sendgrid_are_probed_live_over_http(
     wrong_key = make_app(**{**settings, "STRIPE_API_KEY": "sk_test_wrong"})
     client = wrong_key.test_client()
     headers = admin_headers(client)
-    refused = client.get("/admin/api/monitoring/health/services", headers=headers).get_json()["services"]["stripe"]
-    assert refused["probe"]["status"] == "error" and "credentials refused" in refused["probe"]["detail"]
+    body = client.get("/admin/api/monitoring/health/services", headers=headers).get_json()
+    refused = body["services"]["stripe"]
+    # A refused key is a configuration fault, not an outage (#13 point 2): "misconfigured" with the real error.
+    assert refused["probe"]["status"] == "misconfigured"
+    assert "credentials or permissions refused" in refused["probe"]["detail"]
+    error = refused["probe"]["error"]
+    assert (error["code"], error["http_status"]) == ("SERVICE_MISCONFIGURED", 401)
+    assert body["status"] != "ok"
     assert "sk_test_wrong" not in str(refused)

@@ -7,12 +7,14 @@ from flask import Flask
 from .alerts import init_alerts
 from .metrics import init_metrics
 from .monitoring.health import init_service_health
+from .monitoring.service_faults import init_service_faults
 from .utils.fault_injection import init_fault_injection
 
 
 def init_observability(app: Flask) -> None:
-    """Health prober, call history, metrics, fault injection (after `init_resilience`: they listen to breakers)."""
+    """Health probes, configuration faults, metrics, fault injection, alerts (after `init_resilience`: they listen)."""
     init_service_health(app)
+    init_service_faults(app)
     init_metrics(app)
     init_fault_injection(app)
     init_alerts(app)

@@ -449,7 +449,7 @@ class CreditsOut(BaseModel):
 
 
 class ProbeOut(BaseModel):
-    """A live probe's result: ok, degraded, error, timeout, not_configured or unknown."""
+    """A live probe's result: ok, degraded, error, misconfigured, timeout, not_configured or unknown."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -470,12 +470,26 @@ class BreakerViewOut(BaseModel):
     opened_at: str | None
 
 
+class ServiceFaultOut(BaseModel):
+    """An open configuration fault: the last permanent refusal of our credentials by one operation."""
+
+    service: str
+    operation: str
+    code: str
+    http_status: int | None
+    reason: str
+    count: int
+    since: str | None
+    last_seen: str | None
+
+
 class ServiceHealthOut(BaseModel):
     """One dependency: configured, live probe, breaker, last success and failure seen by this process."""
 
     configured: bool
     probe: ProbeOut
     breaker: BreakerViewOut | None
+    faults: list[ServiceFaultOut] = Field(default_factory=list)  # open ones; the probe then says misconfigured
     last_success: str | None
     last_failure: str | None
 
@@ -492,6 +506,7 @@ class ServicesHealthOut(BaseModel):
     backlog: dict[str, object]
     logs: dict[str, object]
     breaker_storage: str
+    service_faults: list[ServiceFaultOut] | None = None  # every open configuration fault; None when unreadable
 
 
 class LivenessOut(BaseModel):
@@ -798,6 +813,7 @@ ALERT_PARAMS: dict[str, tuple[str, ...]] = {
     "dead_letters": (),
     "slo_burn": ("group", "long_seconds", "short_seconds", "factor"),
     "failed_work": ("older_than_minutes",),
+    "service_misconfigured": (),  # optional `service`; without it, any service
 }
 
 
@@ -822,7 +838,9 @@ class AlertRuleRequest(StrictModel):
     """Create or replace (by name) an alert rule."""
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
-    kind: Literal["error_rate", "code_count", "breaker_open", "dead_letters", "slo_burn", "failed_work"]
+    kind: Literal[
+        "error_rate", "code_count", "breaker_open", "dead_letters", "slo_burn", "failed_work", "service_misconfigured"
+    ]
     params: dict[Annotated[str, Field(max_length=32)], str | int | float] = Field(default_factory=dict, max_length=10)
     channels: list[AlertChannel] = Field(min_length=1, max_length=10)
     severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = "HIGH"

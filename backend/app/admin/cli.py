@@ -77,6 +77,7 @@ BREAKER_HEADERS = ("service", "state", "failures", "rate", "retry after", "stora
 def health(as_json: bool) -> None:
     """Every dependency: probe, latency, breaker (the /health/services view)."""
     from ..monitoring.health import service_health
+    from ..monitoring.service_faults import describe
 
     report = service_health(current_app._get_current_object())  # type: ignore[attr-defined]
     rows = []
@@ -96,10 +97,13 @@ def health(as_json: bool) -> None:
         )
     queue = report.get("queue") or {}
     depth = queue.get("depth") or {}
+    # Configuration faults in full: what refused which operation, with what, since when (any process saw it).
+    faults = [f"Misconfigured: {describe(fault)}" for fault in report.get("service_faults") or ()]
     text = "\n".join(
         [
             f"Overall: {report['status']}",
             table(("service", "configured", "probe", "latency", "breaker", "detail"), rows),
+            *faults,
             f"Queue: {depth.get('ready', 0)} ready, {depth.get('scheduled', 0)} scheduled, "
             f"{depth.get('running', 0)} running; {queue.get('workers_alive', 0)} worker(s) alive; "
             f"{queue.get('dead_letters', 0)} dead letter(s). Logs: {report.get('logs', {}).get('state')}.",

@@ -11,6 +11,10 @@ Kinds and their params:
 - `failed_work`: the failed-work inbox holds at least `threshold` (default 1) items (of inbox `kind`,
   when given) that failed more than `older_than_minutes` ago; it resolves once they are retried,
   discarded or fewer (see `monitoring.inbox`).
+- `service_misconfigured`: a service refuses this server's credentials or permissions: an uncleared
+  `service_faults` row exists, recorded by any process; resolves when the operation succeeds again or
+  an admin resets the breaker. Optional `service` (e.g. "storage"); without it, any service.
+  The value is the number of open faults (see `monitoring.service_faults`).
 
 A rule moving ok → firing announces itself once (unless it was announced less than
 `cooldown_seconds` ago: flapping is not paged twice); while it keeps firing nothing more is sent;
@@ -31,6 +35,7 @@ from ..extensions import db
 from ..jobs.records import as_utc, iso
 from ..models import ErrorCodeMinute, ErrorMinute, Job
 from ..models.alert import PENDING, AlertDelivery, AlertRule
+from ..monitoring.service_faults import misconfigured_condition
 from .delivery import build_payload, deliver_pending
 from .slo import burn_rate, objective_for
 
@@ -47,6 +52,8 @@ def evaluate_condition(app: Flask, rule: AlertRule, now: datetime) -> tuple[bool
     """(firing, measured value, one-line summary) of a rule right now."""
     p = rule.params or {}
     kind = rule.kind
+    if kind == "service_misconfigured":
+        return misconfigured_condition(app, p)
     if kind == "breaker_open":
         snap = app.extensions["breakers"].get(p["service"]).snapshot()
         firing = snap["state"] in UNHEALTHY_BREAKER

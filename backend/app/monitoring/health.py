@@ -12,6 +12,13 @@ Service adapters are found in `app.extensions` under their service name (or `<na
 an adapter with a `probe()` method is probed live, one with only `status()` is asked for it.
 A service with neither an adapter nor configuration is "not_configured"; configured but with no
 adapter to ask, "unknown". Nothing is guessed.
+
+A service that refuses this server's credentials or permissions is "misconfigured", not "error": when a
+live probe's failure classifies so (a 401/403 from the bucket, SendGrid or Stripe), or when any process
+recorded a configuration fault for one of its operations (`service_faults`: an upload refused with 403
+while the probe's read still passes). The probe then carries the real error (code, HTTP status, reason,
+operation, since, last seen), the entry lists the service's open faults, `service_faults` lists those of
+every service, and the overall status is not "ok" while one is open.
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ from flask import Flask
 
 from ..utils.breaker_store import Outcome
 from ..utils.circuit_breaker import BreakerListener, CircuitBreaker
+from ..utils.classifier import Classification, classify, classify_status
+from .service_faults import describe, get_monitor
 
 logger = logging.getLogger(__name__)
 
 EXTENSION = "service_health"
 DEFAULT_DEADLINE = 2.0
+PROBE_TIMEOUT_FACTOR = 2.0  # a live HTTP probe's own timeout, in deadlines
 
 #: Config keys that say a service is configured (any one set is enough).
 SERVICE_CONFIG: dict[str, tuple[str, ...]] = {
@@ -76,7 +86,7 @@ class CallHistory(BreakerListener):
 
 @dataclass
 class ProbeResult:
-    """What a live probe found: ok, error, timeout, not_configured or unknown."""
+    """What a live probe found: ok, error, misconfigured, timeout, not_configured or unknown."""
 
     status: str
     latency_ms: float | None = None
@@ -120,14 +130,38 @@ def is_configured(app: Flask, service: str) -> bool:
     return any(app.config.get(key) for key in keys)
 
 
+def misconfigured_probe(verdict: Classification, what: str) -> ProbeResult:
+    """A probe refused for our credentials or permissions: "misconfigured", with the real error."""
+    status = f"HTTP {verdict.status}, " if verdict.status else ""
+    error = {
+        "code": "SERVICE_MISCONFIGURED",
+        "http_status": verdict.status,
+        "reason": verdict.reason,
+        "operation": "probe",
+        "since": None,  # a live probe only knows now; recorded faults know since when
+        "last_seen": _iso(time.time()),
+    }
+    return ProbeResult(
+        "misconfigured",
+        detail=f"{what}: credentials or permissions refused ({status}{verdict.reason})",
+        extra={"error": error},
+    )
+
+
 def _timed(fn: Callable[[], ProbeResult | dict[str, Any] | None]) -> ProbeResult:
     started = time.perf_counter()
     try:
         result = fn()
     except Exception as exc:  # a failing probe is the answer, reported with its type (never its text)
+        latency = round((time.perf_counter() - started) * 1000, 1)
         logger.info("Health probe failed: %s", type(exc).__name__)
         logger.debug("Health probe failure", exc_info=True)
-        return ProbeResult("error", round((time.perf_counter() - started) * 1000, 1), type(exc).__name__)
+        verdict = classify(exc)
+        if verdict.misconfigured:  # a revoked key or a missing permission is not an outage: say which
+            refused = misconfigured_probe(verdict, type(exc).__name__)
+            refused.latency_ms = latency
+            return refused
+        return ProbeResult("error", latency, type(exc).__name__)
     latency = round((time.perf_counter() - started) * 1000, 1)
     if isinstance(result, ProbeResult):
         result.latency_ms = result.latency_ms if result.latency_ms is not None else latency
@@ -213,8 +247,11 @@ def _http_probe(app: Flask, service: str, timeout: float) -> ProbeResult:
     response = requests.get(
         base + path, headers={"Authorization": f"Bearer {app.config.get(key_name)}"}, timeout=timeout
     )
-    if response.status_code in (401, 403):
-        return ProbeResult("error", detail=f"credentials refused ({response.status_code})", extra={"live": True})
+    verdict = classify_status(response.status_code, response.headers, reason=f"{service} http {response.status_code}")
+    if verdict.misconfigured:  # 401/403: the provider is up and refuses our key
+        refused = misconfigured_probe(verdict, f"GET {path}")
+        refused.extra = {**(refused.extra or {}), "live": True, "http_status": response.status_code}
+        return refused
     if response.status_code >= 500:
         return ProbeResult("error", detail=f"answered {response.status_code}", extra={"live": True})
     return ProbeResult("ok", extra={"live": True, "http_status": response.status_code})
@@ -229,7 +266,9 @@ def _adapter_probe(app: Flask, service: str, adapter: Any, timeout: float) -> Ca
             status = _as_result(adapter.status(), live=False)
             if status.status == "not_configured" or service not in HTTP_PROBES:
                 return status
-            result = _http_probe(app, service, timeout)
+            # Longer than the endpoint waits: a hung provider is then always reported as "timeout", never as an
+            # "error" that races the deadline (the probe keeps its thread; no second one starts meanwhile).
+            result = _http_probe(app, service, timeout * PROBE_TIMEOUT_FACTOR)
             result.extra = {**(status.extra or {}), **(result.extra or {})}
             return result
 
@@ -355,6 +394,23 @@ def _possible_duplicates(app: Flask) -> int:
         return int(db.session.execute(select(func.coalesce(func.sum(EmailOutbox.possible_duplicates), 0))).scalar_one())
 
 
+def _faults_probe(app: Flask) -> ProbeResult:
+    """Open configuration faults, recorded by any process (this one's pending refusals written first)."""
+    monitor = get_monitor(app)
+    return ProbeResult("ok", extra={"faults": monitor.open_faults() if monitor is not None else []})
+
+
+def _misconfigured_view(probe: ProbeResult, fault: dict[str, Any]) -> dict[str, Any]:
+    """The probe as a recorded fault shows it: misconfigured with the real error, whatever the live check found.
+
+    A read-only probe may pass where an upload is refused (a missing write permission); `live_status` keeps it.
+    """
+    view = probe.as_dict()
+    error = {key: fault[key] for key in ("code", "http_status", "reason", "operation", "since", "last_seen", "count")}
+    view.update(status="misconfigured", live_status=probe.status, detail=describe(fault), error=error)
+    return view
+
+
 def _backlog(app: Flask) -> ProbeResult:
     # Waiting work (pending files, queued emails) and work that needs a human (failed: the inbox), apart.
     counts = {
@@ -377,23 +433,28 @@ def service_health(app: Flask) -> dict[str, Any]:
     deadline = float(app.config.get("HEALTH_PROBE_DEADLINE", DEFAULT_DEADLINE))
     probes, fixed = _probes(app, deadline)
     probes["_backlog"] = lambda: _backlog(app)
+    probes["_faults"] = lambda: _faults_probe(app)
     started = time.perf_counter()
     results = {**prober.run(probes, deadline), **fixed}
     breakers = app.extensions["breakers"]
     snapshots = breakers.snapshot()
+    read = results["_faults"]
+    faults: list[dict[str, Any]] | None = (read.extra or {}).get("faults") if read.status == "ok" else None
     services: dict[str, Any] = {}
     for name in ("database", "redis", "storage", "email", "stripe", "rendering", "queue"):
         probe = results[name]
+        own = [fault for fault in faults or () if fault["service"] == name]
         entry: dict[str, Any] = {
             "configured": is_configured(app, name),
-            "probe": probe.as_dict(),
+            "probe": _misconfigured_view(probe, own[0]) if own else probe.as_dict(),
             "breaker": _breaker_view(snapshots.get(name)),
+            "faults": own,
             **history.last(name),
         }
         services[name] = entry
     backlog = results["_backlog"]
     queue = services["queue"]["probe"]
-    overall = _overall(services)
+    overall = _overall(services, faults)
     return {
         "status": overall,
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
@@ -409,6 +470,7 @@ def service_health(app: Flask) -> dict[str, Any]:
         "backlog": {"status": backlog.status, **{key: (backlog.extra or {}).get(key) for key in BACKLOG_KEYS}},
         "logs": sink_status(),
         "breaker_storage": breakers.storage,
+        "service_faults": faults,  # every open configuration fault, of any service; None when unreadable
     }
 
 
@@ -421,12 +483,18 @@ def _breaker_view(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
     return view
 
 
-def _overall(services: dict[str, Any]) -> str:
+UNHEALTHY_PROBES = ("error", "timeout", "degraded", "misconfigured")
+UNHEALTHY_BREAKERS = ("open", "forced_open", "half_open")
+
+
+def _overall(services: dict[str, Any], faults: list[dict[str, Any]] | None) -> str:
     if services["database"]["probe"]["status"] != "ok":
         return "down"
+    if faults:
+        return "degraded"  # a service refuses our credentials: what needs it cannot work until an operator acts
     for entry in services.values():
         probe = entry["probe"]["status"]
         breaker = (entry.get("breaker") or {}).get("state")
-        if probe in ("error", "timeout", "degraded") or breaker in ("open", "forced_open", "half_open"):
+        if probe in UNHEALTHY_PROBES or breaker in UNHEALTHY_BREAKERS:
             return "degraded"
     return "ok"

@@ -79,6 +79,9 @@ class BreakerListener:
     def call_recorded(self, breaker: CircuitBreaker, outcome: Outcome, duration: float) -> None:
         """A guarded call finished."""
 
+    def admin_action(self, breaker: CircuitBreaker, action: str, actor: str | None) -> None:
+        """An admin reset, forced open or disabled the breaker (even when its state did not change)."""
+
 
 class LoggingListener(BreakerListener):
     """Writes every state change to app.log (WARNING when it opens, INFO otherwise)."""
@@ -214,6 +217,7 @@ class CircuitBreaker:
         )
         if transition is not None:
             self._announce(*transition, reason=f"admin {action}", actor=actor)
+        self._notify("admin_action", action, actor)  # a reset of a closed breaker still clears its faults
 
     def _open_error(self, admission: Admission) -> CircuitOpenError:
         wait = admission.retry_after if admission.retry_after is not None else self.config.recovery_timeout

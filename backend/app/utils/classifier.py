@@ -8,6 +8,9 @@ so a failure is judged once and the same way everywhere. HTTP status policy (see
 - 429: THROTTLED, honouring `Retry-After` (delta-seconds or an HTTP date).
 
 A provider's explicit verdict wins over the status: Stripe's `Stripe-Should-Retry` header.
+Our own errors (`APIError`) carry their verdict: `recoverable` (what the envelope tells clients) is
+TRANSIENT (THROTTLED for 429 and an open breaker), not recoverable is PERMANENT, whatever the status;
+so the envelope, the retry layer and the job queue agree on every code in the catalog.
 
 Two further facts ride on a verdict, for the callers that must treat them differently:
 
@@ -136,16 +139,23 @@ def classify_status(status: int | None, headers: Any = None, *, reason: str = ""
 
 
 def _api_error(exc: APIError) -> Classification:
-    """Our own errors say what a retry can do: `recoverable` IS the verdict, so envelope and retries agree."""
+    """Our own errors already say whether a retry can help: `recoverable` IS the verdict.
+
+    The envelope's `recoverable` ("the same request may succeed later") and the retry layers (HTTP
+    clients, `call_with_retry`, the job queue) then never disagree, whatever the status: a 409 for a key
+    still in progress is retried after its `retry_after`, a non-recoverable 503 (not configured) is not.
+    Whether a failure also trips a breaker is a separate question (`is_breaker_failure`).
+    """
     status = exc.status_code
     reason = f"{type(exc).__name__} {exc.code}"
+    if not exc.recoverable:
+        # A refused key or permission, passed on by an inner guarded call, stays a configuration fault.
+        misconfigured = exc.code == "SERVICE_MISCONFIGURED"
+        return Classification(ErrorKind.PERMANENT, None, reason, status, misconfigured=misconfigured)
     if status == 429 or exc.code == "CIRCUIT_OPEN":
         # Asked to slow down, or a paused dependency: come back after `retry_after`.
         return Classification(ErrorKind.THROTTLED, exc.retry_after, reason, status)
-    if exc.recoverable:
-        # The same request may succeed later: a 503, a render timeout, a key still in progress (409).
-        return Classification(ErrorKind.TRANSIENT, exc.retry_after, reason, status)
-    return Classification(ErrorKind.PERMANENT, None, reason, status)
+    return Classification(ErrorKind.TRANSIENT, exc.retry_after, reason, status)
 
 
 def _stripe(exc: BaseException, stripe: Any) -> Classification | None:
@@ -193,8 +203,10 @@ def _google_auth(exc: BaseException, gauth: Any) -> Classification | None:
     name = type(exc).__name__
     if isinstance(exc, gauth.TransportError | gauth.TimeoutError) or getattr(exc, "retryable", False):
         return Classification(ErrorKind.TRANSIENT, None, f"google-auth {name}", None)
-    # google-cloud-storage surfaces a 401 from the bucket as InvalidOperation (it cannot refresh the token).
-    return Classification(ErrorKind.PERMANENT, None, f"google-auth {name} (credentials)", None, misconfigured=True)
+    # google-cloud-storage surfaces a 401 from the bucket as InvalidOperation: google-auth refreshes the
+    # credentials only after a 401 (DEFAULT_REFRESH_STATUS_CODES), and anonymous ones cannot be refreshed.
+    status = 401 if isinstance(exc, gauth.InvalidOperation) and "cannot be refreshed" in str(exc) else None
+    return Classification(ErrorKind.PERMANENT, None, f"google-auth {name} (credentials)", status, misconfigured=True)
 
 
 def _sendgrid(exc: BaseException, phc: Any) -> Classification | None:
@@ -316,9 +328,13 @@ def is_breaker_failure(exc: BaseException) -> bool:
     """Whether a failure says the service is unhealthy (transient or throttled), so a breaker counts it.
 
     Permanent failures (a declined card, a validation error, a 404) prove the service answered:
-    they never trip a breaker, nor does any 4xx of ours but a 429 (a key still in progress is an
-    answer too). An open breaker's own rejection is not a new failure either.
+    they never trip a breaker. Nor does any other 4xx but a 429, even a retryable one (a 408, a key
+    still in progress): it is an answer about this request, from a service that is up (a slow answer
+    still counts as a slow call). An open breaker's own rejection is not a new failure either.
     """
-    if isinstance(exc, APIError) and (exc.code == "CIRCUIT_OPEN" or (exc.status_code < 500 and exc.status_code != 429)):
-        return False  # an answer about the request (a 4xx, even a retryable one) says the service is up
-    return classify(exc).kind is not ErrorKind.PERMANENT
+    if isinstance(exc, APIError) and exc.code == "CIRCUIT_OPEN":
+        return False
+    verdict = classify(exc)
+    if verdict.status is not None and 400 <= verdict.status < 500 and verdict.status != 429:
+        return False
+    return verdict.kind is not ErrorKind.PERMANENT

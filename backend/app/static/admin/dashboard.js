@@ -76,7 +76,7 @@ async function act(panelId, label, call) {
 const stateClass = (s) =>
   ({ ok: "state-ok", closed: "state-ok", degraded: "state-warn", half_open: "state-warn", not_configured: "state-off",
     disabled: "state-off", open: "state-bad", forced_open: "state-bad", error: "state-bad", timeout: "state-bad",
-    down: "state-bad", unhealthy: "state-bad" })[s] || "state-unknown";
+    down: "state-bad", unhealthy: "state-bad", misconfigured: "state-bad" })[s] || "state-unknown";
 
 function fmtTime(iso) {
   if (!iso) return "";
@@ -90,11 +90,14 @@ function emptyRow(tbody, cols, text) {
 
 // -- panels ---------------------------------------------------------------------------------------
 
-/** A service is red when its probe fails or its breaker is open; amber when degraded or half-open. */
+/** A service is red when its probe fails, it refuses our credentials or its breaker is open; amber when degraded
+ * or half-open. */
 function serviceState(svc) {
   const probe = svc.probe ? svc.probe.status : "unknown";
   const breaker = svc.breaker ? svc.breaker.state : null;
-  if (["error", "timeout", "down"].includes(probe) || ["open", "forced_open"].includes(breaker)) return "bad";
+  if (["error", "timeout", "down", "misconfigured"].includes(probe) || ["open", "forced_open"].includes(breaker)) {
+    return "bad";
+  }
   if (probe === "degraded" || breaker === "half_open") return "warn";
   if (probe === "not_configured") return "off";
   return probe === "ok" ? "ok" : "unknown";
