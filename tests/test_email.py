@@ -277,7 +277,7 @@ def test_point4_a_lost_reply_is_not_retried_inline_and_is_resent_once_as_a_visib
 
     client = app.test_client()
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert "oriel_email_possible_duplicates_total 1.0" in metrics
+    assert 'oriel_email_possible_duplicates_total{operation="send"} 1.0' in metrics
     headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
     backlog = client.get("/admin/api/monitoring/health/services", headers=headers).get_json()["backlog"]
     assert backlog["email_possible_duplicates"] == 1 and backlog["failed_email"] == 0

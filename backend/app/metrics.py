@@ -107,6 +107,9 @@ class Metrics:
         self.possible_duplicates = Counter(
             "oriel_email_possible_duplicates",
             "Email sends whose outcome was unknown (reply lost after sending): resent later with the same dedup key",
+            # Labelled like every other metric here: in multiprocess mode a label-less counter opens its file when
+            # the app is built, so `flask db upgrade` would need PROMETHEUS_MULTIPROC_DIR to exist already.
+            ["operation"],
             registry=reg,
         )
         self.request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -134,7 +137,7 @@ def _recovery_listener(metrics: Metrics) -> Any:
             metrics.fallbacks.labels(event.service).inc()
         if event.service == "email" and event.error is not None and classify(event.error).ambiguous:
             # SendGrid may have accepted it: the outbox resends it (never inline), so it may arrive twice.
-            metrics.possible_duplicates.inc()
+            metrics.possible_duplicates.labels(event.operation).inc()
 
     return listen
 
