@@ -1,6 +1,6 @@
 """#13 point 10: with REDIS_URL set and Redis unreachable, keyed writes keep working and happen once.
 
-The real app with everything Redis serves turned on (shared rate limits, shared breaker state, job wake-ups)
+The real app with everything Redis serves turned on (shared rate limits, breaker state, job wake-ups, fault rules)
 reaches the real Redis through `TcpFaultProxy`, which the test cuts (the real Redis is never stopped). Keys live
 in the database, so a key first used before the outage is a replay during and after it, and uploads, renders
 and checkouts (the Stripe peer; local storage) succeed during it, each done once. A hung Redis (accepts, never
@@ -73,7 +73,7 @@ def redis_line(redis_url: str) -> Iterator[RedisLine]:
 
 
 def outage_app(make_app: Callable[..., Flask], url: str, prefix: str, stripe_url: str, **extra: Any) -> Flask:
-    """An app that uses Redis for everything it can: rate limits (on), breakers, wake-ups."""
+    """An app that uses Redis for everything it can: rate limits (on), breakers, wake-ups, fault-injection rules."""
     return make_app(
         **{
             **SETTINGS,
@@ -82,6 +82,7 @@ def outage_app(make_app: Callable[..., Flask], url: str, prefix: str, stripe_url
             "RATELIMIT_DEFAULT": "1000 per minute",
             "RATELIMIT_KEY_PREFIX": prefix,
             "CIRCUIT_BREAKER_KEY_PREFIX": f"{prefix}:",
+            "FAULT_INJECTION_ENABLED": True,  # its rules are re-read from Redis once a second, on guarded calls
             "STRIPE_API_KEY": StripePeer.api_key,
             "STRIPE_WEBHOOK_SECRET": StripePeer.webhook_secret,
             "STRIPE_API_BASE": stripe_url,
