@@ -2,9 +2,11 @@
 
 `production_stack(...)` runs gunicorn (several gthread workers) and `flask jobs worker` processes on a fresh
 PostgreSQL database and a Redis database number, with the bucket emulator, the Stripe peer and the SendGrid
-peer each behind its own `FaultProxy`, all on 127.0.0.1. `Load` is a bounded pool of client threads doing what
-users do: register and log in, upload real audio, start renders, buy credits (Checkout, then Stripe's signed
-`checkout.session.completed` webhook), poll. Every answer is recorded (status, error code, request ID, time).
+peer each behind its own `FaultProxy`, and PostgreSQL and Redis each behind a `TcpFaultProxy` (which every app
+process connects through), all on 127.0.0.1. `Load` is a bounded pool of client threads doing what users do:
+register and log in, upload real audio, start renders, buy credits (Checkout, then Stripe's signed
+`checkout.session.completed` webhook), poll. Every answer is recorded (status, error code, request ID, time,
+duration, whether it was an idempotent replay).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Stack:
     bucket: str
     proxies: dict[str, FaultProxy]
     database_proxy: TcpFaultProxy  # every app process reaches PostgreSQL through it; `sql()` goes direct
+    redis_proxy: TcpFaultProxy  # and Redis (breakers, rate limits, wake-ups)
     job_workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -160,6 +163,9 @@ def production_stack(
     userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
     proxied_database_url = urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{database_proxy.port}"))
     redis_url = _redis_url(redis_db)
+    redis_parts = urlsplit(redis_url)
+    redis_proxy = TcpFaultProxy(redis_parts.port or 6379, target_host=redis_parts.hostname or "127.0.0.1")
+    proxied_redis_url = urlunsplit(redis_parts._replace(netloc=f"127.0.0.1:{redis_proxy.port}"))
     stripe = StripePeer().start()
     sendgrid = SendGridPeer().start()
     proxies = {
@@ -175,7 +181,7 @@ def production_stack(
             "FLASK_ENV": "testing",
             "FLASK_APP": "wsgi",
             "DATABASE_URL": proxied_database_url,
-            "REDIS_URL": redis_url,
+            "REDIS_URL": proxied_redis_url,
             "RATELIMIT_ENABLED": "false",  # the only errors are the injected faults' (a 429 of ours would blur them)
             "ADMIN_EMAILS": ADMIN_EMAIL,
             "STRIPE_API_KEY": stripe.api_key,
@@ -213,7 +219,8 @@ def production_stack(
         migrate(env)
         # A shared, loaded machine can take a while to boot 3 workers: wait up to 120 s for the first answer.
         with gunicorn(env, workers=web_workers, threads=4, ready_path="/healthz", ready_timeout=120) as server:
-            stack = Stack(server, env, database_url, stripe, sendgrid, gcs, bucket, proxies, database_proxy)
+            peers = {"stripe": stripe, "sendgrid": sendgrid, "gcs": gcs, "bucket": bucket, "proxies": proxies}
+            stack = Stack(server, env, database_url, **peers, database_proxy=database_proxy, redis_proxy=redis_proxy)
             for _ in range(job_workers):
                 stack.start_job_worker()
             yield stack
@@ -231,6 +238,7 @@ def production_stack(
         for proxy in proxies.values():
             proxy.stop()
         database_proxy.close()
+        redis_proxy.close()
         stripe.stop()
         sendgrid.stop()
         with contextlib.suppress(redis.RedisError):
@@ -251,6 +259,8 @@ class Answer:
     request_id: str | None
     at: float
     body: dict[str, Any] | None = None
+    replayed: bool = False  # `Idempotent-Replayed: true`: the stored answer to an earlier request with its key
+    seconds: float = 0.0  # how long the request took, as the client saw it
 
 
 @dataclass
@@ -299,10 +309,11 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         if not self.keepalive:
             headers["Connection"] = "close"  # a new connection per request: the kernel spreads them over workers
+        started = time.monotonic()
         try:
             response = self.http.request(method, self.base + path, headers=headers, timeout=10, **kwargs)
         except requests.RequestException:
-            answer = Answer(op, 0, None, None, time.monotonic())
+            answer = Answer(op, 0, None, None, time.monotonic(), seconds=time.monotonic() - started)
             self.http.close()  # a killed worker's connection: start afresh
             self.ledger.add(answer)
             return answer
@@ -311,7 +322,16 @@ class Client:
             parsed = response.json()
             body = parsed if isinstance(parsed, dict) else None
         code = (body or {}).get("error", {}).get("code") if response.status_code >= 400 else None
-        answer = Answer(op, response.status_code, code, response.headers.get("X-Request-ID"), time.monotonic(), body)
+        answer = Answer(
+            op,
+            response.status_code,
+            code,
+            response.headers.get("X-Request-ID"),
+            time.monotonic(),
+            body,
+            replayed=response.headers.get("Idempotent-Replayed") == "true",
+            seconds=time.monotonic() - started,
+        )
         self.ledger.add(answer)
         return answer
 
