@@ -2,11 +2,11 @@
 
 `production_stack(...)` runs gunicorn (several gthread workers) and `flask jobs worker` processes on a fresh
 PostgreSQL database and a Redis database number, with the bucket emulator, the Stripe peer and the SendGrid
-peer each behind its own `FaultProxy`, and PostgreSQL and Redis each behind a `TcpFaultProxy` (which every app
-process connects through), all on 127.0.0.1. `Load` is a bounded pool of client threads doing what users do:
-register and log in, upload real audio, start renders, buy credits (Checkout, then Stripe's signed
-`checkout.session.completed` webhook), poll. Every answer is recorded (status, error code, request ID, time,
-duration, whether it was an idempotent replay).
+peer each behind its own `FaultProxy`, and PostgreSQL (and Redis, with `redis_proxy=True`) behind a
+`TcpFaultProxy` that every app process connects through, all on 127.0.0.1. `Load` is a bounded pool of
+client threads doing what users do: register and log in, upload real audio, start renders, buy credits
+(Checkout, then Stripe's signed `checkout.session.completed` webhook), poll. Every answer is recorded
+(status, error code, request ID, time, duration, whether it was an idempotent replay).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Stack:
     bucket: str
     proxies: dict[str, FaultProxy]
     database_proxy: TcpFaultProxy  # every app process reaches PostgreSQL through it; `sql()` goes direct
-    redis_proxy: TcpFaultProxy  # and Redis (breakers, rate limits, wake-ups)
+    redis_proxy: TcpFaultProxy | None  # and Redis (breakers, wake-ups), when the stack was asked to cut Redis
     job_workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -154,6 +154,7 @@ def production_stack(
     web_workers: int = 3,
     job_workers: int = 2,
     redis_db: int = 13,
+    redis_proxy: bool = False,
     extra: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Peers behind fault proxies, a fresh database, gunicorn and job workers, until the block ends."""
@@ -163,9 +164,12 @@ def production_stack(
     userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
     proxied_database_url = urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{database_proxy.port}"))
     redis_url = _redis_url(redis_db)
-    redis_parts = urlsplit(redis_url)
-    redis_proxy = TcpFaultProxy(redis_parts.port or 6379, target_host=redis_parts.hostname or "127.0.0.1")
-    proxied_redis_url = urlunsplit(redis_parts._replace(netloc=f"127.0.0.1:{redis_proxy.port}"))
+    redis_cut: TcpFaultProxy | None = None
+    app_redis_url = redis_url
+    if redis_proxy:  # only where Redis is cut: its forwarding threads share this process with the peers and the load
+        redis_parts = urlsplit(redis_url)
+        redis_cut = TcpFaultProxy(redis_parts.port or 6379, target_host=redis_parts.hostname or "127.0.0.1")
+        app_redis_url = urlunsplit(redis_parts._replace(netloc=f"127.0.0.1:{redis_cut.port}"))
     stripe = StripePeer().start()
     sendgrid = SendGridPeer().start()
     proxies = {
@@ -181,7 +185,7 @@ def production_stack(
             "FLASK_ENV": "testing",
             "FLASK_APP": "wsgi",
             "DATABASE_URL": proxied_database_url,
-            "REDIS_URL": proxied_redis_url,
+            "REDIS_URL": app_redis_url,
             "RATELIMIT_ENABLED": "false",  # the only errors are the injected faults' (a 429 of ours would blur them)
             "ADMIN_EMAILS": ADMIN_EMAIL,
             "STRIPE_API_KEY": stripe.api_key,
@@ -220,7 +224,7 @@ def production_stack(
         # A shared, loaded machine can take a while to boot 3 workers: wait up to 120 s for the first answer.
         with gunicorn(env, workers=web_workers, threads=4, ready_path="/healthz", ready_timeout=120) as server:
             peers = {"stripe": stripe, "sendgrid": sendgrid, "gcs": gcs, "bucket": bucket, "proxies": proxies}
-            stack = Stack(server, env, database_url, **peers, database_proxy=database_proxy, redis_proxy=redis_proxy)
+            stack = Stack(server, env, database_url, **peers, database_proxy=database_proxy, redis_proxy=redis_cut)
             for _ in range(job_workers):
                 stack.start_job_worker()
             yield stack
@@ -238,7 +242,8 @@ def production_stack(
         for proxy in proxies.values():
             proxy.stop()
         database_proxy.close()
-        redis_proxy.close()
+        if redis_cut is not None:
+            redis_cut.close()
         stripe.stop()
         sendgrid.stop()
         with contextlib.suppress(redis.RedisError):

@@ -37,6 +37,7 @@ import requests
 from backend.app.jobs.registry import REGISTRY
 from tests.peers.audio import AudioFactory
 from tests.peers.gcs_emulator import GCSEmulator
+from tests.peers.tcp_fault_proxy import TcpFaultProxy
 from tests.production_stack import RENDER, Answer, Client, Ledger, Load, Stack, production_stack
 
 SECONDS = float(os.environ.get("FAULT_LOAD_SECONDS", "90"))
@@ -94,10 +95,17 @@ class Window:
     end: float = 0.0
 
 
+def tcp_proxy(stack: Stack, service: str) -> TcpFaultProxy:
+    """The TCP fault proxy every app process reaches PostgreSQL or Redis through."""
+    proxy = stack.database_proxy if service == "database" else stack.redis_proxy
+    assert proxy is not None, "the stack was started without a Redis proxy"
+    return proxy
+
+
 def inject(stack: Stack, service: str, mode: str) -> None:
     """Break one dependency's wire."""
     if service in ("database", "redis"):
-        (stack.database_proxy if service == "database" else stack.redis_proxy).down()
+        tcp_proxy(stack, service).down()
         return
     proxy = stack.proxies[service]
     if mode == "down":
@@ -123,7 +131,7 @@ def kill_workers(stack: Stack) -> dict[str, Any]:
 def heal(stack: Stack, service: str) -> None:
     """Restore one dependency's wire."""
     if service in ("database", "redis"):
-        (stack.database_proxy if service == "database" else stack.redis_proxy).up()
+        tcp_proxy(stack, service).up()
     elif service != "workers":
         stack.proxies[service].passthrough()
 
@@ -403,7 +411,7 @@ def check_redis_slot(stack: Stack, ledger: Ledger, windows: list[Window], witnes
     ]
     assert writes and not failed, f"keyed writes failed while Redis was down: {failed}"
     assert not [a for a in during if a.status == 0 or a.status >= 500], "an error while Redis was down"
-    assert stack.redis_proxy.refused, "no app process tried Redis while it was down"
+    assert tcp_proxy(stack, "redis").refused, "no app process tried Redis while it was down"
     assert not witness.failures, witness.failures
     keys = Counter(op for op, _ in witness.first.values())
     assert keys == Counter({op: 2 for op in WRITES}), keys  # one of each before the cut and one during it
@@ -423,7 +431,7 @@ def check_redis_slot(stack: Stack, ledger: Ledger, windows: list[Window], witnes
         "write_seconds_median": round(statistics.median(durations), 3),
         "write_seconds_max": round(durations[-1], 3),
         "witness_replays": dict(witness.replays),
-        "connections_refused_by_the_cut": stack.redis_proxy.refused,
+        "connections_refused_by_the_cut": tcp_proxy(stack, "redis").refused,
     }
 
 
@@ -492,7 +500,7 @@ def test_every_dependency_failing_in_turn_under_load_loses_and_duplicates_nothin
     breakers = json.dumps({"*": {"recovery_timeout": RECOVERY, "window_seconds": 10.0}})
     # The drain replays what the periodic jobs would, sooner: a file that failed during a fault backs off seconds.
     extra = {"CIRCUIT_BREAKERS": breakers, "STORAGE_SYNC_BASE_DELAY": "1", "STORAGE_SYNC_MAX_DELAY": "5"}
-    with production_stack(tmp_path, gcs_emulator, gcs_bucket, extra=extra) as stack:
+    with production_stack(tmp_path, gcs_emulator, gcs_bucket, redis_proxy=True, extra=extra) as stack:
         load = Load(stack, audio, users=6).start(SECONDS + 30)
         witness = Witness(stack, load.ledger, audio)
         try:
