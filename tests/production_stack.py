@@ -218,6 +218,8 @@ def production_stack(
         },
     )
     (workdir / "render").mkdir(exist_ok=True)
+    # Before any process builds the app: a label-less prometheus Counter opens its file in this folder at once.
+    (workdir / "metrics").mkdir(exist_ok=True)
     stack: Stack | None = None
     try:
         migrate(env)
