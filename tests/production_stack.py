@@ -214,6 +214,9 @@ def production_stack(
             "JOBS_HEARTBEAT_SECONDS": "0.5",
             # A send takes a few seconds at most here (1 s timeout, a few retries): a killed sender's row returns soon.
             "EMAIL_LEASE_SECONDS": "15",
+            # Likewise a file's sync attempt (1 s timeout, a few retries): a row claimed by a killed worker, or by one
+            # whose database was cut before it could record the outcome, is due again after this, not after 300 s.
+            "STORAGE_SYNC_LEASE_SECONDS": "15",
             **(extra or {}),
         },
     )

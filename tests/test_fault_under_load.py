@@ -520,7 +520,13 @@ def test_every_dependency_failing_in_turn_under_load_loses_and_duplicates_nothin
         stuck_emails = stack.sql(
             "SELECT dedup_key, status, attempts, last_error, lease_expires_at FROM email_outbox WHERE status <> 'sent'"
         )
-        assert not any(left.values()), f"not drained in {DRAIN_SECONDS} s: {left}; emails {stuck_emails}"
+        stuck_files = stack.sql(
+            "SELECT key, status, attempts, last_error, next_attempt_at, now() FROM storage_pending_sync "
+            "WHERE synced_at IS NULL"
+        )
+        assert not any(left.values()), (
+            f"not drained in {DRAIN_SECONDS} s: {left}; emails {stuck_emails}; files {stuck_files}"
+        )
         report = {
             "seconds": SECONDS,
             "requests": len(ledger.answers),
