@@ -2,9 +2,11 @@
 
 `production_stack(...)` runs gunicorn (several gthread workers) and `flask jobs worker` processes on a fresh
 PostgreSQL database and a Redis database number, with the bucket emulator, the Stripe peer and the SendGrid
-peer each behind its own `FaultProxy`, all on 127.0.0.1. `Load` is a bounded pool of client threads doing what
-users do: register and log in, upload real audio, start renders, buy credits (Checkout, then Stripe's signed
-`checkout.session.completed` webhook), poll. Every answer is recorded (status, error code, request ID, time).
+peer each behind its own `FaultProxy`, and PostgreSQL (and Redis, with `redis_proxy=True`) behind a
+`TcpFaultProxy` that every app process connects through, all on 127.0.0.1. `Load` is a bounded pool of
+client threads doing what users do: register and log in, upload real audio, start renders, buy credits
+(Checkout, then Stripe's signed `checkout.session.completed` webhook), poll. Every answer is recorded
+(status, error code, request ID, time, duration, whether it was an idempotent replay).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Stack:
     bucket: str
     proxies: dict[str, FaultProxy]
     database_proxy: TcpFaultProxy  # every app process reaches PostgreSQL through it; `sql()` goes direct
+    redis_proxy: TcpFaultProxy | None  # and Redis (breakers, wake-ups), when the stack was asked to cut Redis
     job_workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -151,6 +154,7 @@ def production_stack(
     web_workers: int = 3,
     job_workers: int = 2,
     redis_db: int = 13,
+    redis_proxy: bool = False,
     extra: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Peers behind fault proxies, a fresh database, gunicorn and job workers, until the block ends."""
@@ -160,6 +164,12 @@ def production_stack(
     userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
     proxied_database_url = urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{database_proxy.port}"))
     redis_url = _redis_url(redis_db)
+    redis_cut: TcpFaultProxy | None = None
+    app_redis_url = redis_url
+    if redis_proxy:  # only where Redis is cut: its forwarding threads share this process with the peers and the load
+        redis_parts = urlsplit(redis_url)
+        redis_cut = TcpFaultProxy(redis_parts.port or 6379, target_host=redis_parts.hostname or "127.0.0.1")
+        app_redis_url = urlunsplit(redis_parts._replace(netloc=f"127.0.0.1:{redis_cut.port}"))
     stripe = StripePeer().start()
     sendgrid = SendGridPeer().start()
     proxies = {
@@ -175,7 +185,7 @@ def production_stack(
             "FLASK_ENV": "testing",
             "FLASK_APP": "wsgi",
             "DATABASE_URL": proxied_database_url,
-            "REDIS_URL": redis_url,
+            "REDIS_URL": app_redis_url,
             "RATELIMIT_ENABLED": "false",  # the only errors are the injected faults' (a 429 of ours would blur them)
             "ADMIN_EMAILS": ADMIN_EMAIL,
             "STRIPE_API_KEY": stripe.api_key,
@@ -204,16 +214,22 @@ def production_stack(
             "JOBS_HEARTBEAT_SECONDS": "0.5",
             # A send takes a few seconds at most here (1 s timeout, a few retries): a killed sender's row returns soon.
             "EMAIL_LEASE_SECONDS": "15",
+            # Likewise a file's sync attempt (1 s timeout, a few retries): a row claimed by a killed worker, or by one
+            # whose database was cut before it could record the outcome, is due again after this, not after 300 s.
+            "STORAGE_SYNC_LEASE_SECONDS": "15",
             **(extra or {}),
         },
     )
     (workdir / "render").mkdir(exist_ok=True)
+    # Before any process builds the app: a label-less prometheus Counter opens its file in this folder at once.
+    (workdir / "metrics").mkdir(exist_ok=True)
     stack: Stack | None = None
     try:
         migrate(env)
         # A shared, loaded machine can take a while to boot 3 workers: wait up to 120 s for the first answer.
         with gunicorn(env, workers=web_workers, threads=4, ready_path="/healthz", ready_timeout=120) as server:
-            stack = Stack(server, env, database_url, stripe, sendgrid, gcs, bucket, proxies, database_proxy)
+            peers = {"stripe": stripe, "sendgrid": sendgrid, "gcs": gcs, "bucket": bucket, "proxies": proxies}
+            stack = Stack(server, env, database_url, **peers, database_proxy=database_proxy, redis_proxy=redis_cut)
             for _ in range(job_workers):
                 stack.start_job_worker()
             yield stack
@@ -231,6 +247,8 @@ def production_stack(
         for proxy in proxies.values():
             proxy.stop()
         database_proxy.close()
+        if redis_cut is not None:
+            redis_cut.close()
         stripe.stop()
         sendgrid.stop()
         with contextlib.suppress(redis.RedisError):
@@ -251,6 +269,8 @@ class Answer:
     request_id: str | None
     at: float
     body: dict[str, Any] | None = None
+    replayed: bool = False  # `Idempotent-Replayed: true`: the stored answer to an earlier request with its key
+    seconds: float = 0.0  # how long the request took, as the client saw it
 
 
 @dataclass
@@ -299,10 +319,11 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         if not self.keepalive:
             headers["Connection"] = "close"  # a new connection per request: the kernel spreads them over workers
+        started = time.monotonic()
         try:
             response = self.http.request(method, self.base + path, headers=headers, timeout=10, **kwargs)
         except requests.RequestException:
-            answer = Answer(op, 0, None, None, time.monotonic())
+            answer = Answer(op, 0, None, None, time.monotonic(), seconds=time.monotonic() - started)
             self.http.close()  # a killed worker's connection: start afresh
             self.ledger.add(answer)
             return answer
@@ -311,7 +332,16 @@ class Client:
             parsed = response.json()
             body = parsed if isinstance(parsed, dict) else None
         code = (body or {}).get("error", {}).get("code") if response.status_code >= 400 else None
-        answer = Answer(op, response.status_code, code, response.headers.get("X-Request-ID"), time.monotonic(), body)
+        answer = Answer(
+            op,
+            response.status_code,
+            code,
+            response.headers.get("X-Request-ID"),
+            time.monotonic(),
+            body,
+            replayed=response.headers.get("Idempotent-Replayed") == "true",
+            seconds=time.monotonic() - started,
+        )
         self.ledger.add(answer)
         return answer
 

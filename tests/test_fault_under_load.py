@@ -4,7 +4,12 @@ gunicorn (3 workers) and 2 `flask jobs worker` processes on PostgreSQL + Redis, 
 peer and the SendGrid peer each behind a fault proxy, all on 127.0.0.1. Six client threads register, log in,
 upload real audio, start renders, buy credits (Checkout + Stripe's signed webhook) and poll, for
 FAULT_LOAD_SECONDS (default 90). Meanwhile each dependency in turn goes down, hangs and throttles (429 +
-Retry-After) and recovers; at the end one gunicorn worker and one job worker are SIGKILLed.
+Retry-After) and recovers, Redis is cut (every app process reaches it through a TCP fault proxy) and
+PostgreSQL too; at the end one gunicorn worker and one job worker are SIGKILLed.
+
+The Redis slot checks #13 point 10 under load: every keyed write answered during it succeeds, and a witness
+user's keys first used before the slot replay during and after it (each copy on a new connection, so on
+any worker), its keys first used during the slot too, each write done once (`check_redis_slot`).
 
 After recovery and a bounded drain (storage sync, email outbox, Stripe's webhook redelivery, jobs), the run
 is checked (see `check_*`): every accepted upload in the bucket, every email sent exactly once, every job
@@ -16,8 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import statistics
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +37,8 @@ import requests
 from backend.app.jobs.registry import REGISTRY
 from tests.peers.audio import AudioFactory
 from tests.peers.gcs_emulator import GCSEmulator
-from tests.production_stack import Answer, Ledger, Load, Stack, production_stack
+from tests.peers.tcp_fault_proxy import TcpFaultProxy
+from tests.production_stack import RENDER, Answer, Client, Ledger, Load, Stack, production_stack
 
 SECONDS = float(os.environ.get("FAULT_LOAD_SECONDS", "90"))
 DRAIN_SECONDS = float(os.environ.get("FAULT_LOAD_DRAIN_SECONDS", "150"))
@@ -47,6 +56,7 @@ FAULTS = [
     ("email", "down"),
     ("email", "hang"),
     ("email", "throttle"),
+    ("redis", "down"),  # before Stripe's faults: the witness's checkouts then meet a healthy Stripe and breaker
     ("stripe", "down"),
     ("stripe", "hang"),
     ("stripe", "throttle"),
@@ -55,9 +65,17 @@ FAULTS = [
 ]
 #: Which client operations may see a dependency's outage as an error. Uploads fall back to local storage
 #: and renders only queue work, so neither may fail; a checkout cannot succeed without Stripe (no fake payment).
-#: Without its database nothing can be served, so every operation may fail then.
+#: Without its database nothing can be served, so every operation may fail then. Without Redis nothing may fail:
+#: it only shares breaker state and carries wake-ups, and idempotency keys live in the database (#13 point 10).
 ALL_OPS = {"register", "login", "me", "credits", "upload", "render", "checkout", "webhook", "poll"}
-VISIBLE = {"stripe": {"checkout"}, "storage": set(), "email": set(), "workers": set(), "database": ALL_OPS}
+VISIBLE = {
+    "stripe": {"checkout"},
+    "storage": set(),
+    "email": set(),
+    "redis": set(),
+    "workers": set(),
+    "database": ALL_OPS,
+}
 #: What a client is told during each fault (503s only; Stripe's name their service in details.service).
 FAULT_CODES = {
     "stripe": {"PAYMENTS_UNAVAILABLE", "CIRCUIT_OPEN"},
@@ -77,10 +95,17 @@ class Window:
     end: float = 0.0
 
 
+def tcp_proxy(stack: Stack, service: str) -> TcpFaultProxy:
+    """The TCP fault proxy every app process reaches PostgreSQL or Redis through."""
+    proxy = stack.database_proxy if service == "database" else stack.redis_proxy
+    assert proxy is not None, "the stack was started without a Redis proxy"
+    return proxy
+
+
 def inject(stack: Stack, service: str, mode: str) -> None:
     """Break one dependency's wire."""
-    if service == "database":
-        stack.database_proxy.down()
+    if service in ("database", "redis"):
+        tcp_proxy(stack, service).down()
         return
     proxy = stack.proxies[service]
     if mode == "down":
@@ -103,25 +128,117 @@ def kill_workers(stack: Stack) -> dict[str, Any]:
     return {"web_pid": web, "job_pid": job.pid, "at": killed_at}
 
 
-def run_faults(stack: Stack, seconds: float) -> tuple[list[Window], dict[str, Any]]:
-    """Warm up, then each fault on for 60% of its slot and healed for the rest; the windows."""
-    slot = seconds / (len(FAULTS) + 1)
+def heal(stack: Stack, service: str) -> None:
+    """Restore one dependency's wire."""
+    if service in ("database", "redis"):
+        tcp_proxy(stack, service).up()
+    elif service != "workers":
+        stack.proxies[service].passthrough()
+
+
+#: The keyed writes, and what each answers when it succeeds.
+WRITES = {"upload": 201, "render": 202, "checkout": 201}
+
+
+class Witness:
+    """One more user, whose keyed writes check point 10 around the Redis slot (its answers join the ledger).
+
+    Before the slot it makes one keyed upload, render and checkout; during it, it sends each of those keys
+    again (a replay), then makes one more of each with new keys and sends those again; after it, it sends
+    every key again. Each copy goes on a new connection, so the copies of a key land on any web worker.
+    """
+
+    COPIES = 2  # replays of each key per phase
+
+    def __init__(self, stack: Stack, ledger: Ledger, audio: bytes) -> None:
+        self.stack = stack
+        self.client = Client(stack.base_url, ledger, "witness@example.com", audio, random.Random(0), keepalive=False)
+        self.first: dict[str, tuple[str, dict[str, Any]]] = {}  # key → (op, the first answer's body)
+        self.upload_id = 0  # of the latest upload: what a new render renders
+        self.rendered: dict[str, int] = {}  # render key → its upload (a replay must be the same request)
+        self.replays: Counter[str] = Counter()  # phase → replays that matched the first answer
+        self.failures: list[tuple[str, str, int, str | None, bool]] = []  # (phase, op, status, code, replayed)
+
+    def _send(self, op: str, key: str) -> Answer:
+        headers = {"Idempotency-Key": key}
+        if op == "upload":
+            files = {"file": ("clip.wav", self.client.audio, "audio/wav")}
+            return self.client.call(op, "POST", "/api/uploads", files=files, headers=headers)
+        if op == "render":
+            payload = {"upload_id": self.rendered.setdefault(key, self.upload_id), **RENDER}
+            return self.client.call(op, "POST", "/api/renders", json=payload, headers=headers)
+        return self.client.call(op, "POST", "/api/payments/checkout", json={"pack": "starter"}, headers=headers)
+
+    def write(self, phase: str) -> None:
+        """One keyed upload, render and checkout with new keys."""
+        for op in WRITES:
+            key = f"witness-{phase}-{op}-{uuid.uuid4()}"
+            answer = self._send(op, key)
+            if answer.status != WRITES[op] or answer.replayed or not answer.body:
+                self.failures.append((phase, op, answer.status, answer.code, answer.replayed))
+                continue
+            self.first[key] = (op, answer.body)
+            with self.client.ledger.lock:  # the run's checks account for the witness's work as for anyone's
+                if op == "upload":
+                    self.upload_id = int(answer.body["upload"]["id"])
+                    self.client.ledger.uploads.append((self.upload_id, len(self.client.audio)))
+                elif op == "render":
+                    self.client.ledger.renders.append(int(answer.body["render"]["id"]))
+
+    def replay(self, phase: str) -> None:
+        """Every key so far again, `COPIES` times: the first answer each time, nothing done again."""
+        for key, (op, body) in list(self.first.items()):
+            for _ in range(self.COPIES):
+                answer = self._send(op, key)
+                if (answer.status, answer.replayed, answer.body) == (WRITES[op], True, body):
+                    self.replays[phase] += 1
+                else:
+                    self.failures.append((phase, op, answer.status, answer.code, answer.replayed))
+
+    def before(self) -> None:
+        """Log in, then the keys the outage will meet."""
+        assert self.client.login(), "the witness cannot log in"
+        self.write("before")
+
+    def during(self) -> None:
+        """Keys from before replay; new keyed writes succeed and replay."""
+        self.replay("during")
+        self.write("during")
+        self.replay("during")
+
+    def after(self) -> None:
+        """Every key replays once Redis is back."""
+        self.replay("after")
+
+
+def run_faults(stack: Stack, seconds: float, witness: Witness) -> tuple[list[Window], dict[str, Any]]:
+    """Warm up, then each fault on for 60% of its slot and healed for the rest; the windows.
+
+    A slot is `seconds` / 12, as long as before the Redis slot was added (7.5 s at 90 s): the faults keep their
+    timing and the run takes one slot longer. Shorter slots bring the worker kill closer to the end of the
+    database cut, and a worker killed before the database breaker lets its error-statistics writer flush the
+    outage's events loses them (outside the kill window, where the check forgives it).
+    """
+    slot = seconds / 12
     time.sleep(slot)  # warm-up: healthy traffic first
     windows: list[Window] = []
     killed: dict[str, Any] = {}
     for service, mode in FAULTS:
+        if service == "redis":
+            witness.before()
         window = Window(service, mode, time.monotonic())
         if service == "workers":
             killed = kill_workers(stack)
         else:
             inject(stack, service, mode)
-        time.sleep(slot * 0.6)
-        if service == "database":
-            stack.database_proxy.up()
-        elif service != "workers":
-            stack.proxies[service].passthrough()
+        if service == "redis":
+            witness.during()
+        time.sleep(max(0.0, window.start + slot * 0.6 - time.monotonic()))
+        heal(stack, service)
         window.end = time.monotonic()
         windows.append(window)
+        if service == "redis":
+            witness.after()
         time.sleep(slot * 0.4)
     return windows, killed
 
@@ -288,6 +405,42 @@ def check_credits(stack: Stack, ledger: Ledger) -> dict[str, int]:
     }
 
 
+def check_redis_slot(stack: Stack, ledger: Ledger, windows: list[Window], witness: Witness) -> dict[str, Any]:
+    """Point 10 under load: with Redis cut, keyed writes kept succeeding, and no key ran twice."""
+    cut = next(w for w in windows if w.service == "redis")
+    during = [a for a in ledger.answers if cut.start <= a.at <= cut.end]
+    writes = [a for a in during if a.op in WRITES]
+    failed = [
+        (a.op, a.status, a.code)
+        for a in writes
+        if a.status != WRITES[a.op] and not (a.op == "render" and a.code == "INSUFFICIENT_CREDITS")
+    ]
+    assert writes and not failed, f"keyed writes failed while Redis was down: {failed}"
+    assert not [a for a in during if a.status == 0 or a.status >= 500], "an error while Redis was down"
+    assert tcp_proxy(stack, "redis").refused, "no app process tried Redis while it was down"
+    assert not witness.failures, witness.failures
+    keys = Counter(op for op, _ in witness.first.values())
+    assert keys == Counter({op: 2 for op in WRITES}), keys  # one of each before the cut and one during it
+    expected = {"during": Witness.COPIES * (3 + 6), "after": Witness.COPIES * 6}
+    assert {phase: witness.replays[phase] for phase in expected} == expected, witness.replays
+    # Done once: one row per key (the witness has no other uploads or renders), one Checkout Session per key.
+    user = stack.sql("SELECT id FROM users WHERE email = %s", witness.client.email)[0][0]
+    assert stack.sql("SELECT count(*) FROM uploads WHERE user_id = %s", user)[0][0] == keys["upload"]
+    assert stack.sql("SELECT count(*) FROM renders WHERE user_id = %s", user)[0][0] == keys["render"]
+    sessions = [s for s in stack.stripe.sessions.values() if s["metadata"].get("user_id") == str(user)]
+    assert len(sessions) == keys["checkout"], sessions
+    durations = sorted(a.seconds for a in writes)
+    return {
+        "seconds": round(cut.end - cut.start, 1),
+        "keyed_writes_during": dict(Counter(f"{a.op} {a.status}" for a in writes)),
+        "answers_during": len(during),
+        "write_seconds_median": round(statistics.median(durations), 3),
+        "write_seconds_max": round(durations[-1], 3),
+        "witness_replays": dict(witness.replays),
+        "connections_refused_by_the_cut": tcp_proxy(stack, "redis").refused,
+    }
+
+
 def check_error_stats(stack: Stack, ledger: Ledger, windows: list[Window]) -> dict[str, Any]:
     """The error statistics match what clients saw, and every 5xx is explained by an injected fault.
 
@@ -353,10 +506,11 @@ def test_every_dependency_failing_in_turn_under_load_loses_and_duplicates_nothin
     breakers = json.dumps({"*": {"recovery_timeout": RECOVERY, "window_seconds": 10.0}})
     # The drain replays what the periodic jobs would, sooner: a file that failed during a fault backs off seconds.
     extra = {"CIRCUIT_BREAKERS": breakers, "STORAGE_SYNC_BASE_DELAY": "1", "STORAGE_SYNC_MAX_DELAY": "5"}
-    with production_stack(tmp_path, gcs_emulator, gcs_bucket, extra=extra) as stack:
+    with production_stack(tmp_path, gcs_emulator, gcs_bucket, redis_proxy=True, extra=extra) as stack:
         load = Load(stack, audio, users=6).start(SECONDS + 30)
+        witness = Witness(stack, load.ledger, audio)
         try:
-            windows, killed = run_faults(stack, SECONDS)
+            windows, killed = run_faults(stack, SECONDS, witness)
         finally:
             load.stop()
         ledger = load.ledger
@@ -366,7 +520,13 @@ def test_every_dependency_failing_in_turn_under_load_loses_and_duplicates_nothin
         stuck_emails = stack.sql(
             "SELECT dedup_key, status, attempts, last_error, lease_expires_at FROM email_outbox WHERE status <> 'sent'"
         )
-        assert not any(left.values()), f"not drained in {DRAIN_SECONDS} s: {left}; emails {stuck_emails}"
+        stuck_files = stack.sql(
+            "SELECT key, status, attempts, last_error, next_attempt_at, now() FROM storage_pending_sync "
+            "WHERE synced_at IS NULL"
+        )
+        assert not any(left.values()), (
+            f"not drained in {DRAIN_SECONDS} s: {left}; emails {stuck_emails}; files {stuck_files}"
+        )
         report = {
             "seconds": SECONDS,
             "requests": len(ledger.answers),
@@ -375,6 +535,7 @@ def test_every_dependency_failing_in_turn_under_load_loses_and_duplicates_nothin
             "faults": [{"service": w.service, "mode": w.mode, "seconds": round(w.end - w.start, 1)} for w in windows],
             "killed": killed,
             "proxy_counts": {name: proxy.counts for name, proxy in stack.proxies.items()},
+            "redis_slot": check_redis_slot(stack, ledger, windows, witness),
             "drain_seconds": drain_seconds,
             "uploads": check_uploads(stack, ledger),
             "emails": check_emails(stack, killed["at"]),

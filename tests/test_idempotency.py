@@ -1,7 +1,8 @@
 """`Idempotency-Key` on POST /api/uploads, /api/renders and /api/payments/checkout, through the real app:
 replays are byte-identical and do nothing again, a reused key with another body is 422, a key in use is
 409 with Retry-After, 5xx responses are not stored, and concurrent duplicates (threads; SQLite and Redis)
-spend one credit and store one upload."""
+spend one credit and store one upload. Keys live in the database whether or not REDIS_URL is set (#13 point 10):
+tests/test_idempotency_redis_outage.py shows them holding across a Redis outage."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -21,9 +23,9 @@ from sqlalchemy import func, select
 from backend.app import credits
 from backend.app.extensions import db
 from backend.app.idempotency import fingerprint, get_store
-from backend.app.models import Render, Upload
+from backend.app.models import IdempotencyRecord, Render, Upload
 from backend.app.services.rendering import get_renderer
-from tests.conftest import bearer, login
+from tests.conftest import bearer, login, read_log
 from tests.contract import assert_error
 from tests.peers.audio import AudioFactory
 from tests.peers.stripe_peer import StripePeer
@@ -301,12 +303,19 @@ def test_concurrent_duplicates_on_the_database_store_happen_once(make_app: Calla
     _concurrent_duplicates_happen_once(make_app(**SETTINGS), wav)
 
 
-def test_concurrent_duplicates_on_the_redis_store_happen_once(
+def test_point10_concurrent_duplicates_with_redis_configured_happen_once_and_the_key_is_in_the_database(
     make_app: Callable[..., Flask], wav: bytes, redis_url: str
 ) -> None:
-    app = make_app(**SETTINGS, REDIS_URL=redis_url, RATELIMIT_KEY_PREFIX=f"t{uuid.uuid4().hex[:8]}")
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    app = make_app(
+        **SETTINGS, REDIS_URL=redis_url, RATELIMIT_KEY_PREFIX=prefix, CIRCUIT_BREAKER_KEY_PREFIX=f"{prefix}:"
+    )
     _concurrent_duplicates_happen_once(app, wav)
-    assert type(get_store(app)).__name__ == "RedisIdempotencyStore"
+    # The lock was the unique constraint of idempotency_keys, not Redis: the keys are rows, and Redis holds none.
+    assert type(get_store(app)).__name__ == "SqlIdempotencyStore"
+    assert count(app, IdempotencyRecord) == 2  # the upload's key and the render's
+    client = redis.Redis.from_url(redis_url)
+    assert not list(client.scan_iter(match=f"{prefix}*idem*"))
 
 
 def test_a_replayed_checkout_creates_one_stripe_session(
@@ -348,17 +357,29 @@ def test_concurrent_duplicates_on_postgresql_happen_once(pg_app: Flask, wav: byt
     assert type(get_store(pg_app)).__name__ == "SqlIdempotencyStore"
 
 
-def test_with_redis_down_a_keyed_write_is_refused_as_retryable_and_nothing_happens(
+def test_point10_with_redis_unreachable_a_keyed_write_runs_once_and_replays(
     make_app: Callable[..., Flask], wav: bytes
 ) -> None:
+    # Was: 503 EXTERNAL_SERVICE_UNAVAILABLE {"service": "idempotency"} for every keyed write (the key lived in Redis).
     app = make_app(**SETTINGS, REDIS_URL="redis://127.0.0.1:1/0")  # nothing listens on port 1
     user = Caller(app)
-    refused = user.upload(wav, str(uuid.uuid4()))
-    error = assert_error(refused, 503, "EXTERNAL_SERVICE_UNAVAILABLE")
-    assert error["recoverable"] is True and error["details"] == {"service": "idempotency"}
-    assert refused.headers["Retry-After"] == "1"
-    assert count(app, Upload) == 0
-    assert user.upload(wav).status_code == 201  # without a key nothing depends on Redis
+    key = str(uuid.uuid4())
+    first = user.upload(wav, key)
+    assert first.status_code == 201, first.get_json()
+    again = user.upload(wav, key)
+    assert again.headers["Idempotent-Replayed"] == "true" and again.get_data() == first.get_data()
+    assert count(app, Upload) == 1
+    assert user.upload(wav).status_code == 201  # without a key, as before
+
+
+@pytest.mark.parametrize("storage", ["auto", "database", "redis", "REDIS", "memcached", ""])
+def test_point10_idempotency_storage_settings_still_start_and_keep_keys_in_the_database(
+    make_app: Callable[..., Flask], storage: str
+) -> None:
+    app = make_app(**SETTINGS, IDEMPOTENCY_STORAGE=storage, IDEMPOTENCY_REDIS_TIMEOUT="0.5")
+    assert type(get_store(app)).__name__ == "SqlIdempotencyStore"
+    ignored = [r for r in read_log(app, "app.log") if "IDEMPOTENCY_STORAGE" in r["message"]]
+    assert [r["level"] for r in ignored] == (["WARNING"] if storage.lower() not in {"auto", "database", ""} else [])
 
 
 def test_a_402_is_not_stored_so_the_same_key_renders_after_buying_credits(

@@ -71,3 +71,19 @@ def test_point11_an_unimportable_jobs_imports_module_stops_the_app_with_its_name
     settings = {**base_settings(tmp_path), "JOBS_IMPORTS": "tests.no_such_module_here"}
     with pytest.raises(JobImportError, match=r"tests\.no_such_module_here"):
         create_app(TestingConfig, **settings)
+
+
+def test_point11_flask_jobs_enqueue_with_an_unimportable_jobs_imports_module_fails_naming_it(
+    tmp_path: Path, migrated_sqlite_template: Path
+) -> None:
+    database = tmp_path / "cli.db"
+    shutil.copy(migrated_sqlite_template, database)
+    env = _cli_env(tmp_path, database, JOBS_IMPORTS="tests.jobs_extra, tests.no_such_module_here")
+    command = [FLASK, "jobs", "enqueue", "tests.extra.echo", "--payload", "{}"]
+    failed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert failed.returncode != 0
+    assert b"JOBS_IMPORTS names 'tests.no_such_module_here', which cannot be imported" in failed.stderr
+    engine = create_engine(f"sqlite:///{database}")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0  # nothing enqueued
+    engine.dispose()

@@ -6,8 +6,14 @@ never a job, and Redis being down degrades latency, not correctness.
 
 - `LocalDispatcher` (embedded default): an in-process event, plus polling for other processes.
 - `RedisDispatcher` (`REDIS_URL`): one Redis list per queue; enqueue pushes, idle workers on any
-  machine block on BLPOP. The client has no retries and short timeouts (SPEC section 10: redis-py's
-  default retry made one call take 6.8 s when Redis died).
+  machine block on BLPOP. No client retries and short timeouts (SPEC section 10: redis-py's default
+  retry made one call take 6.8 s when Redis died).
+
+A wake-up is pushed after the enqueueing transaction commits, inside the request that enqueued (a
+render's POST), so a dead or hung Redis must cost that request next to nothing (#13 point 10): pushes
+have their own client with 0.25 s timeouts, and after a failed push none is tried for
+`push_pause_seconds` (2 s): the workers poll meanwhile, so the request pays at most one short timeout
+per pause and per process, and never waits for Redis at all between two attempts.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -60,36 +66,52 @@ class LocalDispatcher:
 class RedisDispatcher:
     """Wake-ups through Redis lists, shared by every machine."""
 
-    def __init__(self, url: str, *, socket_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float = 2.0,
+        push_timeout: float = 0.25,
+        push_pause_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+
+        from ..utils.breaker_redis import make_redis_client  # one fail-fast Redis client recipe
 
         self._url = url
         self._local = LocalDispatcher()
         self._socket_timeout = socket_timeout
-        self._client = redis.Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
-        )
+        # Waiting blocks on BLPOP, so its socket must outlive the blocking call; pushing is on a request's path.
+        self._client = make_redis_client(url, timeout=socket_timeout)
+        self._push_client = make_redis_client(url, timeout=push_timeout)
+        self._push_pause = push_pause_seconds
+        self._clock = clock
+        self._push_paused_until = float("-inf")
         self._redis_error: type[Exception] = redis.RedisError
-        self._last_warning = 0.0
+        self._last_warning = float("-inf")
+        self.skipped_pushes = 0  # wake-ups not pushed during a pause (the workers' polling finds the jobs)
 
     def _warn(self, action: str, exc: Exception) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_warning > 30:
             self._last_warning = now
             logger.warning("Redis wake-up %s failed (%s); workers fall back to polling", action, exc)
 
     def notify(self, queues: Iterable[str]) -> None:
-        """Push one wake-up per queue (and wake local threads)."""
+        """Push one wake-up per queue (and wake local threads); skipped for a while after a failed push."""
         self._local.notify(queues)
+        if self._clock() < self._push_paused_until:
+            self.skipped_pushes += 1
+            return
         try:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._push_client.pipeline(transaction=False)
             for queue in set(queues):
                 pipe.lpush(KEY_PREFIX + queue, 1)
                 pipe.ltrim(KEY_PREFIX + queue, 0, MAX_PENDING_WAKEUPS - 1)
             pipe.execute()
         except self._redis_error as exc:
+            self._push_paused_until = self._clock() + self._push_pause
             self._warn("push", exc)
 
     def wait(self, queues: Sequence[str], timeout: float) -> bool:
@@ -104,8 +126,9 @@ class RedisDispatcher:
         return popped is not None
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         self._client.close()
+        self._push_client.close()
 
 
 def build_dispatcher(redis_url: str | None) -> Dispatcher:
