@@ -318,3 +318,31 @@ def test_point7_the_connect_timeout_is_a_setting(make_app: Callable[..., Flask])
     connect_args = app.config["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"]
     assert connect_args == {"application_name": "oriel", "connect_timeout": 2}
     assert len(app.extensions["database_guards"]) == 1
+
+
+@pytest.mark.postgres
+def test_point7_an_outages_error_events_are_written_as_soon_as_the_database_answers_not_after_the_trial(
+    pg_app: Flask,
+) -> None:
+    """The error-statistics writer goes around the breaker: a worker killed while the breaker still waits for its
+    trial must not take the outage's events with it (seen in the fault-under-load run)."""
+    from backend.app.monitoring import record_error
+    from backend.app.utils.database_breaker import bypassed
+    from backend.app.utils.error_recovery import get_breaker
+
+    with pg_app.app_context():
+        breaker = get_breaker("database")
+        breaker.force_open(actor="test")  # the database answers, the breaker still refuses
+        db.engine.dispose()  # no pooled connection: anything that runs must connect anew
+        try:
+            with pytest.raises(DatabaseCircuitOpenError):
+                db.session.execute(select(func.count()).select_from(ErrorEvent)).scalar_one()
+            db.session.rollback()
+            record_error(RuntimeError("an outage's error"), source="job", code="OUTAGE_EVENT")
+            assert flush_error_stats(pg_app) == 1
+            with bypassed():
+                stmt = select(func.count()).select_from(ErrorEvent).where(ErrorEvent.code == "OUTAGE_EVENT")
+                assert db.session.execute(stmt).scalar_one() == 1
+                db.session.rollback()
+        finally:
+            breaker.reset(actor="test")

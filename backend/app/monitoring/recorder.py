@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..extensions import db
+from ..utils import database_breaker
 from .events import PendingEvent
 from .store import ErrorEventData, write_batch
 
@@ -145,7 +146,12 @@ class ErrorRecorder:
 
     def _write(self, events: list[ErrorEventData], requests: dict[int, int], failing_since: float | None) -> bool:
         try:
-            write_batch(self._engine_for_app(), events, requests)
+            # Around the database breaker: this background writer retries at its own pace (one batch per flush
+            # interval), so it needs no breaker to spare a dead database, and an outage's own events must be
+            # written as soon as the database is back, not after the breaker's trial: a process killed in
+            # between would lose them.
+            with database_breaker.bypassed():
+                write_batch(self._engine_for_app(), events, requests)
         except SQLAlchemyError:
             self.failed_flushes += 1
             now = time.monotonic()

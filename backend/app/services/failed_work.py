@@ -89,8 +89,34 @@ class _TableSource:
     def _open(self) -> Any:
         return self.model.status == self.failed_status
 
-    def _item(self, row: Any) -> FailedItem:
+    def _title(self, row: Any) -> str:
         raise NotImplementedError
+
+    def _details(self, row: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _item(self, row: Any) -> FailedItem:
+        history = redact_value("history", list(row.errors or []))  # written by others: masked on the way out
+        code, message = last_error(history, row.last_error)
+        details = {
+            **self._details(row),
+            "last_error": row.last_error,
+            "discarded_at": iso(row.discarded_at),
+            "discard_reason": row.discard_reason,
+        }
+        return FailedItem(
+            kind=self.kind,
+            id=row.id,
+            title=self._title(row),
+            error_code=code,
+            error_message=message,
+            created_at=as_utc(row.created_at),
+            failed_at=as_utc(row.failed_at),
+            attempts=row.attempts,
+            history=history,
+            details=redact_value("details", details),
+            status="failed" if row.status == self.failed_status else "discarded",
+        )
 
     def _retry_values(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -177,34 +203,17 @@ class EmailInboxSource(_TableSource):
     def _retry_values(self) -> dict[str, Any]:
         return {"status": QUEUED, "attempts": 0, "failed_at": None, "lease_expires_at": None}
 
-    def _item(self, row: EmailOutbox) -> FailedItem:
-        history = redact_value("history", list(row.errors or []))  # written by others: masked on the way out
-        code, message = last_error(history, row.last_error)
-        return FailedItem(
-            kind=self.kind,
-            id=row.id,
-            title=f"email {row.dedup_key}",
-            error_code=code,
-            error_message=message,
-            created_at=as_utc(row.created_at),
-            failed_at=as_utc(row.failed_at),
-            attempts=row.attempts,
-            history=history,
-            details=redact_value(
-                "details",
-                {
-                    "to": row.to_address,
-                    "subject": row.subject,
-                    "dedup_key": row.dedup_key,
-                    # Sends whose outcome was unknown: the recipient may already have this email.
-                    "possible_duplicates": row.possible_duplicates or 0,
-                    "last_error": row.last_error,
-                    "discarded_at": iso(row.discarded_at),
-                    "discard_reason": row.discard_reason,
-                },
-            ),
-            status="failed" if row.status == FAILED else "discarded",
-        )
+    def _title(self, row: EmailOutbox) -> str:
+        return f"email {row.dedup_key}"
+
+    def _details(self, row: EmailOutbox) -> dict[str, Any]:
+        return {
+            "to": row.to_address,
+            "subject": row.subject,
+            "dedup_key": row.dedup_key,
+            # Sends whose outcome was unknown: the recipient may already have this email.
+            "possible_duplicates": row.possible_duplicates or 0,
+        }
 
     def purge(self, before: datetime) -> int:
         """Delete discarded emails and sent ones older than `before`."""
@@ -233,33 +242,16 @@ class StorageInboxSource(_TableSource):
     def _retry_values(self) -> dict[str, Any]:
         return {"status": SYNC_PENDING, "attempts": 0, "next_attempt_at": None, "failed_at": None}
 
-    def _item(self, row: PendingSync) -> FailedItem:
-        history = redact_value("history", list(row.errors or []))  # written by others: masked on the way out
-        code, message = last_error(history, row.last_error)
-        return FailedItem(
-            kind=self.kind,
-            id=row.id,
-            title=f"file {row.key}",
-            error_code=code,
-            error_message=message,
-            created_at=as_utc(row.created_at),
-            failed_at=as_utc(row.failed_at),
-            attempts=row.attempts,
-            history=history,
-            details=redact_value(
-                "details",
-                {
-                    "key": row.key,
-                    "content_type": row.content_type,
-                    "size": row.size,
-                    "local_copy": self._has_local_copy(row.key),
-                    "last_error": row.last_error,
-                    "discarded_at": iso(row.discarded_at),
-                    "discard_reason": row.discard_reason,
-                },
-            ),
-            status="failed" if row.status == SYNC_FAILED else "discarded",
-        )
+    def _title(self, row: PendingSync) -> str:
+        return f"file {row.key}"
+
+    def _details(self, row: PendingSync) -> dict[str, Any]:
+        return {
+            "key": row.key,
+            "content_type": row.content_type,
+            "size": row.size,
+            "local_copy": self._has_local_copy(row.key),
+        }
 
     def _has_local_copy(self, key: str) -> bool | None:
         try:

@@ -36,8 +36,10 @@ Recovery: after the breaker's `recovery_timeout` (10 s for the database, `SERVIC
 connect is the half-open trial; its success closes the breaker. Readiness probes go through the guard
 too, so a load balancer's probes find the recovery even when no user traffic arrives.
 
-`probe(engine)` bypasses the breaker, for the admin health probe only: health must report the real
-database, including that it is back while the breaker still waits for its trial.
+`probe(engine)` bypasses the breaker for the admin health probe (health must report the real
+database, including that it is back while the breaker still waits for its trial), and `bypassed()` for
+the error-statistics writer (a background retry loop at its own pace, whose outage events must land as soon
+as the database answers, before a process that holds them can be lost).
 
 SQLite (the embedded default) is not guarded: opening a local file fails or succeeds in microseconds
 and "database is locked" is contention that the busy timeout resolves, not an outage; failing fast
