@@ -344,5 +344,11 @@ def test_point7_an_outages_error_events_are_written_as_soon_as_the_database_answ
                 stmt = select(func.count()).select_from(ErrorEvent).where(ErrorEvent.code == "OUTAGE_EVENT")
                 assert db.session.execute(stmt).scalar_one() == 1
                 db.session.rollback()
+            # The connection the writer made around the breaker is pooled, but never serves a request while the
+            # breaker refuses: the request still fails fast, and the breaker gets its trial.
+            with pytest.raises(DatabaseCircuitOpenError):
+                db.session.execute(select(func.count()).select_from(ErrorEvent)).scalar_one()
+            db.session.rollback()
         finally:
             breaker.reset(actor="test")
+        assert db.session.execute(select(func.count()).select_from(ErrorEvent)).scalar_one() == 1

@@ -71,6 +71,7 @@ EXTENSION = "database_guards"
 
 _REFUSING = frozenset({BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.FORCED_OPEN})
 _bypassed: ContextVar[bool] = ContextVar("database_breaker_bypassed", default=False)
+MADE_AROUND = "oriel_made_around_the_breaker"  # a pool entry's info key
 
 
 class DatabaseGuard:
@@ -84,7 +85,10 @@ class DatabaseGuard:
     def connect(self, dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
         """The `do_connect` hook: a new DBAPI connection, or `DatabaseCircuitOpenError` without trying."""
         if _bypassed.get():
-            return dialect.connect(*cargs, **cparams)
+            connection = dialect.connect(*cargs, **cparams)
+            if _record is not None and self.breaker.state in _REFUSING:
+                _record.info[MADE_AROUND] = True  # see `checkout`: not for requests while the breaker refuses
+            return connection
         try:
             permit = self.breaker.acquire()
         except CircuitOpenError as exc:
@@ -99,6 +103,19 @@ class DatabaseGuard:
             raise
         self.breaker.record(permit, failure=False)
         return connection
+
+    def checkout(self, _dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        """The pool's `checkout` hook: a connection made around a refusing breaker serves only who goes around it.
+
+        Otherwise requests would be served behind the breaker's back on a connection only the writer or the
+        probe was allowed to make, and the breaker would never see its trial. Raising DisconnectionError makes
+        the pool drop the connection and connect anew, through the breaker (which refuses, fast).
+        """
+        if not record.info.get(MADE_AROUND) or _bypassed.get():
+            return
+        if self.breaker.state in _REFUSING:
+            raise sa_exc.DisconnectionError("a connection made around the open database breaker")
+        record.info.pop(MADE_AROUND, None)  # the breaker closed since: an ordinary connection now
 
     def unreachable(self, exc: Exception) -> bool:
         """Whether a driver error raised while connecting means the database is out (see the module docstring)."""
@@ -118,6 +135,7 @@ def install_database_breaker(app: Flask) -> list[DatabaseGuard]:
             continue
         guard = DatabaseGuard(engine, breaker)
         event.listen(engine, "do_connect", guard.connect)
+        event.listen(engine, "checkout", guard.checkout)
         guards.append(guard)
     app.extensions[EXTENSION] = guards
     if guards:
