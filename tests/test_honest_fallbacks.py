@@ -182,3 +182,11 @@ def test_a_call_the_peer_cannot_deduplicate_is_retried_after_a_refusal_but_never
     with pytest.raises(TimeoutError):
         call_with_retry(times_out, policy=policy, sleep=lambda _s: None)
     assert len(attempts) == 1  # once: a second send could deliver it twice
+
+
+def test_an_injected_connection_failure_is_a_refusal_not_an_ambiguous_outcome() -> None:
+    """Fault injection's "fail" mode stands for a refused connection: retried like one, never a possible duplicate."""
+    from backend.app.utils.fault_injection import InjectedConnectionError
+
+    verdict = classify(InjectedConnectionError("injected fault: email refused the connection"))
+    assert verdict.kind is ErrorKind.TRANSIENT and not verdict.ambiguous

@@ -268,39 +268,51 @@ def _charge_refunded(event_id: str, charge: Mapping[str, Any]) -> Outcome:
             **_money_back_facts(charge),
         )
     fully = refunded >= amount or charge.get("refunded") is True
-    taken = (
-        claw_back(
-            payment_intent,
-            target=lambda purchase: purchase.credits if fully else refund_target(purchase.credits, refunded, amount),
-            status=REFUNDED if fully else PARTIALLY_REFUNDED,
-            reason=f"stripe refund of {charge_id}: {refunded} of {amount}",
-            ref=f"stripe:{event_id}",
-        )
-        if isinstance(payment_intent, str) and payment_intent
-        else None
+    return _take_back(
+        event_id,
+        charge,
+        payment_intent,
+        target=lambda purchase: purchase.credits if fully else refund_target(purchase.credits, refunded, amount),
+        status=REFUNDED if fully else PARTIALLY_REFUNDED,
+        reason=f"stripe refund of {charge_id}: {refunded} of {amount}",
+        what=f"Refund of charge {charge_id}",
+        notice="refund",
     )
-    if taken is None:
-        raise _unknown_charge(f"Refund of charge {charge_id}", charge, payment_intent)
-    _tell(taken, event_id, "refund")
-    return {"credits_clawed_back": taken.credits, "debt_added": taken.owed}
 
 
 def _dispute_created(event_id: str, dispute: Mapping[str, Any]) -> Outcome:
-    payment_intent = dispute.get("payment_intent")
+    return _take_back(
+        event_id,
+        dispute,
+        dispute.get("payment_intent"),
+        target=lambda purchase: purchase.credits,
+        status=DISPUTED,
+        reason=f"stripe dispute {dispute.get('id')} of {dispute.get('charge')} ({dispute.get('reason')})",
+        what=f"Dispute {dispute.get('id')} of charge {dispute.get('charge')}",
+        notice="dispute",
+    )
+
+
+def _take_back(
+    event_id: str,
+    obj: Mapping[str, Any],
+    payment_intent: Any,
+    *,
+    target: Callable[[Any], int],
+    status: str,
+    reason: str,
+    what: str,
+    notice: str,
+) -> Outcome:
+    """Claw the purchase paid by `payment_intent` back to `target` credits, once per event; unknown: unapplied."""
     taken = (
-        claw_back(
-            payment_intent,
-            target=lambda purchase: purchase.credits,
-            status=DISPUTED,
-            reason=f"stripe dispute {dispute.get('id')} of {dispute.get('charge')} ({dispute.get('reason')})",
-            ref=f"stripe:{event_id}",
-        )
+        claw_back(payment_intent, target=target, status=status, reason=reason, ref=f"stripe:{event_id}")
         if isinstance(payment_intent, str) and payment_intent
         else None
     )
     if taken is None:
-        raise _unknown_charge(f"Dispute {dispute.get('id')} of charge {dispute.get('charge')}", dispute, payment_intent)
-    _tell(taken, event_id, "dispute")
+        raise _unknown_charge(what, obj, payment_intent)
+    _tell(taken, event_id, notice)
     return {"credits_clawed_back": taken.credits, "debt_added": taken.owed}
 
 

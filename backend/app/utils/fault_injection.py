@@ -61,8 +61,8 @@ class FaultRule:
         return data
 
 
-class InjectedConnectionError(ConnectionError):
-    """A connection failure injected on purpose (classified like a refused connection)."""
+class InjectedConnectionError(ConnectionRefusedError):
+    """A connection failure injected on purpose: a refused connection (nothing sent, so never ambiguous)."""
 
 
 def _http_error(status: int, service: str) -> Exception:
