@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from sqlalchemy import delete, func, select, update
 
 from ...redaction import redact, redact_value
+from ..errors import APIError
 from ..extensions import db
 from ..jobs.records import append_error, as_utc, iso, utcnow
 from ..models.outbox import (
@@ -256,7 +257,7 @@ class StorageInboxSource(_TableSource):
     def _has_local_copy(self, key: str) -> bool | None:
         try:
             return self._local_file(key).is_file()
-        except Exception:  # an unreadable key or directory: unknown, not an error page
+        except (OSError, APIError):  # an unreadable directory, or a key the adapter refuses: unknown, not a 500
             logger.warning("Failed-work inbox: cannot check the local copy of %s", key, exc_info=True)
             return None
 
@@ -279,7 +280,7 @@ class StorageInboxSource(_TableSource):
             stat = path.stat()
         except FileNotFoundError:
             return
-        except Exception:
+        except (OSError, APIError):  # an unreadable directory, or a stored key the adapter refuses as unsafe
             logger.warning("Failed-work purge: cannot reach the local copy of %s", key, exc_info=True)
             return
         # A file written after the discard is a new save of the same key (new bytes someone stored): keep it.
