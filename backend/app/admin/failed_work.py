@@ -8,7 +8,6 @@ the actor, the admin's id, the kind, the ids and (for a discard) the reason.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, current_app
@@ -17,7 +16,7 @@ from flask_jwt_extended import current_user
 from ...logging_config import log_security_event
 from ..auth.decorators import admin_required
 from ..errors import ValidationError
-from ..jobs.records import iso
+from ..jobs.records import iso, utcnow
 from ..monitoring.inbox import MAX_MERGED_DEPTH, Inbox
 from ..openapi import documented
 from ..schemas import (
@@ -38,10 +37,6 @@ def get_inbox() -> Inbox:
     return current_app.extensions["inbox"]  # type: ignore[no-any-return]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 # -- the actions (the admin API and the CLI) ------------------------------------------------------------------
 
 
@@ -56,7 +51,7 @@ def list_items(kind: str | None = None, *, page: int = 1, per_page: int = 50) ->
             field="page",
         )
     items, total = inbox.page(kind, page=page, per_page=per_page)
-    now = _now()
+    now = utcnow()
     return {
         "items": [item.summary(now) for item in items],
         "totals": inbox.counts(),
@@ -70,7 +65,7 @@ def list_items(kind: str | None = None, *, page: int = 1, per_page: int = 50) ->
 
 def show_item(kind: str, item_id: int) -> dict[str, Any]:
     """One item with its history and details (404 for an unknown kind or id)."""
-    return {"item": get_inbox().get(kind, item_id).detail(_now())}
+    return {"item": get_inbox().get(kind, item_id).detail(utcnow())}
 
 
 def retry_item(kind: str, item_id: int, *, actor: str, user_id: int | None = None) -> dict[str, Any]:

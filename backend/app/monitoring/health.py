@@ -384,14 +384,10 @@ def _count(app: Flask, model_name: str, statuses: tuple[str, ...]) -> int | None
         return int(db.session.execute(stmt).scalar_one())
 
 
-def _possible_duplicates(app: Flask) -> int:
-    from sqlalchemy import func, select
-
-    from ..extensions import db
-    from ..models import EmailOutbox
-
+def _possible_duplicates(app: Flask) -> int | None:
     with app.app_context():
-        return int(db.session.execute(select(func.coalesce(func.sum(EmailOutbox.possible_duplicates), 0))).scalar_one())
+        adapter = find_adapter(app, "email")
+        return adapter.possible_duplicates() if adapter is not None else None
 
 
 def _faults_probe(app: Flask) -> ProbeResult:
