@@ -24,11 +24,19 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
 
 ## run: install, migrate the embedded SQLite database, start a job worker and serve on http://127.0.0.1:5000
 run: $(VENV)/.installed
+	@if (exec 3<>/dev/tcp/$(HOST)/$(PORT)) 2>/dev/null; then \
+	  echo "Something already answers on $(HOST):$(PORT): stop it, or run on another port (make run PORT=5001)" >&2; exit 1; fi
 	FLASK_ENV=$${FLASK_ENV:-development} $(BIN)/flask db upgrade
 	@# A job worker runs beside the server; the trap stops it (SIGTERM: graceful) when the server stops.
-	export FLASK_ENV=$${FLASK_ENV:-development}; \
+	@# The app keeps werkzeug's own "Running on" line out of the logs (it logs at INFO with the access log),
+	@# so the URL is printed here, once the server answers.
+	@export FLASK_ENV=$${FLASK_ENV:-development}; \
 	$(BIN)/flask jobs worker & worker=$$!; \
-	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
+	( for _ in $$(seq 600); do \
+	    if (exec 3<>/dev/tcp/$(HOST)/$(PORT)) 2>/dev/null; then \
+	      echo "Serving on http://$(HOST):$(PORT) (admin dashboard: http://$(HOST):$(PORT)/admin/)"; exit 0; fi; \
+	    sleep 0.1; done ) & banner=$$!; \
+	trap 'kill $$banner 2>/dev/null; kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(BIN)/flask run --host $(HOST) --port $(PORT)
 
 ## chromium: Debian's Chromium for the browser tests (tests/test_browser_client.py; CI runs as root)
@@ -74,16 +82,26 @@ bench: $(VENV)/.installed-dev
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.run_all $(BENCH_RUN_ARGS)
 
+## bench-flood: log lines, bytes and error rows per rejected request, one client at 20x its limit (before vs after #14)
+.PHONY: bench-flood
+bench-flood: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.bench_flood $(BENCH_ARGS)
+
 ## bench-logging: requests/s under gunicorn with logging + error statistics on vs off (installs wrk)
 bench-logging: $(VENV)/.installed-dev
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.bench_logging $(BENCH_ARGS)
 
 .PHONY: bench-error-stack
-## bench-error-stack: req/s and server CPU per request, full app vs bare Flask (200, 404, 401) under gunicorn (installs wrk)
+## bench-error-stack: req/s and server CPU per request, full app (also with rate limits on) vs bare Flask (200, 404, 401) under gunicorn (installs wrk)
 bench-error-stack: $(VENV)/.installed-dev
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.bench_error_stack $(BENCH_ERROR_STACK_ARGS)
+
+.PHONY: bench-request-overhead
+## bench-request-overhead: µs per request of the app over bare Flask, per hook and layer (in process, no server)
+bench-request-overhead: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.bench_request_overhead $(BENCH_REQUEST_OVERHEAD_ARGS)
 
 .PHONY: bench-log-throughput
 ## bench-log-throughput: log lines/s of the real logging set-up, one process and 4 on one LOG_DIR, every line counted back

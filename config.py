@@ -71,6 +71,7 @@ class Config:
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
     DATABASE_CONNECT_TIMEOUT = 3  # seconds (whole: libpq's unit) a PostgreSQL connect may wait; not SQLite
     REDIS_URL: str | None = None
+    CIRCUIT_BREAKER_KEY_PREFIX = "oriel:"  # Redis keys of breakers and fault rules (several apps can share one Redis)
     LOG_DIR = str(PROJECT_ROOT / "logs")
     LOG_LEVEL = "INFO"
     LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -78,7 +79,14 @@ class Config:
     LOG_CONSOLE = False
     REQUEST_LOGGING_ENABLED = True  # one performance.log line per request
     SLOW_REQUEST_MS = 1000  # requests slower than this also log a slow_request warning
+    # GET /admin/api/monitoring/requests/<id> reads at most this much of each logs/*.log file (its tail)
+    # and returns at most this many matching lines.
+    REQUEST_TRACE_SCAN_BYTES = 8 * 1024 * 1024
+    REQUEST_TRACE_MAX_LINES = 200
+    # Addresses that may be admin. Being listed is not enough: the account needs proof, `flask users create-admin`
+    # or the emailed link (backend/app/auth/admins.py), valid ADMIN_VERIFICATION_MAX_AGE_SECONDS.
     ADMIN_EMAILS: frozenset[str] = frozenset()
+    ADMIN_VERIFICATION_MAX_AGE_SECONDS = 24 * 3600
     STRIPE_API_KEY: str | None = None
     STRIPE_WEBHOOK_SECRET: str | None = None
     STRIPE_API_BASE: str | None = None
@@ -107,11 +115,23 @@ class Config:
     STORAGE_SYNC_LEASE_SECONDS = 300.0
     PUBLIC_BASE_URL: str | None = None  # absolute links in emails and Checkout redirects
     RENDER_PACKS: dict[str, tuple[int, int]] | str | None = None  # {"starter": (credits, cents)}; None: defaults
+    # Proxies in front of the app (a load balancer: 1). With N > 0 the client address and scheme come from the
+    # last N X-Forwarded-For / X-Forwarded-Proto hops; with 0 those headers are ignored (backend/app/http_edge.py).
+    TRUSTED_PROXIES = 0
     RATELIMIT_ENABLED = True
     RATELIMIT_DEFAULT = "300 per minute"
     RATELIMIT_LOGIN = "10 per minute"
+    # Failed logins per account, from any address: a backoff that grows (5 a minute, then 20 an hour).
+    RATELIMIT_LOGIN_ACCOUNT = "5 per minute; 20 per hour"
     RATELIMIT_REGISTER = "20 per hour"
     RATELIMIT_ERROR_REPORT = "30 per minute"
+    # Repeated 429s and rejected tokens: the first of a client's at once, then one security.log line per
+    # interval with their count (backend/app/rejection_log.py).
+    REJECTION_LOG_INTERVAL_SECONDS = 10.0
+    RATELIMIT_KEY_PREFIX = "oriel"  # Redis keys of the limits start with it (several apps can share one Redis)
+    # "sliding-window-counter": two counters a client and view; "moving-window" is exact but keeps an entry per
+    # counted request (up to the limit) for every client and view; "fixed-window" lets a burst through at edges.
+    RATELIMIT_STRATEGY = "sliding-window-counter"
     # Error statistics: events are buffered per process and written in batches off the request path
     # (every second, or at 1,000 events: fewer, larger batches cost a busy worker less CPU).
     ERROR_STATS_ENABLED = True
@@ -120,6 +140,9 @@ class Config:
     ERROR_STATS_BUFFER_SIZE = 10_000
     ERROR_EVENT_RETENTION_DAYS = 14
     ERROR_EVENT_MAX_ROWS: int | None = 2_000_000
+    # Raw rows kept per 4xx group a minute in each process (all are counted in the groups and rollups), so a
+    # flood of 429s, 404s or 401s cannot grow error_events; 5xx events always keep their row.
+    ERROR_EVENT_SAMPLE_PER_MINUTE = 20
     ERROR_ROLLUP_RETENTION_DAYS = 90
     ERROR_REPORT_MAX_BYTES = 16 * 1024
     # Failed-work inbox: archived dead letters, discarded emails/files and long-finished outbox/sync rows are
@@ -132,7 +155,13 @@ class Config:
     SERVICE_FAULTS_WRITE_SECONDS = 5.0
     SERVICE_FAULTS_REFRESH_SECONDS = 5.0
     SERVICE_FAULTS_RETRY_SECONDS = 5.0
+    # Without Redis, admin breaker actions and fault rules reach other processes through the database: each
+    # process re-reads them at most this often (backend/app/utils/shared_overrides.py).
+    OVERRIDES_REFRESH_SECONDS = 1.0
     FAULT_INJECTION_ENABLED = False  # admin fault injection (tests, staging); always refused in production
+    # Alert webhooks (and PagerDuty URLs) may point at loopback, link-local or private addresses; production
+    # refuses them (checked when configured and before every send) unless this is set true.
+    ALERT_WEBHOOK_ALLOW_PRIVATE = True
     PASSWORD_HASH_TIME_COST = 3
     PASSWORD_HASH_MEMORY_COST = 64 * 1024
 
@@ -167,6 +196,14 @@ class Config:
             "PUBLIC_BASE_URL",
             "RENDER_PACKS",
             "METRICS_TOKEN",
+            "RATELIMIT_DEFAULT",
+            "RATELIMIT_LOGIN",
+            "RATELIMIT_LOGIN_ACCOUNT",
+            "RATELIMIT_REGISTER",
+            "RATELIMIT_ERROR_REPORT",
+            "RATELIMIT_KEY_PREFIX",
+            "RATELIMIT_STRATEGY",
+            "CIRCUIT_BREAKER_KEY_PREFIX",  # breakers and fault rules in Redis: every process must agree on it
         ):
             if env.get(name):
                 setattr(cfg, name, env[name])
@@ -182,6 +219,7 @@ class Config:
         for name in ("GCS_TIMEOUT", "STRIPE_TIMEOUT", "SENDGRID_TIMEOUT"):
             setattr(cfg, name, _float(env, name, getattr(cfg, name)))
         cfg.RATELIMIT_ENABLED = _bool(env.get("RATELIMIT_ENABLED"), cfg.RATELIMIT_ENABLED)
+        cfg.TRUSTED_PROXIES = _int(env, "TRUSTED_PROXIES", cfg.TRUSTED_PROXIES)
         cfg.LOG_MAX_BYTES = _int(env, "LOG_MAX_BYTES", cfg.LOG_MAX_BYTES)
         cfg.LOG_BACKUP_COUNT = _int(env, "LOG_BACKUP_COUNT", cfg.LOG_BACKUP_COUNT)
         cfg.SLOW_REQUEST_MS = _int(env, "SLOW_REQUEST_MS", cfg.SLOW_REQUEST_MS)
@@ -190,6 +228,7 @@ class Config:
         cfg.ERROR_EVENT_RETENTION_DAYS = _int(env, "ERROR_EVENT_RETENTION_DAYS", cfg.ERROR_EVENT_RETENTION_DAYS)
         cfg.FAILED_WORK_RETENTION_DAYS = _float(env, "FAILED_WORK_RETENTION_DAYS", cfg.FAILED_WORK_RETENTION_DAYS)
         cfg.FAULT_INJECTION_ENABLED = _bool(env.get("FAULT_INJECTION_ENABLED"), cfg.FAULT_INJECTION_ENABLED)
+        cfg.ALERT_WEBHOOK_ALLOW_PRIVATE = _bool(env.get("ALERT_WEBHOOK_ALLOW_PRIVATE"), cfg.ALERT_WEBHOOK_ALLOW_PRIVATE)
         _read_optional(cfg, env)
         cfg.validate()
         return cfg
@@ -198,6 +237,8 @@ class Config:
         """Refuse settings that cannot work; production tightens this."""
         if self.MAX_UPLOAD_MB <= 0:
             raise ConfigError("MAX_UPLOAD_MB must be positive")
+        if self.TRUSTED_PROXIES < 0:
+            raise ConfigError("TRUSTED_PROXIES must be 0 (no proxy) or the number of proxies in front of the app")
         if self.FAILED_WORK_RETENTION_DAYS <= 0:
             raise ConfigError("FAILED_WORK_RETENTION_DAYS must be positive (days given-up work is kept)")
         if self.DATABASE_CONNECT_TIMEOUT < 1:
@@ -232,6 +273,8 @@ OPTIONAL_FLOATS = (
     "SERVICE_FAULTS_WRITE_SECONDS",
     "SERVICE_FAULTS_REFRESH_SECONDS",
     "SERVICE_FAULTS_RETRY_SECONDS",
+    "OVERRIDES_REFRESH_SECONDS",
+    "REJECTION_LOG_INTERVAL_SECONDS",
 )
 OPTIONAL_INTS = (
     "JOBS_CONCURRENCY",
@@ -245,6 +288,8 @@ OPTIONAL_INTS = (
     "ALERT_DELIVERY_MAX_ATTEMPTS",
     "EMAIL_MAX_ATTEMPTS",
     "STORAGE_SYNC_MAX_ATTEMPTS",
+    "ERROR_EVENT_SAMPLE_PER_MINUTE",
+    "ADMIN_VERIFICATION_MAX_AGE_SECONDS",
 )
 OPTIONAL_STRINGS = ("RENDER_WORK_DIR", "FFMPEG_BINARY")
 
@@ -300,12 +345,14 @@ class TestingConfig(Config):
     PROPAGATE_EXCEPTIONS = False
     PASSWORD_HASH_TIME_COST = 1
     PASSWORD_HASH_MEMORY_COST = 8 * 1024
+    ALERT_WEBHOOK_ALLOW_PRIVATE = True  # the local webhook receivers listen on 127.0.0.1
 
 
 class ProductionConfig(Config):
     """Production: refuses default secrets."""
 
     ENV_NAME = "production"
+    ALERT_WEBHOOK_ALLOW_PRIVATE = False
 
     def validate(self) -> None:
         """Refuse to start with a default or missing secret."""

@@ -1,11 +1,12 @@
 """gunicorn settings read from the project root (`gunicorn wsgi:app`); command-line flags still win.
 
-Only process hooks live here. With `PROMETHEUS_MULTIPROC_DIR` set, each worker writes its metrics
+Process hooks and the request-size limits live here. With `PROMETHEUS_MULTIPROC_DIR` set, each worker writes its metrics
 to files in that directory: the master empties it at start (stale files from an earlier run would
 be summed in) and marks each worker dead when it exits, so gauges of dead workers are dropped.
 
 A gthread worker starts all of its request threads before it accepts its first connection
-(`post_worker_init`), so a worker's thread count is fixed from start to exit.
+(`post_worker_init`), so a worker's thread count is fixed from start to exit. The first worker also
+warns, once per start, when rate limits live in each process's memory (no REDIS_URL, several workers).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from typing import Any
 
 #: How long a worker waits for its request threads to start before it serves anyway (seconds).
 THREAD_START_TIMEOUT = 10.0
+
+# Above the app's own limits (backend/app/http_edge.py: 4,096-byte URL, 8,192-byte header, 100 headers), so
+# the app answers those in its JSON envelope; beyond these gunicorn refuses before the app sees the request.
+limit_request_line = 8190  # gunicorn's maximum
+limit_request_field_size = 16380
+limit_request_fields = 200
 
 
 def _multiproc_dir() -> str | None:
@@ -37,6 +44,27 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
+    """Warn once about per-process rate limits, then start the request threads of a gthread worker."""
+    _warn_about_per_process_limits(worker)
+    _start_request_threads(worker)
+
+
+def _warn_about_per_process_limits(worker: Any) -> None:
+    """The first worker (age 1: one line per start, not one per worker) says when limits are not shared."""
+    if worker.age != 1:
+        return
+    from flask import Flask
+
+    from backend.app.rate_limits import logger, shared_storage_warning
+
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        message = shared_storage_warning(app, int(worker.cfg.workers))
+        if message is not None:
+            logger.warning(message, extra={"event_type": "rate_limits_per_process", "processes": worker.cfg.workers})
+
+
+def _start_request_threads(worker: Any) -> None:
     """Start every request thread of a gthread worker now instead of on the first burst that needs it.
 
     gunicorn runs a gthread worker's requests on a `ThreadPoolExecutor`, which starts a thread only

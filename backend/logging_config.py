@@ -89,6 +89,16 @@ def bind_log_context(**fields: Any) -> None:
     _log_context.set(current)
 
 
+def bind_cleaned_log_context(fields: dict[str, Any]) -> None:
+    """`bind_log_context` for fields the caller cleaned itself (`clean_text`) and hands over: no None values.
+
+    The request-start hook binds six fields on every request; this skips the copies and the generic
+    cleaning pass, so the caller can leave out values that cannot hold a secret (its own ids).
+    """
+    current = _log_context.get()
+    _log_context.set({**current, **fields} if current else fields)
+
+
 def clear_log_context() -> None:
     """Forget the current context's log fields (end of a request or job)."""
     _log_context.set(None)
@@ -681,6 +691,8 @@ def configure_logging(
                     "urllib3": {"level": "WARNING"},
                     "google": {"level": "WARNING"},
                     "stripe": {"level": "WARNING"},
+                    # One INFO line per 429 would duplicate the aggregated security.log line (rate_limit_log).
+                    "flask-limiter": {"level": "WARNING"},
                 },
             }
         )

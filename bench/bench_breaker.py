@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flask import jsonify
 
 from backend.app import create_app
-from backend.app.utils.breaker_redis import RedisBreakerStore, make_redis_client
+from backend.app.redis_client import make_redis_client
+from backend.app.utils.breaker_redis import RedisBreakerStore
 from backend.app.utils.breaker_store import BreakerConfig, BreakerStore, MemoryBreakerStore
 from backend.app.utils.circuit_breaker import CircuitBreaker, CircuitOpenError
 from backend.app.utils.error_recovery import get_breaker, with_error_recovery

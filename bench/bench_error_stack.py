@@ -3,10 +3,13 @@
 OURS = `gunicorn wsgi:app` with the production defaults (JSON logging with a performance.log line
 per request, error statistics, metrics and SLO counting, request IDs, the error envelope; rate
 limits off, as in `harness.base_env`). BARE = `gunicorn bench.bare_app:app`: plain `Flask(__name__)`,
-Flask's default error handling, no extensions. Equivalent endpoints on both:
+no extensions, a small JSON 404 handler. LIMITS = `gunicorn bench.ours_rate_limited:app`: ours with
+rate limits on in memory (`oriel-memory://`, no `REDIS_URL`) and a limit nothing reaches, for the 200
+only. Equivalent endpoints:
 
-- 200: `GET /healthz` (both answer `{"status": "alive"}`);
-- 404: `GET /no/such/page` (ours: the JSON error envelope; bare: Flask's default HTML page);
+- 200: `GET /healthz` (all answer `{"status": "alive"}`); with rate limits on, `GET /bench/ping` (the
+  same answer on a counted route: the probes are never rate limited);
+- 404: `GET /no/such/page` (ours: the JSON error envelope; bare: a small JSON error body);
 - 401: `GET /api/me` without a token (ours: JWT check, envelope, security.log line, error event;
   bare: a route returning a small 401 JSON).
 
@@ -33,12 +36,14 @@ from bench.harness import Server, base_env, gunicorn, interleaved_rounds, median
 
 WORKERS = 2  # each capped at connections // WORKERS (see the comment in bench_logging.py)
 THREADS = 4
-SERVERS = {"bare": "bench.bare_app:app", "ours": "wsgi:app"}
-# label: (path, expected status); the same path on both servers.
+SERVERS = {"bare": "bench.bare_app:app", "ours": "wsgi:app", "limits": "bench.ours_rate_limited:app"}
+LIMITS_LABEL = "ours + rate limits (memory)"
+# label: (path, expected status, servers loaded); the same path on every server.
 ENDPOINTS = {
-    "200 GET /healthz": ("/healthz", 200),
-    "404 GET /no/such/page": ("/no/such/page", 404),
-    "401 GET /api/me (no token)": ("/api/me", 401),
+    "200 GET /healthz": ("/healthz", 200, ("bare", "ours")),
+    "200 GET /bench/ping (rate limited)": ("/bench/ping", 200, ("bare", "limits")),
+    "404 GET /no/such/page": ("/no/such/page", 404, ("bare", "ours")),
+    "401 GET /api/me (no token)": ("/api/me", 401, ("bare", "ours")),
 }
 
 
@@ -75,18 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk_available():
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
-    names = list(SERVERS)
+    names = [name for name in SERVERS if any(name in spec[2] for spec in endpoints.values())]
     per_worker = max(1, args.connections // WORKERS)
-    rps: dict[str, dict[str, list[float]]] = {ep: {s: [] for s in names} for ep in endpoints}
-    cpu: dict[str, dict[str, list[float]]] = {ep: {s: [] for s in names} for ep in endpoints}
-    non_2xx: dict[str, dict[str, list[tuple[int, int]]]] = {ep: {s: [] for s in names} for ep in endpoints}
+    rps: dict[str, dict[str, list[float]]] = {ep: {s: [] for s in spec[2]} for ep, spec in endpoints.items()}
+    cpu: dict[str, dict[str, list[float]]] = {ep: {s: [] for s in spec[2]} for ep, spec in endpoints.items()}
+    non_2xx: dict[str, dict[str, list[tuple[int, int]]]] = {
+        ep: {s: [] for s in spec[2]} for ep, spec in endpoints.items()
+    }
     answers: dict[str, dict[str, Answer]] = {}
     load_before = os.getloadavg()
     with ExitStack() as stack:
         servers: dict[str, Server] = {}
-        for name, app in SERVERS.items():
-            env = base_env(stack.enter_context(workdir(f"bench-stack-{name}-")))
-            if name == "ours":
+        for name in names:
+            app = SERVERS[name]
+            # The rate-limited server counts in its own memory even where REDIS_URL is set.
+            env = base_env(stack.enter_context(workdir(f"bench-stack-{name}-")), {"REDIS_URL": ""})
+            if name != "bare":
                 migrate(env)
             servers[name] = stack.enter_context(
                 gunicorn(
@@ -98,12 +107,17 @@ def main(argv: list[str] | None = None) -> int:
                     ready_path="/healthz",
                 )
             )
-        for endpoint, (path, _status) in endpoints.items():
-            answers[endpoint] = {name: fetch(servers[name], path) for name in names}
+        for endpoint, (path, _status, loaded) in endpoints.items():
+            answers[endpoint] = {name: fetch(servers[name], path) for name in loaded}
             rounds = interleaved_rounds(
-                servers, path, rounds=args.rounds, seconds=args.seconds, connections=args.connections, label=endpoint
+                {name: servers[name] for name in loaded},
+                path,
+                rounds=args.rounds,
+                seconds=args.seconds,
+                connections=args.connections,
+                label=endpoint,
             )
-            for name in names:
+            for name in loaded:
                 rps[endpoint][name] = [r.rps for r in rounds[name]]
                 cpu[endpoint][name] = [r.cpu_us for r in rounds[name]]
                 non_2xx[endpoint][name] = [(r.non_2xx, r.requests) for r in rounds[name]]
@@ -115,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         f" load average {load_before[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs)\n"
     )
     print("What each server answers (one request before the load):\n")
-    print("| endpoint | bare | ours |")
-    print("| --- | --- | --- |")
+    print("| endpoint | bare | ours | " + LIMITS_LABEL + " |")
+    print("| --- | --- | --- | --- |")
     unexpected = False
-    for endpoint, (_path, status) in endpoints.items():
+    for endpoint, (_path, status, _loaded) in endpoints.items():
         cells = []
-        for name in names:
-            ans = answers[endpoint][name]
+        for name in ("bare", "ours", "limits"):
+            ans = answers[endpoint].get(name)
+            if ans is None:
+                cells.append("-")
+                continue
             unexpected |= ans.status != status
             cells.append(f"{ans.status} {ans.content_type.split(';')[0]}, {ans.size} B")
         print(f"| {endpoint} | {' | '.join(cells)} |")
@@ -131,17 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         " | ours - bare µs | CPU ratio bare/ours | per-round range |"
     )
     print("| --- " + "| ---: " * 8 + "|")
-    for endpoint, (_path, status) in endpoints.items():
-        r = {name: median(rps[endpoint][name]) for name in names}
-        c = {name: median(cpu[endpoint][name]) for name in names}
-        # Ratios of rounds run back to back (same round number): the spread of the ratio itself.
-        paired = sorted(b / o for b, o in zip(cpu[endpoint]["bare"], cpu[endpoint]["ours"], strict=True))
-        ratio = r["ours"] / r["bare"] if r["bare"] else 0.0
-        print(
-            f"| {endpoint} | {r['bare']:.0f} | {r['ours']:.0f} | {ratio:.3f} | {c['bare']:.0f} | {c['ours']:.0f}"
-            f" | {c['ours'] - c['bare']:.0f} | {c['bare'] / c['ours']:.3f} | {paired[0]:.2f}-{paired[-1]:.2f} |"
-        )
-        for name in names:  # every response of a run must be in the class of the status checked above
+    for endpoint, (_path, status, loaded) in endpoints.items():
+        r = {name: median(rps[endpoint][name]) for name in loaded}
+        c = {name: median(cpu[endpoint][name]) for name in loaded}
+        for name in loaded[1:]:
+            # Ratios of rounds run back to back (same round number): the spread of the ratio itself.
+            paired = sorted(b / o for b, o in zip(cpu[endpoint]["bare"], cpu[endpoint][name], strict=True))
+            ratio = r[name] / r["bare"] if r["bare"] else 0.0
+            label = endpoint if name == "ours" else f"{endpoint}, {LIMITS_LABEL}"
+            print(
+                f"| {label} | {r['bare']:.0f} | {r[name]:.0f} | {ratio:.3f} | {c['bare']:.0f} | {c[name]:.0f}"
+                f" | {c[name] - c['bare']:.0f} | {c['bare'] / c[name]:.3f} | {paired[0]:.2f}-{paired[-1]:.2f} |"
+            )
+        for name in loaded:  # every response of a run must be in the class of the status checked above
             runs = non_2xx[endpoint][name]
             total = sum(requests for _, requests in runs)
             off = sum(abs(n - (requests if status >= 300 else 0)) for n, requests in runs)

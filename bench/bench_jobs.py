@@ -203,7 +203,7 @@ def recovery_wait(app: Flask, lease: float) -> float:
 
 
 def _epoch(value: Any) -> float:
-    from backend.app.jobs.records import as_utc
+    from backend.app.timeutil import as_utc
 
     aware = as_utc(value)
     assert aware is not None

@@ -103,6 +103,7 @@ def admin_token(app: Flask) -> str:
     client = app.test_client()
     body = {"email": ADMIN, "password": "correct-horse-battery"}
     client.post("/api/auth/register", json=body)
+    app.test_cli_runner().invoke(args=["users", "create-admin", ADMIN])  # registering proves nothing
     return str(client.post("/api/auth/login", json=body).get_json()["access_token"])
 
 

@@ -272,6 +272,7 @@ def admin_token(app: Flask) -> str:
     """Register and log in the bench admin through the API."""
     client = app.test_client()
     client.post("/api/auth/register", json={"email": ADMIN, "password": PASSWORD})
+    app.test_cli_runner().invoke(args=["users", "create-admin", ADMIN])  # registering proves nothing
     response = client.post("/api/auth/login", json={"email": ADMIN, "password": PASSWORD})
     return response.get_json()["access_token"]
 

@@ -84,6 +84,20 @@ BENCHES = (
         "req/s and CPU per request, full app vs bare Flask (gunicorn, wrk)",
     ),
     Bench(
+        "request_overhead",
+        ("-m", "bench.bench_request_overhead"),
+        (),
+        ("--requests", "2000", "--rounds", "2"),
+        "per-request µs of the app over bare Flask, per hook and layer (in process)",
+    ),
+    Bench(
+        "flood",
+        ("-m", "bench.bench_flood"),
+        (),
+        ("--seconds", "6"),
+        "log lines, bytes and error rows per rejected request under a 429/404/401 flood, before vs after #14",
+    ),
+    Bench(
         "breaker",
         ("bench/bench_breaker.py",),
         (),

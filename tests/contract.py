@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from backend.app.error_catalog import lookup
-from backend.app.request_context import REQUEST_ID_PATTERN
+from backend.app.request_id import REQUEST_ID_PATTERN
 
 ENVELOPE_FIELDS = {"code", "message", "details", "timestamp", "recoverable", "status", "request_id", "doc_url"}
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")

@@ -46,6 +46,29 @@ def _dead_letter(app: Flask) -> int:
         return int(job.id)
 
 
+def _alert_rule(app: Flask) -> int:
+    from datetime import UTC, datetime
+
+    from backend.app.models import AlertRule
+
+    with app.app_context():
+        now = datetime.now(UTC)
+        rule = AlertRule(
+            name=f"matrix-{uuid.uuid4().hex[:8]}",
+            kind="dead_letters",
+            params={},
+            channels=[],
+            state="ok",
+            notified=False,
+            version=0,
+            created_at=now,
+            updated_at=now,
+        )
+        db.session.add(rule)
+        db.session.commit()
+        return int(rule.id)
+
+
 def _url_args(app: Flask, rule: Any) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for name in rule.arguments:
@@ -55,6 +78,11 @@ def _url_args(app: Flask, rule: Any) -> dict[str, Any]:
             args[name] = _dead_letter(app)
         elif name == "kind":
             args[name] = "job"
+        elif name == "request_id":  # a request that started a job: its trace is found
+            with app.app_context():
+                args[name] = enqueue("maintenance.noop", {}, request_id=uuid.uuid4().hex).request_id
+        elif name == "rule_id":  # a fresh rule each time: one of the calls deletes it
+            args[name] = _alert_rule(app)
         else:  # pragma: no cover - a new kind of path argument needs a value here
             pytest.fail(f"no sample value for <{name}> in {rule.rule}")
     return args

@@ -21,6 +21,19 @@ from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.peers.webhook_receiver import WebhookReceiver
 
 CONFIGURE = "/admin/api/monitoring/alerts/configure"
+EVALUATE = "/admin/api/monitoring/alerts/evaluate"
+
+
+def evaluate_and_deliver(app: Flask, client: Any, headers: dict[str, str]) -> dict[str, Any]:
+    """POST evaluate (which only hands deliveries off), then do what the job worker does with them."""
+    from datetime import UTC, datetime
+
+    from backend.app.alerts.delivery import deliver_pending
+
+    result = client.post(EVALUATE, headers=headers).get_json()
+    with app.app_context():
+        result["deliveries"] = deliver_pending(app, datetime.now(UTC))
+    return result
 
 
 @with_error_recovery("stripe", "charge", max_retries=0)
@@ -86,6 +99,9 @@ def test_incident_pages_once_and_resolves(
         ALERTS_EVALUATE_SECONDS=1,
         CIRCUIT_BREAKERS={"stripe": {"min_calls": 5, "recovery_timeout": 2.0}},
         RETRY_SLEEP_ENABLED=False,
+        # Configured, so its breaker's state is an outage users see (the calls go to the peer below).
+        STRIPE_API_KEY="sk_test_incident",
+        STRIPE_WEBHOOK_SECRET="whsec_incident",
     )
     client = app.test_client()
     headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
@@ -96,7 +112,9 @@ def test_incident_pages_once_and_resolves(
         "channels": [{"type": "webhook", "url": webhook_receiver.url + "/alerts"}],
         "severity": "CRITICAL",
     }
-    assert client.post(CONFIGURE, headers=headers, json=rule).status_code == 200
+    configured = client.post(CONFIGURE, headers=headers, json=rule)
+    assert configured.status_code == 200
+    rule_id = configured.get_json()["id"]
 
     with worker_running(app):
         peer.status = 503
@@ -107,8 +125,8 @@ def test_incident_pages_once_and_resolves(
                 assert time.monotonic() < deadline, "the breaker never opened"
                 time.sleep(0.05)
             mode = client.get("/api/errors/degradation-mode").get_json()
-            assert [s["service"] for s in mode["services"]] == ["stripe"]
-            assert mode["services"][0]["features"] == ["payments"]
+            (outage,) = [s for s in mode["services"] if s["state"] != "not_configured"]
+            assert outage["service"] == "stripe" and outage["features"] == ["payments"]
             assert client.get("/api/errors/system-health").get_json()["degraded_features"] == ["payments"]
 
             (alert,) = webhook_receiver.wait_for(1, timeout=10)
@@ -121,7 +139,7 @@ def test_incident_pages_once_and_resolves(
             assert counts["failed"] > 5
 
             notes = client.get("/api/errors/notifications", headers=headers).get_json()["notifications"]
-            assert {"breaker:stripe", "alert:1"} <= {n["id"] for n in notes}
+            assert {"breaker:stripe", f"alert:{rule_id}"} <= {n["id"] for n in notes}
 
             peer.status = 200  # recovery: the next trial call succeeds and the breaker closes
             delivered = webhook_receiver.wait_for(2, timeout=15)
@@ -130,7 +148,7 @@ def test_incident_pages_once_and_resolves(
     assert client.get("/api/errors/system-health").get_json()["status"] == "ok"
     assert len(webhook_receiver.deliveries) == 2
     listing = client.get(CONFIGURE, headers=headers).get_json()
-    assert listing["rules"][0]["state"] == "ok"
+    assert next(r for r in listing["rules"] if r["id"] == rule_id)["state"] == "ok"
     assert [d["status"] for d in listing["deliveries"]] == ["sent", "sent"]
     changes = [e for e in read_log(app, "security.log") if e.get("event_type") == "alert_rule_configured"]
     assert len(changes) == 1
@@ -149,16 +167,18 @@ def test_failed_delivery_is_retried_not_lost(app: Flask, webhook_receiver: Webho
     client.post(CONFIGURE, headers=headers, json=rule)
     client.post("/admin/api/monitoring/circuit-breakers/email/force-open", headers=headers)
     webhook_receiver.fail_next(500, times=3)  # with_error_recovery tries 3 times: all fail
-    first = client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()
-    assert first == {"events": {"email-down": "firing"}, "deliveries": {"sent": 0, "retrying": 1, "failed": 0}}
+    first = evaluate_and_deliver(app, client, headers)
+    assert first["events"] == {"email-down": "firing"}
+    assert first["deliveries"] == {"sent": 0, "retrying": 1, "failed": 0, "cancelled": 0}
     with app.app_context():
         (delivery,) = db.session.execute(db.select(AlertDelivery)).scalars()
         assert delivery.status == "pending" and delivery.attempts == 1
         assert "EXTERNAL_SERVICE_UNAVAILABLE" in (delivery.last_error or "")
         delivery.next_attempt_at = delivery.created_at  # due again now (the backoff would wait 2 s)
         db.session.commit()
-    second = client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()
-    assert second == {"events": {}, "deliveries": {"sent": 1, "retrying": 0, "failed": 0}}
+    second = evaluate_and_deliver(app, client, headers)
+    assert second["events"] == {}
+    assert second["deliveries"] == {"sent": 1, "retrying": 0, "failed": 0, "cancelled": 0}
     assert [d.status for d in webhook_receiver.deliveries] == [500, 500, 500, 200]
 
 
@@ -179,13 +199,13 @@ def test_pagerduty_events_trigger_and_resolve_with_one_dedup_key(app: Flask, web
     assert shown["channels"][0]["routing_key"] == "R0UT..."
     base = "/admin/api/monitoring/circuit-breakers"
     client.post(f"{base}/rendering/force-open", headers=headers)
-    client.post("/admin/api/monitoring/alerts/evaluate", headers=headers)
+    evaluate_and_deliver(app, client, headers)
     client.post(f"{base}/reset/rendering", headers=headers)
-    client.post("/admin/api/monitoring/alerts/evaluate", headers=headers)
+    evaluate_and_deliver(app, client, headers)
     trigger, resolve = webhook_receiver.bodies
     assert trigger["event_action"] == "trigger" and resolve["event_action"] == "resolve"
     assert trigger["routing_key"] == "R0UTINGKEY123"
-    assert trigger["dedup_key"] == resolve["dedup_key"] == "oriel-alert-1"
+    assert trigger["dedup_key"] == resolve["dedup_key"] == f"oriel-alert-{shown['id']}"
     assert trigger["payload"]["severity"] == "critical" and trigger["payload"]["source"] == "oriel-signal-fx"
     assert "payload" not in resolve
 
@@ -206,7 +226,7 @@ def test_flapping_inside_the_cooldown_is_not_paged_twice(app: Flask, webhook_rec
     events = []
     for action in ("storage/force-open", "reset/storage", "storage/force-open", "reset/storage"):
         client.post(f"{base}/{action}", headers=headers)
-        events.append(client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()["events"])
+        events.append(evaluate_and_deliver(app, client, headers)["events"])
     assert events == [{"storage-flap": "firing"}, {"storage-flap": "resolved"}, {}, {}]
     assert [b["event"] for b in webhook_receiver.bodies] == ["firing", "resolved"]
 
@@ -221,7 +241,7 @@ def test_rules_are_validated(app: Flask) -> None:
         ({"name": "x", "kind": "nope", "channels": hook}, 422),
         ({"name": "x", "kind": "breaker_open", "params": {"service": "nope"}, "channels": hook}, 404),
         ({"name": "x", "kind": "dead_letters", "channels": [{"type": "webhook", "url": "ftp://x"}]}, 422),
-        ({"name": "x", "kind": "dead_letters", "channels": []}, 422),
+        ({"name": "x", "kind": "dead_letters", "channels": hook * 11}, 422),
     ]
     for body, status in bad:
         assert client.post(CONFIGURE, headers=headers, json=body).status_code == status, body
@@ -232,8 +252,12 @@ def test_error_rate_code_count_and_dead_letter_rules(app: Flask, webhook_receive
     client = app.test_client()
     headers = bearer(login(client, ADMIN_EMAIL)["access_token"])
     hook = [{"type": "webhook", "url": webhook_receiver.url + "/hook"}]
+    # #15 point 4: an error-rate rule reads server errors unless told otherwise, so 30 404s fire only the
+    # rule that asks for client errors.
+    client_rate = {"threshold": 0.5, "min_requests": 10, "scope": "client"}
     rules = [
-        {"name": "rate", "kind": "error_rate", "params": {"threshold": 0.5, "min_requests": 10}, "channels": hook},
+        {"name": "rate", "kind": "error_rate", "params": client_rate, "channels": hook},
+        {"name": "5xx", "kind": "error_rate", "params": {"threshold": 0.01, "min_requests": 10}, "channels": hook},
         {"name": "404s", "kind": "code_count", "params": {"code": "NOT_FOUND", "threshold": 10}, "channels": hook},
         {"name": "dead", "kind": "dead_letters", "params": {"threshold": 1}, "channels": hook},
     ]
@@ -270,7 +294,7 @@ def test_email_channel_goes_through_the_email_service(make_app: Callable[..., Fl
     }
     client.post(CONFIGURE, headers=headers, json=rule)
     client.post("/admin/api/monitoring/circuit-breakers/database/force-open", headers=headers)
-    result = client.post("/admin/api/monitoring/alerts/evaluate", headers=headers).get_json()
+    result = evaluate_and_deliver(app, client, headers)
     assert result["deliveries"]["sent"] == 1
     [message] = sendgrid_peer.messages
     assert message.recipients == ["oncall@example.com"] and message.subject == "[FIRING] jobs-dying"
@@ -285,7 +309,6 @@ def test_concurrent_evaluators_send_one_message(
     from datetime import UTC, datetime
 
     from backend.app.alerts.engine import evaluate_rule
-    from backend.app.models import AlertRule
 
     app: Flask = request.getfixturevalue("app" if backend == "sqlite" else "pg_app")
     client = app.test_client()
@@ -296,10 +319,8 @@ def test_concurrent_evaluators_send_one_message(
         "params": {"service": "stripe"},
         "channels": [{"type": "webhook", "url": webhook_receiver.url + "/hook"}],
     }
-    client.post(CONFIGURE, headers=headers, json=rule)
+    rule_id = client.post(CONFIGURE, headers=headers, json=rule).get_json()["id"]
     client.post("/admin/api/monitoring/circuit-breakers/stripe/force-open", headers=headers)
-    with app.app_context():
-        rule_id = db.session.execute(db.select(AlertRule.id)).scalar_one()
     barrier = threading.Barrier(8)
     events: list[str | None] = []
 
@@ -337,3 +358,21 @@ def test_alert_and_slo_settings_come_from_the_environment() -> None:
     assert cfg.METRICS_ENABLED is False  # type: ignore[attr-defined]
     with pytest.raises(ConfigError):
         load_config({"FLASK_ENV": "testing", "SLOS": "[1, 2]"})
+
+
+def test_two_apps_of_one_process_keep_their_own_evaluation_interval(make_app: Callable[..., Flask]) -> None:
+    """#16: ALERTS_EVALUATE_SECONDS is one app's config: a second app built later does not reset the first's."""
+    from backend.app.alerts import JOB_KIND
+    from backend.app.jobs.registry import app_schedules
+    from backend.app.jobs.scheduler.periodic import PeriodicScheduler
+
+    fast = make_app(ALERTS_EVALUATE_SECONDS=1)
+    slow = make_app(ALERTS_EVALUATE_SECONDS=900)
+
+    def interval(app: Flask) -> float:
+        scheduler = PeriodicScheduler(overrides=app_schedules(app))  # as each app's worker builds it
+        return {p.name: p.every_seconds for p in scheduler.schedules()}[JOB_KIND]
+
+    assert interval(fast) == 1.0
+    assert interval(slow) == 900.0
+    assert interval(make_app()) == 60.0  # an app that sets nothing runs at the default

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from backend.app.utils.breaker_redis import RedisBreakerStore, make_redis_client
+from backend.app.redis_client import make_redis_client
+from backend.app.utils.breaker_redis import RedisBreakerStore
 from backend.app.utils.breaker_store import BreakerConfig, BreakerState
 from backend.app.utils.circuit_breaker import CircuitBreaker, CircuitOpenError
 

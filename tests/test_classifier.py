@@ -24,6 +24,7 @@ import urllib3.exceptions as u3
 from sqlalchemy import exc as sa_exc
 
 from backend.app.errors import (
+    CircuitOpenError,
     DatabaseError,
     DatabaseUnavailableError,
     ExternalServiceError,
@@ -34,7 +35,6 @@ from backend.app.errors import (
     StorageError,
     ValidationError,
 )
-from backend.app.utils.circuit_breaker import CircuitOpenError
 from backend.app.utils.classifier import ErrorKind, classify, is_breaker_failure, parse_retry_after
 
 P, T, R = ErrorKind.PERMANENT, ErrorKind.TRANSIENT, ErrorKind.THROTTLED

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backend.app import create_app
@@ -11,6 +13,7 @@ from config import (
     ConfigError,
     DevelopmentConfig,
     ProductionConfig,
+    TestingConfig,
     load_config,
 )
 
@@ -78,3 +81,17 @@ def test_circuit_breakers_come_from_the_environment_as_json_and_bad_json_is_refu
 def test_email_lease_and_error_stats_retry_come_from_the_environment() -> None:
     cfg = load_config({"FLASK_ENV": "testing", "EMAIL_LEASE_SECONDS": "15", "ERROR_STATS_RETRY_SECONDS": "60"})
     assert (cfg.EMAIL_LEASE_SECONDS, cfg.ERROR_STATS_RETRY_SECONDS) == (15.0, 60.0)  # type: ignore[attr-defined]
+
+
+def test_a_test_app_keeps_its_files_and_database_out_of_the_checkout(tmp_path: Path) -> None:
+    """#16: with every path set (as the test settings set them), the app writes nothing into `instance/`."""
+    from backend.app.services import get_storage
+    from tests.conftest import base_settings
+
+    app = create_app(TestingConfig, **base_settings(tmp_path))
+    with app.app_context():
+        stored = get_storage().save("renders/checkout-probe.mp4", b"\x00" * 16, "video/mp4")
+        assert stored is not None
+    instance = Path(app.instance_path)
+    assert (tmp_path / "storage" / "renders" / "checkout-probe.mp4").read_bytes() == b"\x00" * 16
+    assert not (instance / "storage" / "renders" / "checkout-probe.mp4").exists()

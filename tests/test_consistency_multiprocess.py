@@ -123,11 +123,14 @@ def _traced_many(
     """`count` traced requests, 8 at a time: concurrency is what makes them land on several workers.
 
     Sent one by one, the worker that just answered usually wins the next accept, so a sequential
-    loop can stay on one or two processes and prove nothing about the others.
+    loop can stay on one or two processes and prove nothing about the others. `path` and `payload`
+    may be functions of the request's number.
     """
-    paths = [path(n) if callable(path) else path for n in range(count)]
+    requests = [
+        (path(n) if callable(path) else path, payload(n) if callable(payload) else payload) for n in range(count)
+    ]
     with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda p: _traced(system, method, p, payload, **headers), paths))
+        return list(pool.map(lambda r: _traced(system, method, r[0], r[1], **headers), requests))
 
 
 def _pids(system: System, request_ids: set[str], timeout: float = 10.0) -> Counter[int]:
@@ -186,14 +189,25 @@ def test_a_rate_limit_of_n_is_n_across_workers(system: System, tokens: dict[str,
     client = redis.Redis.from_url(system.redis_url)
     for key in client.scan_iter("*LIMIT*"):  # the logins made for the tokens must not count here
         client.delete(key)
+
     # RATELIMIT_LOGIN is 10 per minute per client address: 10 attempts pass (wrong password: 401), then 429.
-    body = {"email": "nobody@example.com", "password": "wrong-password-123"}
+    # A different account each time, so the per-account throttle (5 failures) is not what stops them.
+    def body(n: int) -> dict[str, str]:
+        return {"email": f"nobody-{n}@example.com", "password": "wrong-password-123"}
+
     answers = _traced_many(system, 25, "POST", "/api/auth/login", body)
     ids = {rid for rid, _ in answers}
     statuses = [answer.status for _, answer in answers]
     assert statuses.count(401) == 10, statuses
     assert statuses.count(429) == 15, statuses
     _assert_spread(system, ids)
+    # RATELIMIT_LOGIN_ACCOUNT is 5 failures a minute per account from any address, also counted in Redis. One at
+    # a time: a failure is counted when its answer is known, so concurrent guesses may overshoot by a few.
+    for key in client.scan_iter("*LIMIT*"):
+        client.delete(key)
+    one = {"email": "target@example.com", "password": "wrong-password-123"}
+    statuses = [_traced(system, "POST", "/api/auth/login", one)[1].status for _ in range(9)]
+    assert statuses == [401] * 5 + [429] * 4, statuses
 
 
 def test_error_statistics_add_up_across_workers(system: System, tokens: dict[str, dict[str, str]]) -> None:

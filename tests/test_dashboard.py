@@ -81,13 +81,22 @@ def test_timeseries_buckets_the_rollup_and_drops_older_minutes(app: Flask) -> No
     with app.app_context():
         for minutes_ago, errors, requests in ((0, 1, 10), (1, 2, 20), (59, 3, 30), (60, 100, 100), (700, 5, 50)):
             at = now.replace(second=0) - timedelta(minutes=minutes_ago)
-            db.session.add(ErrorMinute(minute=at, errors=errors, requests=requests))
+            db.session.add(ErrorMinute(minute=at, errors=errors, server_errors=errors // 2, requests=requests))
         db.session.commit()
         hour = timeseries("1h", now)
         day = timeseries("24h", now)
     points = hour["points"]
-    assert points[-1] == {"at": "2026-05-04T12:40:00.000000Z", "errors": 1, "requests": 10, "error_ratio": 0.1}
-    assert points[-2]["errors"] == 2 and points[0]["errors"] == 3  # 60 minutes ago is outside the hour
+    assert points[-1] == {
+        "at": "2026-05-04T12:40:00.000000Z",
+        "errors": 1,
+        "server_errors": 0,
+        "client_errors": 1,
+        "requests": 10,
+        "error_ratio": 0.1,
+        "server_error_ratio": 0.0,
+    }
+    assert points[-2]["errors"] == 2 and points[-2]["server_errors"] == 1 and points[-2]["client_errors"] == 1
+    assert points[0]["errors"] == 3  # 60 minutes ago is outside the hour
     assert sum(p["requests"] for p in points) == 60
     assert day["points"][-1]["at"] == "2026-05-04T12:30:00.000000Z" and day["points"][-1]["errors"] == 3
     assert sum(p["errors"] for p in day["points"]) == 111
@@ -132,3 +141,7 @@ def test_admin_lists_renders_of_every_user_running_first(app: Flask, audio_files
     assert client.get(f"{RENDERS}?status=failed", headers=admin).get_json() == {"renders": []}
     assert_error(client.get(f"{RENDERS}?status=paused", headers=admin), 422, "VALIDATION_ERROR")
     assert_error(client.get(f"{RENDERS}?limit=0", headers=admin), 422, "VALIDATION_ERROR")
+    # #16: a limit that is not a number is refused by name, never read as the default of 50
+    for bad in ("abc", "1.5", "201"):
+        body = assert_error(client.get(f"{RENDERS}?limit={bad}", headers=admin), 422, "VALIDATION_ERROR")
+        assert "limit" in body["details"]["fields"], body

@@ -177,7 +177,10 @@ def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
         page.click("tr[data-breaker='storage'] button[data-action='force-open']")
         page.wait_for_selector("tr[data-breaker='storage'][data-state='forced_open']", timeout=WAIT_MS)
         page.wait_for_selector("[data-service='storage'][data-state='bad']", timeout=WAIT_MS)
-        page.wait_for_selector("#degradation [data-degraded='storage']", timeout=WAIT_MS)  # what users see
+        # What users see: storage is the local disk here, so its breaker guards no call and is no outage
+        # (#15 point 5); payments are listed as not set up (no Stripe in this app).
+        page.wait_for_selector("#degradation [data-degraded='stripe'][data-state='not_configured']", timeout=WAIT_MS)
+        assert page.locator("#degradation [data-degraded='storage']").count() == 0
         desk.shot("1280-breaker-forced-open")
         page.click("tr[data-breaker='storage'] button[data-action='reset']")
         page.wait_for_selector("tr[data-breaker='storage'][data-state='closed']", timeout=WAIT_MS)
@@ -391,3 +394,40 @@ def test_point6_failed_work_panel_lists_retries_and_discards_with_a_reason(
         ("failed_work_discarded", "storage"),
         ("failed_work_bulk_retried", "email"),
     ]
+
+
+def test_point5_the_emailed_link_opens_a_form_that_sets_the_password_then_signs_in(
+    make_app: Callable[..., Flask], sendgrid_peer: Any, browser: Any
+) -> None:
+    """#14 point 5 in the browser: `/admin/#verify=<token>` → choose a password → signed in as an admin."""
+    app = make_app(
+        SENDGRID_API_KEY=sendgrid_peer.api_key,
+        SENDGRID_API_HOST=sendgrid_peer.url,
+        RETRY_SLEEP_ENABLED=False,
+        PUBLIC_BASE_URL="https://oriel.example",
+    )
+    client = app.test_client()
+    assert (
+        client.post("/api/auth/register", json={"email": ADMIN_EMAIL, "password": "typed-by-a-stranger"}).status_code
+        == 201
+    )
+    [message] = sendgrid_peer.messages
+    text = " ".join(part["value"] for part in message.body["content"])
+    token = text.split("/admin/#verify=", 1)[1].split()[0]
+    with LiveServer(app) as server:
+        desk = Page(browser, server.url, DESKTOP)
+        page = desk.page
+        page.goto(f"{server.url}/admin/#verify={token}")
+        page.wait_for_selector("#verify-panel:not([hidden])", timeout=WAIT_MS)
+        assert page.is_hidden("#login-panel")
+        page.fill("#verify-password", PASSWORD)
+        page.click("#verify-form button[type=submit]")
+        page.wait_for_selector("#login-panel:not([hidden])", timeout=WAIT_MS)
+        assert page.input_value("#email") == ADMIN_EMAIL
+        assert "verify" not in page.evaluate("() => window.location.href")  # the spent token left the address bar
+        desk.sign_in()
+        page.wait_for_selector("#dashboard:not([hidden])", timeout=WAIT_MS)
+        assert desk.console_errors == [], desk.console_errors
+        desk.context.close()
+    stranger = client.post("/api/auth/login", json={"email": ADMIN_EMAIL, "password": "typed-by-a-stranger"})
+    assert stranger.status_code == 401

@@ -12,7 +12,8 @@ import stripe
 from flask import Flask, jsonify
 
 from backend.app.errors import APIError, PaymentError, StorageError
-from backend.app.utils.breaker_redis import RedisBreakerStore, make_redis_client
+from backend.app.redis_client import make_redis_client
+from backend.app.utils.breaker_redis import RedisBreakerStore
 from backend.app.utils.error_recovery import (
     CircuitOpenError,
     ExternalServiceError,

@@ -175,7 +175,7 @@ def test_events_are_kept_through_a_database_outage_and_written_when_it_returns(
     for _ in range(20):
         assert recorder.flush() == 0
     recorder.submit(_event(3))
-    assert recorder.status() == {"pending": 3, "dropped": 0, "failed_flushes": 20}
+    assert recorder.status() == {"pending": 3, "dropped": 0, "failed_flushes": 20, "sampled_out": 0}
     assert recorder.flush() == 3  # the kept batch first, then the newer event
     with app.app_context():
         assert {e.event_id for e in ErrorEvent.query.all()} >= {f"{n:032x}" for n in (1, 2, 3)}
@@ -189,4 +189,4 @@ def test_a_batch_refused_for_longer_than_retry_seconds_is_dropped_and_counted(
     recorder.submit(_event(1))
     assert recorder.flush() == 0  # kept for a retry
     assert recorder.flush() == 0  # refused again past retry_seconds: dropped
-    assert recorder.status() == {"pending": 0, "dropped": 1, "failed_flushes": 2}
+    assert recorder.status() == {"pending": 0, "dropped": 1, "failed_flushes": 2, "sampled_out": 0}

@@ -24,6 +24,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from backend.app.admin.cli import cli_actor
+from backend.app.alerts.delivery import deliver_pending
 from backend.app.errors import ValidationError
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
@@ -584,6 +585,8 @@ def test_point6_failed_work_alert_fires_while_old_items_wait_and_resolves(
     assert client.post(evaluate, headers=headers).get_json()["events"] == {}  # still firing: no second page
     client.post(f"{BASE}/email/{old}/discard", headers=headers, json={"reason": "sent by hand"})
     assert client.post(evaluate, headers=headers).get_json()["events"] == {"stuck-emails": "resolved"}
+    with app.app_context():  # what the job worker does with the deliveries the evaluations handed off
+        deliver_pending(app, datetime.now(UTC))
     firing, resolved = webhook_receiver.bodies
     assert firing["event"] == "firing" and firing["rule"] == "stuck-emails"
     assert "1 failed-work email item(s) older than 15 min" in firing["text"]

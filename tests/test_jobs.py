@@ -16,6 +16,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, text
 
+from backend.app import timeutil
 from backend.app.errors import RateLimitError, RenderingError, ValidationError
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue, queue_depth, records, register_periodic, worker_heartbeats
@@ -49,7 +50,7 @@ def upper(lo: float, hi: float) -> float:
     return hi
 
 
-def run_worker(app: Flask, *, clock: Callable[[], datetime] = records.utcnow, rng: Any = upper, **options: Any) -> int:
+def run_worker(app: Flask, *, clock: Callable[[], datetime] = timeutil.utcnow, rng: Any = upper, **options: Any) -> int:
     """Run a worker in this process until its stop condition; the number of jobs it processed."""
     settings: dict[str, Any] = {
         "install_signals": False,
@@ -146,14 +147,14 @@ def drive(app: Flask, job_id: int, clock: FakeClock) -> list[tuple[datetime, dat
         job = load(app, job_id)
         if job.status in (DEAD, FAILED, SUCCEEDED):
             return schedule
-        due = records.as_utc(job.next_attempt_at)
+        due = timeutil.as_utc(job.next_attempt_at)
         assert due is not None
         clock.now = due - timedelta(milliseconds=500)
         assert run_worker(app, clock=clock, burst=True, max_jobs=1) == 0, "ran before its next attempt time"
         clock.now = due
         assert run_worker(app, clock=clock, burst=True, max_jobs=1) == 1
         after = load(app, job_id)
-        schedule.append((due, records.as_utc(after.next_attempt_at) if after.status == RETRYING else None))
+        schedule.append((due, timeutil.as_utc(after.next_attempt_at) if after.status == RETRYING else None))
     raise AssertionError("job never finished")
 
 
@@ -550,8 +551,8 @@ def test_dead_letters_are_archived_after_the_ttl_not_deleted(app: Flask, kinds: 
         job_id = enqueue("test.expire").id
     run_worker(app, burst=True)
     with app.app_context():
-        assert archive_expired(7, now=records.utcnow() + timedelta(days=6)) == 0
-        assert archive_expired(7, now=records.utcnow() + timedelta(days=8)) == 1
+        assert archive_expired(7, now=timeutil.utcnow() + timedelta(days=6)) == 0
+        assert archive_expired(7, now=timeutil.utcnow() + timedelta(days=8)) == 1
     job = load(app, job_id)
     assert job.status == DEAD and job.archived_at is not None and job.errors[0]["message"] == "bad input"
 
@@ -663,7 +664,7 @@ def test_admins_list_filter_inspect_requeue_and_archive_dead_letters(app: Flask,
     assert [i["id"] for i in data_only["items"]] == [dead_jobs["data"]]
     assert data_only["items"][0]["recommended_action"].startswith("Fix the job's input")
     assert client.get(f"{base}?kind=test.flaky&per_page=1", headers=headers).get_json()["total"] == 1
-    future = (records.utcnow() + timedelta(hours=1)).isoformat()
+    future = (timeutil.utcnow() + timedelta(hours=1)).isoformat()
     assert client.get(base, headers=headers, query_string={"since": future}).get_json()["total"] == 0
     assert client.get(f"{base}?since=yesterday", headers=headers).status_code == 422
     assert client.get(f"{base}?analysis=bogus", headers=headers).status_code == 422
@@ -767,7 +768,7 @@ def test_enqueue_wakes_an_idle_worker_through_redis(make_app: Callable[..., Flas
 
     app = make_app(REDIS_URL=redis_url)
     # Another process's app (its own dispatcher): only Redis can carry the wake-up to the worker.
-    keys = ("SECRET_KEY", "JWT_SECRET_KEY", "LOG_DIR", "SQLALCHEMY_DATABASE_URI", "REDIS_URL")
+    keys = ("SECRET_KEY", "JWT_SECRET_KEY", "LOG_DIR", "SQLALCHEMY_DATABASE_URI", "REDIS_URL", "LOCAL_STORAGE_DIR")
     producer = create_app(TestingConfig, **{k: app.config[k] for k in keys})
     try:
         with producer.app_context():

@@ -29,6 +29,7 @@ def _cli_env(tmp_path: Path, database: Path, **extra: str) -> dict[str, str]:
         FLASK_ENV="testing",
         DATABASE_URL=f"sqlite:///{database}",
         LOG_DIR=str(tmp_path / "logs"),
+        LOCAL_STORAGE_DIR=str(tmp_path / "storage"),
         **extra,
     )
     return env

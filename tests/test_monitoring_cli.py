@@ -102,7 +102,9 @@ def test_stats_as_table_and_json_match_the_api(app: Flask) -> None:
     result = run(app, "stats", "--top", "5")
     assert result.exit_code == 0, result.output
     assert "Errors: 3 in 1 groups (1 unresolved" in result.output
-    assert "WINDOW  ERRORS  REQUESTS" in result.output
+    assert "WINDOW  REQUESTS  5XX  5XX RATIO  4XX  4XX RATIO" in result.output  # #15 point 4: apart
+    five_minutes = next(line.split() for line in result.output.splitlines() if line.startswith("5m "))
+    assert five_minutes[2:4] == ["0", "0.00%"] and five_minutes[4] == "3"  # three 401s: client errors
     assert any(line.split()[:4] == ["1", "TOKEN_MISSING", "3", "3"] for line in result.output.splitlines())
     data = run_json(app, "stats")
     via_api = api(app, "/admin/api/monitoring/errors/stats")

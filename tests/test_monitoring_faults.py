@@ -60,7 +60,7 @@ def test_injected_failures_trip_the_breaker_and_clear(chaos_app: Flask) -> None:
     headers = admin(client)
     added = client.post(FAULTS, headers=headers, json={"service": "storage", "mode": "fail", "duration_seconds": 60})
     assert added.status_code == 201
-    assert added.get_json()["rules"][0]["mode"] == "fail" and added.get_json()["scope"] == "process"
+    assert added.get_json()["rules"][0]["mode"] == "fail" and added.get_json()["scope"] == "shared"
     guarded = with_error_recovery("storage", "upload", max_retries=0, idempotent=True)(upload)
     with chaos_app.app_context():
         codes = []

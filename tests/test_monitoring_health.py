@@ -74,8 +74,10 @@ def test_health_services_reports_every_dependency(app: Flask) -> None:
     assert services["stripe"]["probe"]["status"] == "not_configured"
     assert services["email"]["probe"]["status"] == "not_configured"
     assert services["rendering"]["probe"]["status"] == "ok"
-    assert services["queue"]["probe"]["status"] == "ok"
-    assert body["queue"]["dead_letters"] == 0
+    # No job worker runs beside this app: nothing enqueued would be served (#15 point 5).
+    assert services["queue"]["probe"]["status"] == "degraded"
+    assert services["queue"]["probe"]["detail"] == "no live worker"
+    assert body["queue"]["dead_letters"] == 0 and body["queue"]["workers_alive"] == 0
     assert body["queue"]["depth"] == {"ready": 0, "scheduled": 0, "running": 0}
     assert body["backlog"] == {
         "status": "ok",
@@ -155,8 +157,10 @@ def test_readyz_is_503_when_the_database_is_unreachable(make_app: Callable[..., 
     assert app.test_client().get("/healthz").status_code == 200  # liveness does not depend on it
 
 
-def test_breaker_admin_actions_and_user_facing_views(app: Flask) -> None:
+def test_breaker_admin_actions_and_user_facing_views(make_app: Callable[..., Flask]) -> None:
     """Force-open, disable, enable, reset, reset-all; degradation and public health follow; 404 for unknown."""
+    # Stripe configured (no call is made): a breaker of a service that is not configured guards nothing.
+    app = make_app(STRIPE_API_KEY="sk_test_views", STRIPE_WEBHOOK_SECRET="whsec_views")
     client = app.test_client()
     headers = admin_headers(client)
     base = "/admin/api/monitoring/circuit-breakers"
@@ -169,18 +173,20 @@ def test_breaker_admin_actions_and_user_facing_views(app: Flask) -> None:
     assert opened.get_json()["breakers"]["stripe"]["state"] == "forced_open"
     mode = client.get("/api/errors/degradation-mode").get_json()
     assert mode["degraded"] is True and mode["level"] == "degraded"
-    (stripe,) = mode["services"]
+    (stripe,) = [s for s in mode["services"] if s["state"] != "not_configured"]
     assert stripe["service"] == "stripe" and stripe["features"] == ["payments"]
     assert stripe["fallback_active"] is False and "Nothing is charged" in stripe["user_impact"]
     public = client.get("/api/errors/system-health")
-    assert public.get_json() == {"status": "degraded", "degraded_features": ["payments"]}
+    assert public.get_json() == {
+        "status": "degraded",
+        "degraded_features": ["payments"],
+        "unavailable_features": ["email notifications"],  # SendGrid is not configured here
+    }
     assert "stripe" not in public.get_data(as_text=True)
 
+    # Storage on the local disk (no bucket): its breaker guards no call, so forcing it open is no outage.
     client.post(f"{base}/storage/force-open", headers=headers)
-    storage = next(
-        s for s in client.get("/api/errors/degradation-mode").get_json()["services"] if s["service"] == "storage"
-    )
-    assert storage["fallback_active"] is True and storage["fallback"] == "local_storage"
+    assert "storage" not in {s["service"] for s in client.get("/api/errors/degradation-mode").get_json()["services"]}
 
     client.post(f"{base}/database/force-open", headers=headers)
     assert client.get("/api/errors/system-health").get_json()["status"] == "down"
@@ -193,7 +199,11 @@ def test_breaker_admin_actions_and_user_facing_views(app: Flask) -> None:
     assert client.post(f"{base}/email/enable", headers=headers).get_json()["breakers"]["email"]["state"] == "closed"
     everything = client.post(f"{base}/reset-all", headers=headers).get_json()
     assert {b["state"] for b in everything["breakers"].values()} == {"closed"}
-    assert client.get("/api/errors/system-health").get_json() == {"status": "ok", "degraded_features": []}
+    assert client.get("/api/errors/system-health").get_json() == {
+        "status": "ok",
+        "degraded_features": [],
+        "unavailable_features": ["email notifications"],
+    }
     assert client.get("/api/errors/circuit-breakers", headers=headers).get_json()["storage"] == "memory"
 
     for path in (f"{base}/reset/nope", f"{base}/nope/force-open", f"{base}/nope/disable", f"{base}/nope/enable"):

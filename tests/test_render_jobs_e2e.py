@@ -71,6 +71,7 @@ def worker_env(app: Flask, settings: dict[str, Any]) -> dict[str, str]:
         LOG_DIR=app.config["LOG_DIR"],
         SECRET_KEY=app.config["SECRET_KEY"],
         JWT_SECRET_KEY=app.config["JWT_SECRET_KEY"],
+        LOCAL_STORAGE_DIR=app.config["LOCAL_STORAGE_DIR"],  # the files the web app stored
     )
     if app.config.get("REDIS_URL"):
         env["REDIS_URL"] = app.config["REDIS_URL"]

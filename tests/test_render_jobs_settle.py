@@ -16,6 +16,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select, update
 
+from backend.app import timeutil
 from backend.app.extensions import db
 from backend.app.jobs import records
 from backend.app.jobs.compensation import run_compensations, sweep_pending
@@ -67,7 +68,7 @@ def test_a_render_job_lost_on_its_last_attempt_is_settled_once_by_its_compensati
         assert claim is not None and claim.payload == {"render_id": render_id}
         db.session.execute(update(Render).where(Render.id == render_id).values(status="running", progress=40))
         db.session.commit()
-        reaped = records.reap_expired(now=records.utcnow() + timedelta(seconds=5))
+        reaped = records.reap_expired(now=timeutil.utcnow() + timedelta(seconds=5))
         assert reaped == [(claim.id, "dead")]
         assert run_compensations(claim.id) == 1
         assert run_compensations(claim.id) == 0 and sweep_pending() == 0  # applied once, never again

@@ -10,8 +10,7 @@ import pytest
 import requests
 import stripe
 
-from backend.app.errors import ValidationError
-from backend.app.utils.circuit_breaker import CircuitOpenError
+from backend.app.errors import CircuitOpenError, ValidationError
 from backend.app.utils.retry import RetryPolicy, RetryRecord, backoff, call_with_retry
 
 

@@ -78,6 +78,16 @@ def _security_events(
         time.sleep(0.3)
 
 
+def _counted(system: System, event_type: str, at_least: int, timeout: float = 15.0) -> list[dict[str, object]]:
+    """Lines of an aggregated security event once their counts add up to `at_least` (rejection_log.py)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _security_events(system, event_type, 1, timeout=0)
+        if sum(int(line.get("count", 1)) for line in found) >= at_least or time.monotonic() > deadline:  # type: ignore[call-overload]
+            return found
+        time.sleep(0.3)
+
+
 def test_login_brute_force_hits_the_rate_limit_and_is_logged(system: System) -> None:
     _reset_limits(system)
     _call(system, "POST", "/api/auth/register", {"email": "target@example.com", "password": USER_PASSWORD})
@@ -88,14 +98,30 @@ def test_login_brute_force_hits_the_rate_limit_and_is_logged(system: System) -> 
         if answer.status == 429:
             error = answer.json()["error"]
             assert error["code"] == "RATE_LIMITED" and int(answer.headers["Retry-After"]) >= 1
-    assert statuses[:10] == [401] * 10 and statuses[10:] == [429] * 6, statuses
+    # The account's own throttle (5 failures a minute, from any address) stops the guessing first.
+    assert statuses[:5] == [401] * 5 and statuses[5:] == [429] * 11, statuses
     # Even the right password is refused while the limit holds: guessing cannot continue.
     right = _call(system, "POST", "/api/auth/login", {"email": "target@example.com", "password": USER_PASSWORD})
     assert right.status == 429
-    failed = _security_events(system, "login_failed", 10)
-    assert len(failed) >= 10
-    limited = _security_events(system, "rate_limit_exceeded", 7)
-    assert len(limited) >= 7 and all(line.get("endpoint") == "auth.login" for line in limited), limited[:2]
+    failed = _security_events(system, "login_failed", 5)
+    assert len(failed) >= 5
+    # The per-address limit (10 a minute) holds across accounts.
+    others = [
+        _call(
+            system, "POST", "/api/auth/login", {"email": f"other-{n}@example.com", "password": "wrong-guess-x"}
+        ).status
+        for n in range(12)
+    ]
+    assert others[-1] == 429 and set(others) == {401, 429}, others
+    # Every 429 is in the aggregated lines' counts: the account's throttle (naming it) or the address limit.
+    rejected = statuses.count(429) + 1 + others.count(429)
+    throttled = _counted(system, "login_throttled", 5)
+    assert all(line.get("account") == "target@example.com" for line in throttled), throttled[:2]
+    throttled_count = sum(int(line["count"]) for line in throttled)  # type: ignore[call-overload]
+    assert throttled_count >= 5  # guesses 6 to 10 broke only the account's limit
+    limited = _counted(system, "rate_limit_exceeded", rejected - throttled_count)
+    assert throttled_count + sum(int(line["count"]) for line in limited) == rejected  # type: ignore[call-overload]
+    assert all(line.get("endpoint") == "auth.login" for line in limited), limited[:2]
     _reset_limits(system)
 
 
@@ -222,6 +248,7 @@ def test_canary_secrets_appear_in_no_log_and_no_response(system: System) -> None
     user = {"Authorization": f"Bearer {tokens['access_token']}"}
     admin_login = _call(system, "POST", "/api/auth/register", {"email": ADMIN_EMAIL, "password": USER_PASSWORD})
     assert admin_login.status in {201, 409}
+    system.promote_admin(ADMIN_EMAIL)
     admin_token = _call(system, "POST", "/api/auth/login", {"email": ADMIN_EMAIL, "password": USER_PASSWORD}).json()
     admin = {"Authorization": f"Bearer {admin_token['access_token']}"}
     # Wrong passwords (logged as failures), the password in odd places a careless logger would copy.

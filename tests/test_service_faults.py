@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event, select
 
+from backend.app.alerts.delivery import deliver_pending
 from backend.app.errors import APIError
 from backend.app.extensions import db
 from backend.app.models import ServiceFault
@@ -276,6 +278,8 @@ def test_point2_the_alert_fires_while_the_fault_is_open_and_resolves_when_the_op
     assert refused.value.code == "SERVICE_MISCONFIGURED"
 
     assert client.post(evaluate, headers=headers).get_json()["events"] == {"storage-misconfigured": "firing"}
+    with app.app_context():  # what the job worker does with the delivery the evaluation handed off
+        deliver_pending(app, datetime.now(UTC))
     (page,) = webhook_receiver.wait_for(1)
     assert page.json["event"] == "firing" and page.json["rule"] == "storage-misconfigured"
     assert page.json["text"].startswith("[FIRING] storage-misconfigured")
@@ -286,6 +290,8 @@ def test_point2_the_alert_fires_while_the_fault_is_open_and_resolves_when_the_op
     with app.app_context():
         assert get_storage().save("renders/1.mp4", b"video", "video/mp4").location == "bucket"
     assert client.post(evaluate, headers=headers).get_json()["events"] == {"storage-misconfigured": "resolved"}
+    with app.app_context():
+        deliver_pending(app, datetime.now(UTC))
     assert [d.json["event"] for d in webhook_receiver.wait_for(2)] == ["firing", "resolved"]
 
 

@@ -13,10 +13,9 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from backend.app.errors import APIError, NotFoundError, ValidationError
-from backend.app.jobs.records import as_utc
-from backend.app.models.user import utcnow
 from backend.app.services import get_storage
 from backend.app.services.storage import StorageService, StoredObject
+from backend.app.timeutil import as_utc, utcnow
 from backend.app.utils.error_recovery import degraded_services, get_breaker
 from tests.conftest import read_log
 from tests.peers.gcs_emulator import GCSEmulator, storage_client
@@ -135,7 +134,7 @@ def test_fallback_files_reach_the_bucket_once_and_sync_is_idempotent(
         proxy.url,
         gcs_bucket,
         gcs_signing_credentials,
-        CIRCUIT_BREAKERS={"storage": {"min_calls": 3, "recovery_timeout": 0.3}},
+        CIRCUIT_BREAKERS={"storage": {"min_calls": 3, "recovery_timeout": 0.3, "slow_call_seconds": None}},
     )
     proxy.down()
     with app.test_request_context():
@@ -465,7 +464,7 @@ def test_point3_an_open_breaker_stops_the_run_without_spending_attempts(
         proxy.url,
         gcs_bucket,
         gcs_signing_credentials,
-        CIRCUIT_BREAKERS={"storage": {"min_calls": 3, "recovery_timeout": 0.4}},
+        CIRCUIT_BREAKERS={"storage": {"min_calls": 3, "recovery_timeout": 0.4, "slow_call_seconds": None}},
     )
     proxy.down()
     with app.test_request_context():

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request, Response
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from werkzeug.routing import Map
@@ -17,9 +20,11 @@ from config import Config, load_config
 from ..logging_config import configure_logging
 from ..redaction import register_secrets
 from .admin.cli import init_admin_cli
+from .auth.cli import init_users_cli
 from .cli import init_cli
 from .errors import init_error_handlers
 from .extensions import db, jwt, migrate
+from .http_edge import init_http_edge
 from .monitoring import init_error_stats
 from .observability import init_observability
 from .rate_limits import init_rate_limits
@@ -43,10 +48,68 @@ class ApiMap(Map):
         self.converters["int"] = IdConverter  # an id no column can hold is a 404, not a database error
 
 
+class SigningOnceSessionInterface(SecureCookieSessionInterface):
+    """Flask's cookie sessions, with the signing serializer built once per key instead of per request.
+
+    Flask opens the session on every request and builds a new `URLSafeTimedSerializer` to do it
+    (about 10 µs), although this API keeps no session; the serializer holds only its keys and settings.
+    A request without a `Cookie` header (every API client here) gets the new empty session Flask would
+    give it without parsing cookies, and an empty session nobody touched is saved, as Flask saves it,
+    by doing nothing, without reading the seven cookie settings first.
+    """
+
+    _MAX_KEYS = 16  # distinct secret sets (tests build many apps): past this the cache starts over
+
+    def __init__(self) -> None:
+        self._serializers: dict[tuple[Any, ...], URLSafeTimedSerializer | None] = {}
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        """Flask's session; without a Cookie header, the empty one it would open (no secret key: none)."""
+        if "HTTP_COOKIE" not in request.environ:
+            # Flask's open_session without a cookie: None when there is no key to sign with, else a new session.
+            return self.session_class() if app.secret_key else None
+        return super().open_session(app, request)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        """Flask's save; an empty session never read nor changed needs nothing (Flask's own early return)."""
+        if not session and not session.accessed and not session.modified:
+            return
+        super().save_session(app, session, response)
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        """The serializer Flask's own would build for the app's current keys, reused."""
+        key = (app.secret_key, *(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        serializer = self._serializers.get(key)
+        if serializer is None:
+            serializer = super().get_signing_serializer(app)
+            if len(self._serializers) >= self._MAX_KEYS:
+                self._serializers = {}
+            self._serializers[key] = serializer
+        return serializer
+
+
 class OrielFlask(Flask):
-    """Flask with the redirect-free URL map."""
+    """Flask with the redirect-free URL map, cheaper session opening and sync checks."""
 
     url_map_class = ApiMap
+    session_interface = SigningOnceSessionInterface()
+    _MAX_SYNC = 4096  # distinct hook and view callables remembered (bounded: a deployer may add lambdas)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._known_sync: set[Any] = set()
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Flask's check, remembered: it runs `inspect.iscoroutinefunction` on every hook and view of every request."""
+        try:
+            if func in self._known_sync:
+                return func
+        except TypeError:  # an unhashable callable: checked every time, as Flask does
+            return super().ensure_sync(func)
+        result = super().ensure_sync(func)
+        if result is func and len(self._known_sync) < self._MAX_SYNC:
+            self._known_sync.add(func)
+        return result
 
 
 def create_app(config: Config | type[Config] | None = None, **overrides: Any) -> Flask:
@@ -59,6 +122,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     _init_logging(app)
     _init_extensions(app)
     init_request_context(app)
+    init_http_edge(app)  # its limits run right after the request id is assigned
     init_request_metrics(app)
     init_error_handlers(app)
     init_resilience(app)
@@ -69,15 +133,17 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_rate_limits(app)
     init_error_stats(app)
     _init_inbox(app)
-    init_cli(app)
     init_admin_cli(app)
+    init_users_cli(app)
+    init_cli(app)  # last: it guards every command registered before it
     return app
 
 
 def _derive_settings(app: Flask) -> None:
     cfg = app.config
-    os.makedirs(app.instance_path, exist_ok=True)
     if not cfg.get("SQLALCHEMY_DATABASE_URI"):
+        # The embedded default lives in the instance folder; an app whose paths are all set touches nothing there.
+        os.makedirs(app.instance_path, exist_ok=True)
         cfg["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{Path(app.instance_path) / 'oriel.db'}"
     url = make_url(cfg["SQLALCHEMY_DATABASE_URI"])
     engine_options = dict(cfg.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
@@ -162,6 +228,7 @@ def _register_blueprints(app: Flask) -> None:
     from .admin.dead_letters import bp as dead_letters_bp
     from .admin.error_monitoring import bp as monitoring_bp
     from .admin.failed_work import bp as failed_work_bp
+    from .admin.request_trace import bp as request_trace_bp
     from .api import bp as api_bp
     from .auth import bp as auth_bp
     from .jobs import init_jobs
@@ -171,6 +238,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(monitoring_bp)
     app.register_blueprint(dead_letters_bp)
+    app.register_blueprint(request_trace_bp)
     app.register_blueprint(failed_work_bp)
     app.register_blueprint(dashboard_bp)
     init_renders(app)

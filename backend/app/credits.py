@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from .errors import PaymentError
 from .extensions import db
 from .models.billing import CLAWBACK, CONSUME, DEBT, DEBT_SETTLED, GRANT, REFUND, CreditAccount, CreditEntry
-from .models.user import utcnow
+from .timeutil import utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -74,6 +74,20 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
+def missing_schema(exc: BaseException) -> str | None:
+    """The missing table or column when `exc` says the schema is behind the code (not migrated), else None."""
+    if not isinstance(exc, (sa_exc.OperationalError, sa_exc.ProgrammingError)):
+        return None
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    text = str(orig or exc).splitlines()[0] if str(orig or exc) else ""
+    if sqlstate in ("42P01", "42703"):  # PostgreSQL: undefined table, undefined column
+        return text
+    if text.lower().startswith(("no such table", "no such column")) or "has no column named" in text.lower():
+        return text  # SQLite
+    return None
+
+
 def translate_db_error(exc: sa_exc.SQLAlchemyError) -> APIError:
     """The API error for a SQLAlchemy exception."""
     if isinstance(exc, sa_exc.IntegrityError):

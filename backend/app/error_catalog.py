@@ -7,6 +7,7 @@ this registry, so they cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass
 
@@ -67,6 +68,7 @@ _HTTP_CODE_OVERRIDES: dict[int, str] = {
 _RECOVERABLE_STATUSES = frozenset({408, 425, 429, 502, 503, 504})
 
 
+@functools.cache  # one regex substitution per status for the life of the process, not per error response
 def http_code_for(status: int) -> str:
     """The stable code for a generic HTTP status (e.g. 405 → METHOD_NOT_ALLOWED)."""
     if status in _HTTP_CODE_OVERRIDES:

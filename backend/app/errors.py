@@ -86,6 +86,12 @@ class MalformedJSONError(BadRequestError):
     code = "MALFORMED_JSON"
 
 
+class AdminVerificationError(BadRequestError):
+    """The admin verification token is invalid, expired or for another account."""
+
+    code = "ADMIN_VERIFICATION_INVALID"
+
+
 class NotFoundError(APIError):
     """The requested resource does not exist."""
 
@@ -225,6 +231,12 @@ class ExternalServiceError(APIError):
     }
 
 
+class CircuitOpenError(ExternalServiceError):
+    """The service is failing and calls are paused; retry after `retry_after` seconds."""
+
+    code = "CIRCUIT_OPEN"
+
+
 class UpstreamRejectedError(ExternalServiceError):
     """An external service refused this server's request as invalid; the client did nothing wrong."""
 
@@ -282,6 +294,12 @@ class ValidationError(APIError):
 
     status_code = 422
     code = "VALIDATION_ERROR"
+
+
+class IdempotencyKeyReusedError(ValidationError):
+    """This Idempotency-Key was already used for a different request; use a new key."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
 
 
 class RateLimitError(APIError):

@@ -57,7 +57,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from flask import Flask, Response, after_this_request, current_app, make_response, request
@@ -66,10 +66,11 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import ConflictError, ValidationError
+from .errors import ConflictError, IdempotencyKeyReusedError, ValidationError
 from .extensions import db
 from .models.idempotency import DONE, RUNNING, IdempotencyRecord
-from .request_context import get_request_id
+from .request_id import get_request_id
+from .timeutil import as_utc, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,6 @@ _KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 _STORED_HEADERS = ("Content-Type", "Location")
 # Responses a retry may change: released, not stored (5xx are released too).
 _RETRYABLE_4XX = frozenset({402, 408, 409, 425, 429})
-
-
-class IdempotencyKeyReusedError(ValidationError):
-    """This Idempotency-Key was already used for a different request; use a new key."""
-
-    code = "IDEMPOTENCY_KEY_REUSED"
 
 
 class IdempotencyInProgressError(ConflictError):
@@ -136,15 +131,6 @@ class IdempotencyStore(Protocol):
         """Drop the lock of the request holding `token` without storing anything."""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _in_progress(retry_after: int) -> IdempotencyInProgressError:
     return IdempotencyInProgressError(
         "A request with this Idempotency-Key is still running; retry shortly.",
@@ -166,7 +152,7 @@ class SqlIdempotencyStore:
         """INSERT the claim; on a conflict read the row, taking it over only if it expired."""
         self._purge_now_and_then()
         token = uuid.uuid4().hex
-        now = _now()
+        now = utcnow()
         values = {
             "user_id": user_id,
             "key": key,
@@ -190,7 +176,7 @@ class SqlIdempotencyStore:
                 row = conn.execute(select(table).where(table.c.user_id == user_id, table.c.key == key)).first()
                 if row is None:
                     continue  # released or purged in between: try the INSERT again
-                expired = _aware(row.expires_at) <= now or (row.state == RUNNING and _aware(row.locked_until) <= now)
+                expired = as_utc(row.expires_at) <= now or (row.state == RUNNING and as_utc(row.locked_until) <= now)
                 if not expired:
                     return self._claim_of(row, now)
                 # Compare-and-set on the old token: of two takers of an expired claim, one wins.
@@ -206,7 +192,7 @@ class SqlIdempotencyStore:
         if row.state == DONE:
             stored = StoredResponse(row.status_code, bytes(row.response_body or b""), json.loads(row.response_headers))
             return Claim(row.fingerprint, stored=stored)
-        left = (_aware(row.locked_until) - now).total_seconds()
+        left = (as_utc(row.locked_until) - now).total_seconds()
         return Claim(row.fingerprint, retry_after=max(1, min(self.retry_after, math.ceil(left))))
 
     def finish(self, user_id: int, key: str, token: str, response: StoredResponse) -> None:
@@ -221,7 +207,7 @@ class SqlIdempotencyStore:
                     status_code=response.status,
                     response_body=response.body,
                     response_headers=json.dumps(response.headers),
-                    expires_at=_now() + timedelta(seconds=self.ttl),
+                    expires_at=utcnow() + timedelta(seconds=self.ttl),
                 )
             )
 
@@ -238,7 +224,7 @@ class SqlIdempotencyStore:
         self._next_purge = time.monotonic() + 600
         table = IdempotencyRecord.__table__
         with db.engine.begin() as conn:
-            conn.execute(delete(table).where(table.c.expires_at <= _now()))
+            conn.execute(delete(table).where(table.c.expires_at <= utcnow()))
 
 
 def get_store(app: Flask | None = None) -> IdempotencyStore:

@@ -1,12 +1,13 @@
 """Prometheus metrics at `GET /metrics`, correct under many gunicorn workers.
 
-Counters are fed by hooks that already exist: an `after_request` hook (requests by method,
-endpoint and status, and their durations), the `error_occurred` signal (error responses by code),
-a breaker listener (transitions, rejections) and a recovery listener (outbound calls by outcome,
-retries, fallbacks served). Values that live elsewhere are read at scrape time, by the process
-that answers the scrape: breaker states (from the breaker store, shared on Redis), queue depth,
-dead letters and job records by kind and status (from the database), and the failed-work inbox's
-size and oldest item's age by kind (a source that cannot be read is left out, never the scrape).
+Counters are fed by hooks that already exist: a request observer called from the app's one
+`after_request` hook (requests by method, endpoint and status, and their durations), the
+`error_occurred` signal (error responses by code), a breaker listener (transitions, rejections)
+and a recovery listener (outbound calls by outcome, retries, fallbacks served). Values that live
+elsewhere are read at scrape time, by the process that answers the scrape: breaker states (from
+the breaker store, shared on Redis), queue depth, dead letters and job records by kind and status
+(from the database), and the failed-work inbox's size and oldest item's age by kind (a source that
+cannot be read is left out, never the scrape).
 
 Several processes: with `PROMETHEUS_MULTIPROC_DIR` set in the environment before the process
 starts (prometheus-client decides at import), every worker writes its counters to files there and
@@ -26,13 +27,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Request, Response, current_app, request
 
 from ..redaction import register_secrets
-from .error_handlers import error_occurred
 from .errors import APIError, AuthenticationError
 from .openapi import documented
-from .request_context import request_started
+from .rate_limits import never_rate_limited
+from .request_context import add_request_observer
+from .signals import error_occurred
 from .utils.breaker_store import BreakerState
 from .utils.circuit_breaker import BreakerListener, CircuitBreaker
 from .utils.classifier import classify
@@ -113,6 +115,7 @@ class Metrics:
             registry=reg,
         )
         self.request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.error_children: dict[tuple[str, int], Any] = {}
 
 
 class _BreakerMetrics(BreakerListener):
@@ -214,27 +217,33 @@ class _ScrapeTimeCollector:
         yield jobs
 
 
-def _record_request(response: Response) -> Response:
-    metrics: Metrics | None = current_app.extensions.get(EXTENSION)
-    started = request_started.get()
-    if metrics is None or started is None:
-        return response
-    endpoint = request.endpoint or "unmatched"  # bounded label: never the raw path
-    key = (request.method, endpoint, response.status_code)
-    children = metrics.request_children.get(key)
-    if children is None:
-        # labels() costs a lock and a tuple build per call; the (bounded) children are cached instead.
-        children = (metrics.requests.labels(key[0], endpoint, str(key[2])), metrics.duration.labels(endpoint))
-        metrics.request_children[key] = children
-    children[0].inc()
-    children[1].observe(time.perf_counter() - started)
-    return response
+def _request_recorder(metrics: Metrics) -> Any:
+    children = metrics.request_children
+
+    def record_request(req: Request, response: Response, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        endpoint = req.endpoint or "unmatched"  # bounded label: never the raw path
+        key = (req.method, endpoint, response.status_code)
+        pair = children.get(key)
+        if pair is None:
+            # labels() costs a lock and a tuple build per call; the (bounded) children are cached instead.
+            pair = (metrics.requests.labels(key[0], endpoint, str(key[2])), metrics.duration.labels(endpoint))
+            children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    return record_request
 
 
 def _on_error(sender: Flask, error: APIError, **_: Any) -> None:
     metrics: Metrics | None = sender.extensions.get(EXTENSION)
     if metrics is not None:
-        metrics.errors.labels(error.code, str(error.status_code)).inc()
+        key = (error.code, error.status_code)
+        child = metrics.error_children.get(key)
+        if child is None:  # as for requests: codes are a bounded set, labels() is not free
+            child = metrics.error_children[key] = metrics.errors.labels(key[0], str(key[1]))
+        child.inc()
 
 
 def init_metrics(app: Flask) -> Metrics | None:
@@ -245,7 +254,7 @@ def init_metrics(app: Flask) -> Metrics | None:
     metrics = Metrics()
     app.extensions[EXTENSION] = metrics
     app.extensions["metrics_collector"] = _ScrapeTimeCollector(app)
-    app.after_request(_record_request)
+    add_request_observer(app, _request_recorder(metrics))
     error_occurred.connect(_on_error, sender=app, weak=False)
     app.extensions["breakers"].add_listener(_BreakerMetrics(metrics))
     app.extensions["resilience"].listeners.append(_recovery_listener(metrics))
@@ -264,6 +273,7 @@ def _check_token() -> None:
 
 
 @bp.get("/metrics")
+@never_rate_limited  # one scraper polls it; METRICS_TOKEN guards it
 @documented(
     "Prometheus metrics (text format); a bearer token when METRICS_TOKEN is set",
     tag="health",

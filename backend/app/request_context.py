@@ -1,92 +1,84 @@
-"""Request IDs, W3C trace context and the per-request log context.
+"""The per-request log context, and the one hook before and after every request.
 
-An incoming `X-Request-ID` is reused only when it is safe to log and echo; otherwise a fresh one is
-generated and the rejected value is reported to `security.log`. The values live in `flask.g` for the
-request and in a contextvar for the log formatter, so log lines carry them from any thread-local
-call path without passing them around.
+Before every request the request ID (`request_id.py`) and the W3C trace id are chosen and bound, with the
+method, path, endpoint and client address, to the log context, so log lines carry them from any
+thread-local call path without passing them around.
+
+After every request one `after_request` hook echoes the ID and calls the request observers other
+modules add (`add_request_observer`: the performance.log line, metrics, SLO counts, error
+statistics). One hook calling a list is cheaper than a hook each: Flask looks up, checks and calls
+every hook function on every request, and each would look up the request again.
 """
 
 from __future__ import annotations
 
-import re
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from flask import Flask, g, has_request_context, request
+from flask import Flask, Request, Response, g, request
 
-from ..logging_config import bind_log_context, clear_log_context, log_security_event
-from .utils.ids import uuid7_hex
+from ..logging_config import bind_cleaned_log_context, clear_log_context
+from ..redaction import clean_text
+from .request_id import REQUEST_ID_HEADER, _choose_request_id, get_request_id, parse_traceparent
 
-REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-TRACEPARENT_PATTERN = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+#: What an observer is given after every request: the request, the response, and the seconds since
+#: the request started (None when the start hook did not run for it).
+RequestObserver = Callable[[Request, Response, "float | None"], None]
+OBSERVERS = "request_observers"
 
 request_started: ContextVar[float | None] = ContextVar("request_started", default=None)
 
 
-def new_request_id() -> str:
-    """A fresh, unguessable, time-ordered request ID (UUIDv7 hex: error events index it)."""
-    return uuid7_hex()
-
-
-def parse_traceparent(value: str | None) -> str | None:
-    """The trace id of a valid W3C `traceparent` header (version 00), else None."""
-    if not value:
-        return None
-    match = TRACEPARENT_PATTERN.match(value.strip().lower())
-    if match is None:
-        return None
-    trace_id, parent_id = match.group(1), match.group(2)
-    if trace_id == "0" * 32 or parent_id == "0" * 16:  # all-zero ids are invalid per the spec
-        return None
-    return trace_id
-
-
-def get_request_id() -> str:
-    """The current request's ID, created on first use (also inside error handlers)."""
-    if not has_request_context():
-        return new_request_id()
-    rid = g.get("request_id")
-    if rid is None:
-        rid = _assign_request_id()
-    return rid
-
-
-def _assign_request_id() -> str:
-    incoming = request.headers.get(REQUEST_ID_HEADER)
-    if incoming is not None and REQUEST_ID_PATTERN.fullmatch(incoming):  # `$` would accept a trailing \n
-        rid = incoming
-    else:
-        rid = new_request_id()
-        if incoming is not None:
-            log_security_event(
-                "request_id_rejected",
-                "Incoming X-Request-ID rejected; a new one was generated",
-                request_id=rid,
-                rejected_value=incoming[:200],
-            )
-    g.request_id = rid
-    return rid
-
-
 def _start_request() -> None:
     request_started.set(time.perf_counter())
-    rid = get_request_id()
-    g.trace_id = parse_traceparent(request.headers.get("traceparent"))
-    bind_log_context(
-        request_id=rid,
-        trace_id=g.trace_id,
-        method=request.method,
-        path=request.path,
-        endpoint=request.endpoint,
-        remote_addr=request.remote_addr,
-    )
+    # One proxy look-up each, and headers read from the WSGI environ (werkzeug's header look-up
+    # upper-cases the name on every call): this runs before every request.
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    request_g = g._get_current_object()  # type: ignore[attr-defined]
+    environ = req.environ
+    rid = request_g.get("request_id")
+    generated = False
+    if rid is None:
+        rid, generated = _choose_request_id(request_g, environ.get("HTTP_X_REQUEST_ID"))
+    traceparent = environ.get("HTTP_TRACEPARENT")
+    trace_id = request_g.trace_id = parse_traceparent(traceparent) if traceparent else None
+    # Cleaned here, as bind_log_context would, except what cannot hold a secret or a control
+    # character: our own hex request id and a validated hex trace id. The rest hit clean_text's cache.
+    fields: dict[str, Any] = {"request_id": rid if generated else clean_text(rid)}
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
+    fields["method"] = clean_text(req.method)
+    fields["path"] = clean_text(req.path)
+    endpoint = req.endpoint
+    if endpoint is not None:
+        fields["endpoint"] = clean_text(endpoint)
+    remote_addr = req.remote_addr
+    if remote_addr is not None:
+        fields["remote_addr"] = clean_text(remote_addr)
+    bind_cleaned_log_context(fields)
 
 
-def _tag_response(response: Any) -> Any:
-    response.headers[REQUEST_ID_HEADER] = get_request_id()
-    return response
+def add_request_observer(app: Flask, observer: RequestObserver) -> None:
+    """Call `observer(request, response, seconds)` after every request, from the one `after_request` hook."""
+    app.extensions.setdefault(OBSERVERS, []).append(observer)
+
+
+def _request_finisher(observers: list[RequestObserver]) -> Callable[[Response], Response]:
+    """The app's `after_request` hook: echo the request ID, then call its observers in order."""
+
+    def _finish_request(response: Response) -> Response:
+        rid = g.get("request_id")
+        response.headers[REQUEST_ID_HEADER] = rid if rid is not None else get_request_id()
+        started = request_started.get()
+        seconds = time.perf_counter() - started if started is not None else None
+        req = request._get_current_object()  # type: ignore[attr-defined] - one proxy lookup for every observer
+        for observe in observers:
+            observe(req, response, seconds)
+        return response
+
+    return _finish_request
 
 
 def _end_request(_exc: BaseException | None) -> None:
@@ -94,7 +86,7 @@ def _end_request(_exc: BaseException | None) -> None:
 
 
 def init_request_context(app: Flask) -> None:
-    """Assign IDs before any other hook runs and echo them on every response."""
+    """Assign IDs before any other hook runs, echo them and call the observers after every request."""
     app.before_request_funcs.setdefault(None, []).insert(0, _start_request)
-    app.after_request(_tag_response)
+    app.after_request(_request_finisher(app.extensions.setdefault(OBSERVERS, [])))
     app.teardown_request(_end_request)

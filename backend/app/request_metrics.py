@@ -4,20 +4,21 @@ The line carries the duration, status and endpoint (method, path, request ID com
 context); error responses also carry the query string and the request headers, redacted, because
 that is what a reader needs to reproduce a failure. `REQUEST_LOGGING_ENABLED=False` keeps only the
 slow-request warning (the benchmark's "logging off" baseline); `SLOW_REQUEST_MS` sets the threshold.
-The same hook calls the request observers other modules add (`add_request_observer`: the error
-statistics count requests there).
+It is a request observer (`request_context.add_request_observer`), called from the app's one
+`after_request` hook with the request, the response and the duration.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, g
 
 from ..logging_config import FlatFields, log_performance_metric
-from .request_context import request_started
+from .request_context import add_request_observer
 
 # Headers worth having next to a failed request; everything else is noise in the log.
 _ERROR_HEADERS = ("Authorization", "Cookie", "User-Agent", "Content-Type", "Content-Length", "Referer", "Origin")
@@ -29,31 +30,15 @@ _ERROR_HEADER_KEYS = tuple(
 )
 
 
-OBSERVERS = "request_observers"
-
-
-def add_request_observer(app: Flask, observer: Callable[[], None]) -> None:
-    """Call `observer()` once after every request, from this module's one `after_request` hook.
-
-    Cheaper than a hook of its own: Flask inspects every hook function on every request.
-    """
-    app.extensions.setdefault(OBSERVERS, []).append(observer)
-
-
-def _record_request(response: Response) -> Response:
-    app = current_app._get_current_object()  # type: ignore[attr-defined] - one proxy lookup, not three
-    for observe in app.extensions.get(OBSERVERS, ()):
-        observe()
-    started = request_started.get()
-    if started is None:
-        return response
-    duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
-    cfg = app.config
+def _log_request(cfg: Mapping[str, Any], req: Request, response: Response, seconds: float | None) -> None:
+    if seconds is None:
+        return
+    duration_ms = round(seconds * 1000.0, 3)
     slow = duration_ms >= cfg["SLOW_REQUEST_MS"]
-    if not (cfg["REQUEST_LOGGING_ENABLED"] or slow):
-        return response
+    enabled = cfg["REQUEST_LOGGING_ENABLED"]
+    if not (enabled or slow):
+        return
     status = response.status_code
-    req = request._get_current_object()  # type: ignore[attr-defined] - one proxy lookup, not three
     fields: dict[str, object] = {"status": status, "endpoint": req.endpoint}
     environ = req.environ
     query = environ.get("QUERY_STRING")
@@ -63,17 +48,17 @@ def _record_request(response: Response) -> Response:
         fields["error_code"] = g.get("error_code")
         # Handed over to the log writer (which redacts it), so built fresh here and never changed.
         fields["headers"] = FlatFields({name: environ[key] for name, key in _ERROR_HEADER_KEYS if key in environ})
-    if cfg["REQUEST_LOGGING_ENABLED"]:
+    if enabled:
         log_performance_metric("request", duration_ms, **fields)
     if slow:
         log_performance_metric(
             "slow_request", duration_ms, level=logging.WARNING, threshold_ms=cfg["SLOW_REQUEST_MS"], **fields
         )
-    return response
 
 
 def init_request_metrics(app: Flask) -> None:
     """Log every request's duration to `performance.log` (after the response is built)."""
     app.config.setdefault("REQUEST_LOGGING_ENABLED", True)
     app.config.setdefault("SLOW_REQUEST_MS", 1000)
-    app.after_request(_record_request)
+    # The app's own config dict: settings changed later are still read on each request.
+    add_request_observer(app, partial(_log_request, app.config))

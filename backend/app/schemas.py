@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 
 class StrictModel(BaseModel):
@@ -17,6 +17,13 @@ class RegisterRequest(StrictModel):
     """New account."""
 
     email: EmailStr = Field(max_length=254)
+    password: str = Field(min_length=8, max_length=128)
+
+
+class VerifyAdminRequest(StrictModel):
+    """The emailed admin verification token and the password the mailbox owner chooses."""
+
+    token: str = Field(min_length=1, max_length=1000)
     password: str = Field(min_length=8, max_length=128)
 
 
@@ -177,6 +184,75 @@ class RecentErrorsOut(BaseModel):
     next_cursor: str | None
 
 
+class RequestFactsOut(BaseModel):
+    """What a traced request was: from its performance.log line, else from its first error event."""
+
+    request_id: str
+    source: Literal["performance.log", "error_events"]
+    at: str | None
+    method: str | None
+    path: str | None
+    endpoint: str | None
+    status: int | None
+    duration_ms: float | None
+    user_id: int | None
+    error_code: str | None
+
+
+class TraceJobErrorOut(BaseModel):
+    """A job's last error."""
+
+    code: str
+    message: str | None
+
+
+class TraceJobOut(BaseModel):
+    """A job the traced request started, with its error history."""
+
+    id: int
+    kind: str
+    queue: str
+    status: str
+    attempts: int
+    max_attempts: int
+    user_id: int | None
+    payload: dict[str, Any]
+    last_error: TraceJobErrorOut | None
+    errors: list[dict[str, Any]]
+    failure_analysis: str | None
+    created_at: str | None
+    finished_at: str | None
+    next_attempt_at: str | None
+
+
+class TraceEventOut(ErrorEventOut):
+    """An error event of the traced request or of its jobs (`context` names the job and attempt)."""
+
+    context: Any = None
+
+
+class TraceLogsOut(BaseModel):
+    """The log lines that carry the request id, earliest first, from a bounded read of `logs/*.log`."""
+
+    lines: list[dict[str, Any]]
+    matched: int
+    truncated: bool
+    files: list[dict[str, Any]]
+    max_lines: int
+    max_bytes_per_file: int
+
+
+class RequestTraceOut(BaseModel):
+    """Everything that carries one request id: the request, its jobs, their errors, groups and log lines."""
+
+    request_id: str
+    request: RequestFactsOut | None
+    jobs: list[TraceJobOut]
+    error_events: list[TraceEventOut]
+    error_groups: list[ErrorGroupOut]
+    logs: TraceLogsOut
+
+
 class ErrorTotalsOut(BaseModel):
     """All-time totals over every group."""
 
@@ -203,6 +279,10 @@ class RateWindowOut(BaseModel):
     requests: int
     errors_per_minute: float
     error_ratio: float | None
+    server_errors: int  # 5xx and failures outside a request (jobs)
+    server_error_ratio: float | None
+    client_errors: int  # 4xx: the caller's mistakes (not found, invalid, expired token)
+    client_error_ratio: float | None
 
 
 class WriterStatusOut(BaseModel):
@@ -211,10 +291,21 @@ class WriterStatusOut(BaseModel):
     pending: int
     dropped: int
     failed_flushes: int
+    sampled_out: int  # 4xx events counted in the rollups whose raw row this process did not keep
+
+
+class ClientReportsOut(BaseModel):
+    """What browser clients reported: counted apart, never as server errors."""
+
+    reports: int
+    groups: int
+    last_24h: int
+    by_code: dict[str, int]
+    top_groups: list[ErrorGroupOut]
 
 
 class ErrorStatsOut(BaseModel):
-    """Error statistics from the groups and rollups."""
+    """Server error statistics from the groups and rollups, and the client reports beside them."""
 
     generated_at: str | None
     totals: ErrorTotalsOut
@@ -223,6 +314,7 @@ class ErrorStatsOut(BaseModel):
     by_severity: dict[str, int]
     rates: dict[str, RateWindowOut]
     top_groups: list[ErrorGroupOut]
+    client_reports: ClientReportsOut
     writer: WriterStatusOut | None
 
 
@@ -544,19 +636,27 @@ class BreakerListOut(BaseModel):
     breakers: dict[str, BreakerSnapshotOut]
 
 
+class PropagationOut(BaseModel):
+    """Where an admin action is shared and how soon every process applies it."""
+
+    shared_through: Literal["redis", "database", "process"]
+    within_seconds: float
+
+
 class BreakerActionOut(BaseModel):
-    """The result of an admin action on breakers."""
+    """The result of an admin action on breakers (the answering process's snapshots)."""
 
     status: Literal["success"]
     action: str
     breakers: dict[str, BreakerSnapshotOut]
+    propagation: PropagationOut
 
 
 class DegradedServiceOut(BaseModel):
     """One failing dependency from a user's point of view."""
 
     service: str
-    state: str
+    state: str  # the breaker's state, or "not_configured"
     features: list[str]
     fallback_active: bool
     fallback: str | None
@@ -565,9 +665,9 @@ class DegradedServiceOut(BaseModel):
 
 
 class DegradationOut(BaseModel):
-    """Open breakers → affected features, whether a fallback serves, what users should expect."""
+    """Open breakers and unconfigured services → affected features, fallbacks, what users should expect."""
 
-    degraded: bool
+    degraded: bool  # an outage (not-configured services alone are not one)
     level: Literal["ok", "degraded", "down"]
     services: list[DegradedServiceOut]
 
@@ -576,7 +676,8 @@ class SystemHealthOut(BaseModel):
     """The public health level and the degraded features only."""
 
     status: Literal["ok", "degraded", "down"]
-    degraded_features: list[str]
+    degraded_features: list[str]  # failing now (an outage)
+    unavailable_features: list[str]  # not set up on this server (payments without Stripe)
 
 
 class RateLimitOut(BaseModel):
@@ -599,13 +700,14 @@ class NotificationOut(BaseModel):
     """An error that hit the caller (or a system alert, for admins) with the action to take."""
 
     id: str
-    kind: Literal["error", "system"]
+    kind: Literal["error", "render", "system"]
     severity: str
     code: str
     title: str
     action: str
     occurred_at: str | None
     request_id: str | None
+    render_id: int | None = None  # kind "render": the failed render (GET /api/renders/<id>)
 
 
 class NotificationsOut(BaseModel):
@@ -770,10 +872,11 @@ class FaultRuleOut(BaseModel):
 
 
 class FaultListOut(BaseModel):
-    """Live rules of the process that answered, and how many faults each service got."""
+    """Live rules, where they are shared, and how many faults each service got in the answering process."""
 
     enabled: bool
     scope: Literal["process", "shared"]
+    propagation: PropagationOut
     rules: list[FaultRuleOut]
     injected: dict[str, int]
 
@@ -805,60 +908,22 @@ class EmailChannel(StrictModel):
 
 AlertChannel = Annotated[WebhookChannel | PagerDutyChannel | EmailChannel, Field(discriminator="type")]
 
-#: Required params per alert kind.
-ALERT_PARAMS: dict[str, tuple[str, ...]] = {
-    "error_rate": ("threshold",),
-    "code_count": ("code", "threshold"),
-    "breaker_open": ("service",),
-    "dead_letters": (),
-    "slo_burn": ("group", "long_seconds", "short_seconds", "factor"),
-    "failed_work": ("older_than_minutes",),
-    "service_misconfigured": (),  # optional `service`; without it, any service
-}
-
-
-def check_failed_work_params(params: dict[str, str | int | float]) -> None:
-    """`failed_work` params: `older_than_minutes` >= 0, optional inbox `kind`, `threshold` >= 1 (default 1)."""
-    from .monitoring.inbox import KINDS  # at validation time: schemas stay importable first
-
-    unknown = sorted(set(params) - {"older_than_minutes", "kind", "threshold"})
-    if unknown:
-        raise ValueError(f"params for failed_work do not take: {', '.join(unknown)}")
-    minutes = params.get("older_than_minutes")
-    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 <= minutes <= 525_600:
-        raise ValueError("older_than_minutes must be a number of minutes from 0 to 525600")
-    threshold = params.get("threshold", 1)
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= 1_000_000:
-        raise ValueError("threshold must be a whole number from 1 to 1000000")
-    if "kind" in params and params["kind"] not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-
 
 class AlertRuleRequest(StrictModel):
-    """Create or replace (by name) an alert rule."""
+    """Create or replace (by name) an alert rule; `params` are checked per kind (`alerts.params`).
+
+    No channels: the rule still fires into the admin notifications and app.log (the default burn-rate rules).
+    """
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     kind: Literal[
         "error_rate", "code_count", "breaker_open", "dead_letters", "slo_burn", "failed_work", "service_misconfigured"
     ]
     params: dict[Annotated[str, Field(max_length=32)], str | int | float] = Field(default_factory=dict, max_length=10)
-    channels: list[AlertChannel] = Field(min_length=1, max_length=10)
+    channels: list[AlertChannel] = Field(default_factory=list, max_length=10)
     severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = "HIGH"
     cooldown_seconds: int = Field(default=300, ge=0, le=86400)
     enabled: bool = True
-
-    @model_validator(mode="after")
-    def _params_for_kind(self) -> AlertRuleRequest:
-        missing = [key for key in ALERT_PARAMS[self.kind] if key not in self.params]
-        if missing:
-            raise ValueError(f"params for {self.kind} need: {', '.join(missing)}")
-        return self
-
-    @model_validator(mode="after")
-    def _failed_work_params(self) -> AlertRuleRequest:
-        if self.kind == "failed_work":
-            check_failed_work_params(self.params)
-        return self
 
 
 class AlertRuleOut(BaseModel):
@@ -877,6 +942,8 @@ class AlertRuleOut(BaseModel):
     last_value: float | None
     last_evaluated_at: str | None
     last_notified_at: str | None
+    last_error: str | None
+    signing_secret: str | None = None  # only when the rule is created or its secret rotated: shown once
 
 
 class AlertDeliveryOut(BaseModel):
@@ -886,6 +953,7 @@ class AlertDeliveryOut(BaseModel):
     rule_id: int
     event: str
     channel_type: str
+    breaker: str | None
     status: str
     attempts: int
     last_error: str | None
@@ -901,10 +969,44 @@ class AlertRulesOut(BaseModel):
 
 
 class AlertEvaluationOut(BaseModel):
-    """What one evaluation changed and sent."""
+    """What one evaluation changed, which rules failed, and the deliveries handed to the job worker."""
 
     events: dict[str, str]
+    errors: dict[str, str]
     deliveries: dict[str, int]
+    delivery_job: int | None
+
+
+class AlertTestOutcome(BaseModel):
+    """What one channel did with a test alert."""
+
+    index: int
+    type: str
+    breaker: str | None
+    outcome: Literal["sent", "queued", "failed"]
+    error_code: str | None
+    error: str | None
+
+
+class AlertTestOut(BaseModel):
+    """A test alert's outcome per channel."""
+
+    rule: str
+    channels: list[AlertTestOutcome]
+
+
+class AlertSecretOut(BaseModel):
+    """A rule's new signing secret (shown this once)."""
+
+    rule: str
+    signing_secret: str
+
+
+class AlertDeletedOut(BaseModel):
+    """A deleted rule and how many of its deliveries went with it."""
+
+    deleted: str
+    deliveries_removed: int
 
 
 class BurnWindowOut(BaseModel):
@@ -921,12 +1023,16 @@ class SloBudgetOut(BaseModel):
     """One endpoint group's SLO and the share of its error budget left."""
 
     group: str
+    kind: Literal["requests", "jobs"]  # `jobs`: finished background jobs, the bad ones failed for good
     objective: float
     window_days: float
-    requests: int
-    errors: int
+    requests: int  # requests (or jobs) counted: not-configured answers are not among them
+    errors: int  # server faults (5xx, jobs failed for good)
+    not_configured: int  # 503 SERVICE_NOT_CONFIGURED answers: a set-up gap, reported, never burned as an outage
     availability: float | None
-    budget_remaining: float
+    budget_remaining: float  # 1 untouched, 0 spent; below 0 when exhausted
+    budget_consumed: float  # budgets spent over the window: 1.5 is half a budget over
+    exhausted: bool
     burn: list[BurnWindowOut]
 
 

@@ -1,6 +1,7 @@
 """Parse and validate JSON request bodies and query strings with pydantic, raising our errors.
 
-Malformed JSON is a 400 `MALFORMED_JSON`, a non-JSON content type a 415, and field problems a 422
+Malformed JSON is a 400 `MALFORMED_JSON` (so is JSON nested deeper than `MAX_JSON_DEPTH`: `[` x 100,000
+would otherwise exhaust the recursion limit of the parser), a non-JSON content type a 415, and field problems a 422
 `VALIDATION_ERROR` whose `details.fields` maps each field path to its problem. A query string is checked
 the same way (422 naming each bad parameter); a parameter given twice is refused, never half-read.
 """
@@ -8,7 +9,7 @@ the same way (422 naming each bad parameter); a parameter given twice is refused
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pydantic
 from flask import request
@@ -17,6 +18,35 @@ from .errors import MalformedJSONError, UnsupportedMediaTypeError, ValidationErr
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 Q = TypeVar("Q", bound=pydantic.BaseModel)
+
+#: Deepest nesting of arrays and objects a request body may have (no endpoint needs more than a few).
+MAX_JSON_DEPTH = 32
+
+
+def deeper_than(data: Any, limit: int) -> bool:
+    """Whether parsed JSON nests arrays/objects more than `limit` deep (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse a request body; ValueError when it is not JSON or nests deeper than `MAX_JSON_DEPTH`."""
+    try:
+        data = json.loads(raw)
+    except RecursionError as exc:  # the C parser's own depth guard, far above ours
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from exc
+    # Fewer brackets than the limit cannot nest deeper: the walk runs only for bodies that might.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and deeper_than(data, MAX_JSON_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
 
 
 def field_errors(exc: pydantic.ValidationError) -> dict[str, str]:
@@ -37,11 +67,14 @@ def parse_json(model: type[M]) -> M:
         )
     raw = request.get_data(cache=True)
     try:
-        data = json.loads(raw)
+        data = load_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
+        too_deep = not isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError))
         raise MalformedJSONError(
-            "The request body is not valid JSON.",
-            details={"position": getattr(exc, "pos", None)},
+            f"The request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels."
+            if too_deep
+            else "The request body is not valid JSON.",
+            details={"max_depth": MAX_JSON_DEPTH} if too_deep else {"position": getattr(exc, "pos", None)},
         ) from exc
     try:
         return model.model_validate(data)

@@ -10,7 +10,6 @@ import getpass
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -21,10 +20,14 @@ from sqlalchemy import select
 from ...logging_config import log_security_event
 from ..errors import APIError
 from ..extensions import db
+from ..routing import MAX_BIGINT
+from ..timeutil import utcnow
 from ..utils.circuit_breaker import BreakerRegistry
 
 GROUP = "monitoring"
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (the admin API's shape).")
+# A record id, bounded like the API's `<int:...>` routes: an id no column can hold is a usage error, not a traceback.
+ID = click.IntRange(1, MAX_BIGINT)
 
 
 def cli_actor() -> str:
@@ -71,6 +74,31 @@ def _breaker_rows(snapshots: dict[str, dict[str, Any]]) -> list[list[Any]]:
 BREAKER_HEADERS = ("service", "state", "failures", "rate", "retry after", "storage")
 
 
+def _shared_admin_action(action: Callable[[], None]) -> None:
+    """Run a breaker action that must reach the serving processes, or fail with one clear line.
+
+    A command runs in its own process: an action kept in this process's memory would print a success the
+    server never sees, so it is refused; a store that cannot take the write raises and changes nothing.
+    """
+    if _registry().propagation()["shared_through"] == "process":
+        raise click.ClickException(
+            "Not applied: breaker state lives in each process's memory here (no REDIS_URL, and the database is "
+            "in memory), so a command cannot reach the server. Use the admin API "
+            "(POST /admin/api/monitoring/circuit-breakers/...) on the server instead."
+        )
+    try:
+        action()
+    except APIError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+
+
+def _applies(propagation: dict[str, Any]) -> str:
+    through, within = propagation["shared_through"], propagation["within_seconds"]
+    if through == "redis":
+        return "Every process sees it now (shared through Redis)."
+    return f"Every process applies it within {within:g} s (shared through the database)."
+
+
 @click.command("health")
 @json_option
 @with_appcontext
@@ -112,6 +140,10 @@ def health(as_json: bool) -> None:
     _emit(report, as_json, text)
 
 
+def _percent(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2%}"
+
+
 @click.command("stats")
 @json_option
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1, 50), help="How many top groups.")
@@ -125,10 +157,11 @@ def stats(as_json: bool, top: int) -> None:
     rates = [
         [
             name,
-            r["errors"],
             r["requests"],
-            r["errors_per_minute"],
-            "n/a" if r["error_ratio"] is None else f"{r['error_ratio']:.2%}",
+            r["server_errors"],
+            _percent(r["server_error_ratio"]),
+            r["client_errors"],
+            _percent(r["client_error_ratio"]),
         ]
         for name, r in data["rates"].items()
     ]
@@ -138,7 +171,7 @@ def stats(as_json: bool, top: int) -> None:
             f"Errors: {totals['errors']} in {totals['groups']} groups "
             f"({totals['unresolved']} unresolved, {totals['acknowledged']} acknowledged, "
             f"{totals['resolved']} resolved, {totals['regressed']} regressed)",
-            table(("window", "errors", "requests", "errors/min", "error ratio"), rates),
+            table(("window", "requests", "5xx", "5xx ratio", "4xx", "4xx ratio"), rates),
             "Top groups (24 h):\n" + table(("id", "code", "24h", "total", "status", "title"), groups)
             if groups
             else "Top groups (24 h): none",
@@ -169,10 +202,12 @@ def reset(service: str, as_json: bool) -> None:
     if breaker is None:
         known = ", ".join(sorted(_registry().all()))
         raise click.ClickException(f"No circuit breaker named {service!r} (known: {known}).")
-    breaker.reset(cli_actor())  # the breaker writes the action, with the actor, to security.log
+    _shared_admin_action(lambda: breaker.reset(cli_actor()))  # the breaker logs it, with the actor, to security.log
     snap = {service: breaker.snapshot()}
-    data = {"status": "success", "action": "reset", "breakers": snap}
-    _emit(data, as_json, f"Reset {service}.\n" + table(BREAKER_HEADERS, _breaker_rows(snap)))
+    propagation = _registry().propagation()
+    data = {"status": "success", "action": "reset", "breakers": snap, "propagation": propagation}
+    text = f"Reset {service}. {_applies(propagation)}\n" + table(BREAKER_HEADERS, _breaker_rows(snap))
+    _emit(data, as_json, text)
 
 
 @click.command("reset-all")
@@ -181,10 +216,12 @@ def reset(service: str, as_json: bool) -> None:
 def reset_all(as_json: bool) -> None:
     """Reset every breaker as the CLI actor."""
     registry = _registry()
-    registry.reset_all(cli_actor())
+    _shared_admin_action(lambda: registry.reset_all(cli_actor()))
     snaps = registry.snapshot()
-    data = {"status": "success", "action": "reset", "breakers": snaps}
-    _emit(data, as_json, f"Reset {len(snaps)} breakers.\n" + table(BREAKER_HEADERS, _breaker_rows(snaps)))
+    propagation = registry.propagation()
+    data = {"status": "success", "action": "reset", "breakers": snaps, "propagation": propagation}
+    text = f"Reset {len(snaps)} breakers. {_applies(propagation)}\n" + table(BREAKER_HEADERS, _breaker_rows(snaps))
+    _emit(data, as_json, text)
 
 
 @click.command("list")
@@ -217,7 +254,7 @@ def dlq_list(as_json: bool, kind: str | None, archived: bool, limit: int) -> Non
 
 
 @click.command("requeue")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 @json_option
 @with_appcontext
 def dlq_requeue(job_id: int, as_json: bool) -> None:
@@ -244,7 +281,7 @@ def alerts_test(name: str, as_json: bool) -> None:
     rule = db.session.scalar(select(AlertRule).where(AlertRule.name == name))
     if rule is None:
         raise click.ClickException(f"No alert rule named {name!r}.")
-    firing, value, summary = evaluate_condition(current_app._get_current_object(), rule, datetime.now(UTC))  # type: ignore[attr-defined]
+    firing, value, summary = evaluate_condition(current_app._get_current_object(), rule, utcnow())  # type: ignore[attr-defined]
     data = {
         "rule": rule.name,
         "kind": rule.kind,
@@ -303,7 +340,7 @@ def inbox_list(as_json: bool, kind: str | None, page: int, per_page: int) -> Non
 
 @click.command("show")
 @click.argument("kind")
-@click.argument("item_id", type=int)
+@click.argument("item_id", type=ID)
 @json_option
 @with_appcontext
 def inbox_show(kind: str, item_id: int, as_json: bool) -> None:
@@ -327,7 +364,7 @@ def inbox_show(kind: str, item_id: int, as_json: bool) -> None:
 
 @click.command("retry")
 @click.argument("kind")
-@click.argument("item_id", type=int, required=False)
+@click.argument("item_id", type=ID, required=False)
 @click.option("--all", "every", is_flag=True, help="Retry every item of KIND (oldest first, at most --limit).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
 @json_option
@@ -348,7 +385,7 @@ def inbox_retry(kind: str, item_id: int | None, every: bool, limit: int, as_json
 
 @click.command("discard")
 @click.argument("kind")
-@click.argument("item_id", type=int)
+@click.argument("item_id", type=ID)
 @click.option("--reason", required=True, help="Why the work is given up (1-500 characters).")
 @json_option
 @with_appcontext

@@ -7,12 +7,12 @@ keeps in memory. Its own errors are the usual JSON envelopes (only the page is H
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, select
 
 from ..auth.decorators import admin_required
@@ -20,9 +20,10 @@ from ..errors import ValidationError
 from ..extensions import db
 from ..models import ErrorMinute, Render
 from ..models.media import QUEUED, RENDER_STATUSES, RUNNING
-from ..monitoring.stats import iso
 from ..monitoring.store import floor_minute
 from ..openapi import documented
+from ..timeutil import as_utc, iso_micro, utcnow
+from ..validation import parse_query
 
 bp = Blueprint("dashboard", __name__)
 
@@ -41,8 +42,11 @@ class SeriesPoint(BaseModel):
 
     at: str
     errors: int
+    server_errors: int
+    client_errors: int
     requests: int
     error_ratio: float | None
+    server_error_ratio: float | None
 
 
 class TimeseriesOut(BaseModel):
@@ -92,6 +96,15 @@ def page() -> Response:
     return response
 
 
+class RendersPanelQuery(BaseModel):
+    """Query of the renders panel: an optional status (or `active`) and at most `limit` rows."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is reported, not ignored
+
+    status: str | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+
+
 def _window(raw: str | None) -> str:
     window = raw or "1h"
     if window not in WINDOWS:
@@ -102,23 +115,35 @@ def _window(raw: str | None) -> str:
 def timeseries(window: str, now: datetime | None = None) -> dict[str, Any]:
     """Errors and requests per bucket over the window, from the per-minute rollup (at most 1,440 rows)."""
     total, step = WINDOWS[window]
-    current = floor_minute(now or datetime.now(UTC))
+    current = floor_minute(now or utcnow())
     first = current - timedelta(minutes=total - step)
     first = first.replace(minute=first.minute - first.minute % step)
     buckets = [first + timedelta(minutes=step * i) for i in range((current - first) // timedelta(minutes=step) + 1)]
-    sums = {at: [0, 0] for at in buckets}
+    sums = {at: [0, 0, 0] for at in buckets}
     rows = db.session.execute(
-        select(ErrorMinute.minute, ErrorMinute.errors, ErrorMinute.requests).where(ErrorMinute.minute >= first)
+        select(ErrorMinute.minute, ErrorMinute.errors, ErrorMinute.server_errors, ErrorMinute.requests).where(
+            ErrorMinute.minute >= first
+        )
     )
-    for minute, errors, requests in rows:
-        minute = minute.replace(tzinfo=UTC) if minute.tzinfo is None else minute.astimezone(UTC)
+    for minute, errors, server, requests in rows:
+        minute = as_utc(minute)
         offset = (minute - first) // timedelta(minutes=step)
         if 0 <= offset < len(buckets):
-            sums[buckets[offset]][0] += int(errors or 0)
-            sums[buckets[offset]][1] += int(requests or 0)
+            bucket = sums[buckets[offset]]
+            bucket[0] += int(errors or 0)
+            bucket[1] += int(server or 0)
+            bucket[2] += int(requests or 0)
     points = [
-        {"at": iso(at), "errors": e, "requests": r, "error_ratio": round(e / r, 4) if r else None}
-        for at, (e, r) in sums.items()
+        {
+            "at": iso_micro(at),
+            "errors": e,
+            "server_errors": s,
+            "client_errors": e - s,
+            "requests": r,
+            "error_ratio": round(e / r, 4) if r else None,
+            "server_error_ratio": round(s / r, 4) if r else None,
+        }
+        for at, (e, s, r) in sums.items()
     ]
     return {"window": window, "bucket_minutes": step, "points": points}
 
@@ -150,9 +175,9 @@ def admin_render(render: Render) -> dict[str, Any]:
         "attempts": render.attempts,
         "error_code": render.error_code,
         "request_id": render.request_id,
-        "created_at": iso(render.created_at),
-        "started_at": iso(render.started_at),
-        "finished_at": iso(render.finished_at),
+        "created_at": iso_micro(render.created_at),
+        "started_at": iso_micro(render.started_at),
+        "finished_at": iso_micro(render.finished_at),
     }
 
 
@@ -183,10 +208,8 @@ def list_renders(status: str | None, limit: int) -> list[dict[str, Any]]:
 @admin_required
 def renders_view() -> dict[str, Any]:
     """The renders panel's data."""
-    status = request.args.get("status") or None
+    query = parse_query(RendersPanelQuery)  # `?limit=abc` is a 422, never a silent default of 50
+    status = query.status or None
     if status is not None and status != "active" and status not in RENDER_STATUSES:
         raise ValidationError(f"status must be active or one of {', '.join(RENDER_STATUSES)}", field="status")
-    limit = request.args.get("limit", default=50, type=int)
-    if limit is None or not 1 <= limit <= 200:
-        raise ValidationError("limit must be between 1 and 200.", field="limit")
-    return {"renders": list_renders(status, limit)}
+    return {"renders": list_renders(status, query.limit)}

@@ -5,7 +5,7 @@ Every action is written to security.log with the admin's id and the jobs it touc
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, request
@@ -27,6 +27,7 @@ from ..jobs.dead_letters import (
 )
 from ..openapi import documented
 from ..schemas import DeadLetterActionOut, DeadLetterEnvelope, DeadLetterPage, DeadLetterRequeueRequest
+from ..timeutil import as_utc
 from ..validation import parse_json
 
 bp = Blueprint("dead_letters", __name__, url_prefix="/admin/api/monitoring/dead-letters")
@@ -41,7 +42,7 @@ def _parse_since(raw: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ValidationError("since must be an ISO-8601 time", field="since") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return as_utc(parsed)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

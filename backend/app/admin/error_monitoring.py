@@ -9,10 +9,10 @@ from flask_jwt_extended import current_user
 from sqlalchemy import text
 
 from ...logging_config import log_security_event, sink_status
-from ..alerts import budgets, evaluate_all
-from ..alerts.views import delivery_dict, rule_dict, save_rule
+from ..alerts import DELIVER_KIND, budgets, evaluate_rules
+from ..alerts.delivery import send_test
+from ..alerts.views import check_rule, delete_rule, delivery_dict, rotate_secret, rule_dict, save_rule
 from ..auth.decorators import admin_required
-from ..error_handlers import utc_timestamp
 from ..errors import NotFoundError, ValidationError
 from ..extensions import db
 from ..monitoring import get_recorder
@@ -21,10 +21,13 @@ from ..monitoring.queries import RecentErrorsQuery, StatsQuery
 from ..monitoring.stats import decode_cursor, error_stats, recent_events
 from ..openapi import documented
 from ..schemas import (
+    AlertDeletedOut,
     AlertEvaluationOut,
     AlertRuleOut,
     AlertRuleRequest,
     AlertRulesOut,
+    AlertSecretOut,
+    AlertTestOut,
     BreakerActionOut,
     BreakerListOut,
     ErrorStatsOut,
@@ -35,6 +38,7 @@ from ..schemas import (
     ServicesHealthOut,
     SloBudgetsOut,
 )
+from ..timeutil import iso_seconds, utcnow
 from ..utils.circuit_breaker import BreakerRegistry, CircuitBreaker
 from ..utils.fault_injection import EXTENSION as FAULTS
 from ..utils.fault_injection import FaultInjectionDisabledError, FaultInjector, make_rule
@@ -51,7 +55,7 @@ def health_check() -> dict[str, Any]:
     db.session.execute(text("SELECT 1"))
     logs = sink_status()["state"]
     status = "ok" if logs == "ok" else "degraded"
-    return {"status": status, "timestamp": utc_timestamp(), "checks": {"database": "ok", "logs": logs}}
+    return {"status": status, "timestamp": iso_seconds(), "checks": {"database": "ok", "logs": logs}}
 
 
 @bp.get("/errors/stats")
@@ -153,9 +157,15 @@ def list_breakers() -> dict[str, Any]:
 
 def _action(action: str, breakers: list[CircuitBreaker]) -> dict[str, Any]:
     # The breaker layer writes each admin action to security.log with the actor: not logged again here.
+    # A store that cannot share the action raises ADMIN_ACTION_NOT_APPLIED (503) and changes nothing.
     for breaker in breakers:
         getattr(breaker, action)(_actor())
-    return {"status": "success", "action": action, "breakers": {b.name: b.snapshot() for b in breakers}}
+    return {
+        "status": "success",
+        "action": action,
+        "breakers": {b.name: b.snapshot() for b in breakers},
+        "propagation": _breakers().propagation(),
+    }
 
 
 @bp.post("/circuit-breakers/reset/<service>")
@@ -233,6 +243,7 @@ def _faults(injector: FaultInjector) -> dict[str, Any]:
     return {
         "enabled": injector.enabled,
         "scope": injector.scope,
+        "propagation": {"shared_through": injector.shared_through, "within_seconds": injector.refresh_seconds},
         "rules": injector.rules(),
         "injected": dict(injector.injected),
     }
@@ -240,7 +251,7 @@ def _faults(injector: FaultInjector) -> dict[str, Any]:
 
 @bp.get("/faults")
 @documented(
-    "Live fault-injection rules of the answering process",
+    "Live fault-injection rules (shared by every process through Redis or the database)",
     tag="monitoring",
     responses={200: FaultListOut},
     auth="admin",
@@ -295,7 +306,7 @@ def add_fault() -> tuple[dict[str, Any], int]:
 @documented("Remove every fault rule", tag="monitoring", responses={200: FaultListOut}, auth="admin", errors=(403,))
 @admin_required
 def clear_faults() -> dict[str, Any]:
-    """Stop every injected fault in this process."""
+    """Stop every injected fault, in every process that shares the rules."""
     injector = _injector()
     removed = injector.clear()
     log_security_event(
@@ -314,7 +325,7 @@ def clear_faults() -> dict[str, Any]:
 )
 @admin_required
 def clear_fault(service: str) -> dict[str, Any]:
-    """Stop the service's injected fault in this process."""
+    """Stop the service's injected fault, in every process that shares the rules."""
     injector = _injector()
     _breaker(service)
     removed = injector.clear(service)
@@ -330,7 +341,7 @@ def clear_fault(service: str) -> dict[str, Any]:
 
 @bp.post("/alerts/configure")
 @documented(
-    "Create or replace (by name) an alert rule with its channels",
+    "Create or replace (by name) an alert rule with its channels; a new rule's signing secret is shown once",
     tag="monitoring",
     request=AlertRuleRequest,
     responses={200: AlertRuleOut},
@@ -341,6 +352,7 @@ def clear_fault(service: str) -> dict[str, Any]:
 def configure_alert() -> dict[str, Any]:
     """Store the rule (its state is kept when an existing rule is replaced); the change goes to security.log."""
     body = parse_json(AlertRuleRequest)
+    check_rule(current_app._get_current_object(), body)  # type: ignore[attr-defined]
     if body.kind == "breaker_open":
         _breaker(str(body.params["service"]))  # only known services
     rule, created = save_rule(body)
@@ -350,14 +362,18 @@ def configure_alert() -> dict[str, Any]:
         user_id=current_user.id,
         rule=rule.name,
         kind=rule.kind,
+        enabled=rule.enabled,
         channels=[c["type"] for c in rule.channels],
     )
-    return rule_dict(rule)
+    shown = rule_dict(rule)
+    if created:
+        shown["signing_secret"] = rule.signing_secret  # once: receivers verify X-Oriel-Signature with it
+    return shown
 
 
 @bp.get("/alerts/configure")
 @documented(
-    "Every alert rule with its state, and recent deliveries",
+    "Every alert rule with its state, and recent deliveries with their outcome",
     tag="monitoring",
     responses={200: AlertRulesOut},
     auth="admin",
@@ -372,17 +388,101 @@ def list_alerts() -> dict[str, Any]:
     return {"rules": [rule_dict(r) for r in rules], "deliveries": [delivery_dict(d) for d in deliveries]}
 
 
+def _rule(rule_id: int) -> Any:
+    from ..models import AlertRule
+
+    rule = db.session.get(AlertRule, rule_id)
+    if rule is None:
+        raise NotFoundError("No alert rule has this id.", details={"rule_id": rule_id})
+    return rule
+
+
+@bp.delete("/alerts/<int:rule_id>")
+@documented(
+    "Delete an alert rule and its deliveries",
+    tag="monitoring",
+    responses={200: AlertDeletedOut},
+    auth="admin",
+    errors=(404,),
+)
+@admin_required
+def delete_alert(rule_id: int) -> dict[str, Any]:
+    """Delete the rule (pending deliveries never go out); the change goes to security.log."""
+    rule = _rule(rule_id)
+    name = rule.name
+    removed = delete_rule(rule)
+    log_security_event(
+        "alert_rule_deleted", f"Alert rule {name} deleted by {_actor()}", user_id=current_user.id, rule=name
+    )
+    return {"deleted": name, "deliveries_removed": removed}
+
+
+@bp.post("/alerts/<int:rule_id>/test")
+@documented(
+    "Send a test alert through every channel of a rule now; the outcome per channel",
+    tag="monitoring",
+    responses={200: AlertTestOut},
+    auth="admin",
+    errors=(404,),
+)
+@admin_required
+def test_alert(rule_id: int) -> dict[str, Any]:
+    """A test message on every channel at once, each through its own breaker (nothing is stored)."""
+
+    rule = _rule(rule_id)
+    outcomes = send_test(current_app._get_current_object(), rule, utcnow())  # type: ignore[attr-defined]
+    log_security_event(
+        "alert_rule_tested",
+        f"Alert rule {rule.name} test-sent by {_actor()}",
+        user_id=current_user.id,
+        rule=rule.name,
+        outcomes=[o["outcome"] for o in outcomes],
+    )
+    return {"rule": rule.name, "channels": outcomes}
+
+
+@bp.post("/alerts/<int:rule_id>/rotate-secret")
+@documented(
+    "Give a rule a new webhook signing secret (shown this once; the old one stops verifying)",
+    tag="monitoring",
+    responses={200: AlertSecretOut},
+    auth="admin",
+    errors=(404,),
+)
+@admin_required
+def rotate_alert_secret(rule_id: int) -> dict[str, Any]:
+    """Rotate the signing secret; the change (never the secret) goes to security.log."""
+    rule = _rule(rule_id)
+    secret = rotate_secret(rule)
+    log_security_event(
+        "alert_secret_rotated",
+        f"Alert rule {rule.name} signing secret rotated by {_actor()}",
+        user_id=current_user.id,
+        rule=rule.name,
+    )
+    return {"rule": rule.name, "signing_secret": secret}
+
+
 @bp.post("/alerts/evaluate")
 @documented(
-    "Evaluate every alert rule now and send due deliveries",
+    "Evaluate every alert rule now; deliveries are handed to the job worker (see the rules listing)",
     tag="monitoring",
     responses={200: AlertEvaluationOut},
     auth="admin",
 )
 @admin_required
 def evaluate_alerts_now() -> dict[str, Any]:
-    """What the periodic job does, on demand."""
-    return evaluate_all(current_app._get_current_object())  # type: ignore[attr-defined]
+    """Evaluate now and return at once: the worker sends, and the listing shows each delivery's outcome."""
+    from ..jobs import enqueue
+    from ..models import AlertDelivery
+    from ..models.alert import PENDING
+
+    result = evaluate_rules(current_app._get_current_object())  # type: ignore[attr-defined]
+    pending = db.session.execute(
+        db.select(db.func.count()).select_from(AlertDelivery).where(AlertDelivery.status == PENDING)
+    ).scalar_one()
+    job = enqueue(DELIVER_KIND, {}) if pending else None
+    return {**result, "deliveries": {"pending": int(pending)}, "delivery_job": job.id if job is not None else None}
 
 
 @bp.get("/slo")

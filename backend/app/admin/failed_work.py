@@ -16,7 +16,6 @@ from flask_jwt_extended import current_user
 from ...logging_config import log_security_event
 from ..auth.decorators import admin_required
 from ..errors import ValidationError
-from ..jobs.records import iso, utcnow
 from ..monitoring.inbox import MAX_MERGED_DEPTH, Inbox
 from ..openapi import documented
 from ..schemas import (
@@ -27,6 +26,7 @@ from ..schemas import (
     FailedWorkQuery,
     FailedWorkRetryAllRequest,
 )
+from ..timeutil import iso, utcnow
 from ..validation import parse_json, parse_query
 
 bp = Blueprint("failed_work", __name__, url_prefix="/admin/api/monitoring/failed-work")

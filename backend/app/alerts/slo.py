@@ -1,13 +1,16 @@
 """Service-level objectives per endpoint group: request outcomes per minute, error budgets, burn rates.
 
-Every response is counted in this process (group, minute → total, 5xx) by an `after_request`
-hook and written to `slo_minutes` with an additive upsert by one flusher thread per process (every
-`SLO_FLUSH_SECONDS`, default 5, per app) and by the alert evaluator before it reads, so every
-process's counts add up in the database.
+Every response is counted in this process (group, minute → total, 5xx; a 503 SERVICE_NOT_CONFIGURED
+apart, as a set-up gap rather than an outage) by a request observer
+(called from the app's one `after_request` hook) and written to `slo_minutes` with an additive
+upsert by one flusher thread per process (every `SLO_FLUSH_SECONDS`, default 5, per app) and by the
+alert evaluator before it reads, so every process's counts add up in the database.
 
 A group is the request's blueprint (`auth`, `api`, `monitoring`...), or `other`. Objectives come
 from `SLOS`: `{"*": {"objective": 0.999, "window_days": 30}, "api": {"objective": 0.995}}`
-(default: 99.9% of requests are not 5xx over 30 days, for every group seen).
+(default: 99.9% of requests are not 5xx over 30 days, for every group seen). Background jobs have
+budgets of their own, a `jobs:<kind>` group per kind: each job counts once when it ends, bad when it
+failed for good.
 
 Burn rate over a window = (bad / total in the window) / (1 - objective): 1 spends the budget
 exactly over the SLO window. Multiwindow alerts (Google SRE workbook) fire when both the long
@@ -18,27 +21,34 @@ and the short window burn at least the factor:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, g
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..extensions import db
 from ..models import SloMinute
 from ..monitoring.store import minute_from_epoch, upsert_add
+from ..request_context import add_request_observer
+from ..timeutil import utcnow
+from ..utils.periodic import PeriodicVisitor
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OBJECTIVE = 0.999
 DEFAULT_WINDOW_DAYS = 30
+
+#: What one counted response or job was.
+GOOD, BAD, NOT_CONFIGURED = "good", "bad", "not_configured"
+#: Background jobs have budgets of their own (seed 003), one per kind: `jobs:render.video`. A job counts
+#: once, when it ends: good when it succeeded, bad when it failed for good (a retried attempt is not an end).
+JOBS_PREFIX = "jobs:"
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ class SloCounter:
         self.app = app
         self.interval = interval
         self._lock = threading.Lock()
-        self._counts: Counter[tuple[int, str, bool]] = Counter()
+        self._counts: Counter[tuple[int, str, str]] = Counter()
         self._last_flush = time.monotonic()
 
     def after_fork(self) -> None:
@@ -98,12 +108,16 @@ class SloCounter:
         self._lock = threading.Lock()
         self._counts = Counter()
 
-    def count(self, group: str, bad: bool, *, at: float | None = None) -> None:
-        """Count one response."""
+    def count(self, group: str, outcome: str = GOOD, *, at: float | None = None) -> None:
+        """Count one response (or job): `GOOD`, `BAD`, or `NOT_CONFIGURED` (outside the SLO's total)."""
         minute = int((at if at is not None else time.time()) // 60)
         with self._lock:
-            self._counts[(minute, group, bad)] += 1
+            self._counts[(minute, group, outcome)] += 1
         _flusher.ensure_started()
+
+    def count_job(self, kind: str, *, failed: bool) -> None:
+        """Count one job that ended (succeeded, or failed for good) in its kind's budget."""
+        self.count(f"{JOBS_PREFIX}{kind}"[:64], BAD if failed else GOOD)
 
     def due(self) -> bool:
         """Whether the flusher should write this counter now."""
@@ -117,10 +131,13 @@ class SloCounter:
         if not counts:
             return 0
         rows: dict[tuple[int, str], dict[str, Any]] = {}
-        for (minute, group, bad), n in counts.items():
-            row = rows.setdefault((minute, group), {"total": 0, "bad": 0})
+        for (minute, group, outcome), n in counts.items():
+            row = rows.setdefault((minute, group), {"total": 0, "bad": 0, "not_configured": 0})
+            if outcome == NOT_CONFIGURED:
+                row["not_configured"] += n
+                continue
             row["total"] += n
-            row["bad"] += n if bad else 0
+            row["bad"] += n if outcome == BAD else 0
         try:
             with self.app.app_context(), db.engine.begin() as conn:
                 upsert_add(
@@ -128,7 +145,7 @@ class SloCounter:
                     SloMinute.__table__,
                     [{"minute": minute_from_epoch(m), "endpoint_group": g, **v} for (m, g), v in sorted(rows.items())],
                     ["minute", "endpoint_group"],
-                    ["total", "bad"],
+                    ["total", "bad", "not_configured"],
                 )
         except SQLAlchemyError as exc:
             # The database is down: keep the counts for the next flush instead of losing them.
@@ -139,46 +156,15 @@ class SloCounter:
         return sum(counts.values())
 
 
-class _Flusher:
-    """One daemon thread per process flushing every live counter (apps are held weakly)."""
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.counters: weakref.WeakSet[SloCounter] = getattr(self, "counters", weakref.WeakSet())
-
-    def add(self, counter: SloCounter) -> None:
-        """Flush `counter` from now on, while its app lives."""
-        self.counters.add(counter)
-
-    def ensure_started(self) -> None:
-        """Start the thread on first use (never at import, never in a parent before fork unless used)."""
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="slo-flusher", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(1.0)
-            for counter in list(self.counters):
-                if counter.due():
-                    counter.flush()
-
-    def after_fork(self) -> None:
-        """The child gets its own thread and empty counters."""
-        self._reset()
-        for counter in list(self.counters):
-            counter.after_fork()
+def _flush_if_due(counter: SloCounter) -> None:
+    if counter.due():
+        counter.flush()
 
 
-_flusher = _Flusher()
-os.register_at_fork(after_in_child=_flusher.after_fork)
+# One daemon thread per process flushing every live counter (apps are held weakly); a forked child gets its own.
+_flusher: PeriodicVisitor[SloCounter] = PeriodicVisitor(
+    "slo-flusher", _flush_if_due, period=lambda _counters: 1.0, after_fork=SloCounter.after_fork
+)
 
 
 def init_slo(app: Flask) -> SloCounter | None:
@@ -189,30 +175,36 @@ def init_slo(app: Flask) -> SloCounter | None:
     app.extensions["slo_counter"] = counter
     _flusher.add(counter)
 
-    @app.after_request
-    def _count(response: Response) -> Response:
-        counter.count(request.blueprint or "other", response.status_code >= 500)
-        return response
+    def count_response(req: Request, response: Response, _seconds: float | None) -> None:
+        status = response.status_code
+        outcome = GOOD
+        if status >= 500:
+            # A feature this server was never set up for is a gap to report, not an outage to burn budget on.
+            outcome = NOT_CONFIGURED if g.get("error_code") == "SERVICE_NOT_CONFIGURED" else BAD
+        counter.count(req.blueprint or "other", outcome)
 
+    add_request_observer(app, count_response)
     return counter
 
 
-def window_counts(group: str, seconds: float, now: datetime) -> tuple[int, int]:
-    """(total, bad) of a group over the last `seconds` (whole minutes, the current one included)."""
+def window_counts(group: str, seconds: float, now: datetime) -> tuple[int, int, int]:
+    """(total, bad, not configured) of a group over the last `seconds` (whole minutes, the current one included)."""
     since = (now - timedelta(seconds=seconds)).replace(second=0, microsecond=0)
     if seconds % 60 == 0:
         since += timedelta(minutes=1)  # exactly seconds/60 minutes, the current one included
     row = db.session.execute(
-        select(func.coalesce(func.sum(SloMinute.total), 0), func.coalesce(func.sum(SloMinute.bad), 0)).where(
-            SloMinute.endpoint_group == group, SloMinute.minute >= since, SloMinute.minute <= now
-        )
+        select(
+            func.coalesce(func.sum(SloMinute.total), 0),
+            func.coalesce(func.sum(SloMinute.bad), 0),
+            func.coalesce(func.sum(SloMinute.not_configured), 0),
+        ).where(SloMinute.endpoint_group == group, SloMinute.minute >= since, SloMinute.minute <= now)
     ).one()
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def burn_rate(group: str, objective: Objective, seconds: float, now: datetime) -> float:
     """How fast the group spends its budget over the window (0 with no traffic)."""
-    total, bad = window_counts(group, seconds, now)
+    total, bad, _ = window_counts(group, seconds, now)
     if total == 0:
         return 0.0
     return (bad / total) / objective.budget
@@ -220,7 +212,7 @@ def burn_rate(group: str, objective: Objective, seconds: float, now: datetime) -
 
 def burn_status(app: Flask, group: str, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every multiwindow pair of the group: both burn rates and whether the alert condition holds."""
-    at = now or datetime.now(UTC)
+    at = now or utcnow()
     objective = objective_for(app, group)
     out = []
     for window in BURN_WINDOWS:
@@ -240,23 +232,29 @@ def burn_status(app: Flask, group: str, now: datetime | None = None) -> list[dic
 
 def budgets(app: Flask, now: datetime | None = None) -> list[dict[str, Any]]:
     """Each group's objective, traffic over its window and the share of its error budget left."""
-    at = now or datetime.now(UTC)
+    at = now or utcnow()
     groups = sorted(set(db.session.execute(select(SloMinute.endpoint_group).distinct()).scalars()))
     out = []
     for group in groups:
         objective = objective_for(app, group)
-        total, bad = window_counts(group, objective.window_days * 86400, at)
+        total, bad, not_configured = window_counts(group, objective.window_days * 86400, at)
         allowed = objective.budget * total
-        remaining = 1.0 if total == 0 else 1.0 - (bad / allowed if allowed else float("inf"))
+        consumed = 0.0 if bad == 0 else (bad / allowed if allowed else float("inf"))
         out.append(
             {
                 "group": group,
+                "kind": "jobs" if group.startswith(JOBS_PREFIX) else "requests",
                 "objective": objective.objective,
                 "window_days": objective.window_days,
                 "requests": total,
                 "errors": bad,
+                "not_configured": not_configured,
                 "availability": round(1 - bad / total, 6) if total else None,
-                "budget_remaining": round(max(remaining, -1e9), 6),
+                # Past zero the budget is exhausted: `budget_consumed` says how many budgets were spent (1.5 is
+                # half a budget over), so nobody has to read "-14186%".
+                "budget_remaining": round(max(1.0 - consumed, -1e9), 6),
+                "budget_consumed": round(min(consumed, 1e9), 6),
+                "exhausted": consumed >= 1.0,
                 "burn": burn_status(app, group, at),
             }
         )

@@ -8,25 +8,29 @@ levels only: never hosts, errors, config or stack traces.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, request
 from flask_jwt_extended import current_user
+from flask_limiter.util import get_remote_address
 from limits.errors import StorageError as LimitsStorageError
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
-from ..auth.decorators import admin_required, is_admin_email, login_required
+from ..auth.admins import is_admin
+from ..auth.decorators import admin_required, login_required
 from ..error_catalog import lookup
 from ..errors import ExternalServiceError, ValidationError
 from ..extensions import db
 from ..models import ErrorEvent
+from ..models.media import FAILED as RENDER_FAILED
+from ..models.media import Render
+from ..monitoring.classify import categorise, severity_for
 from ..monitoring.degradation import degradation, public_health, system_notifications
 from ..monitoring.health import EXTENSION as HEALTH_EXTENSION
 from ..monitoring.health import ProbeResult
-from ..monitoring.stats import iso
 from ..openapi import documented
-from ..rate_limits import get_limiter
+from ..rate_limits import get_limiter, never_rate_limited
+from ..renders.runner import JOB_KIND as RENDER_JOB_KIND
 from ..schemas import (
     BreakerListOut,
     DegradationOut,
@@ -36,6 +40,7 @@ from ..schemas import (
     ReadinessOut,
     SystemHealthOut,
 )
+from ..timeutil import epoch_iso, iso_micro
 from . import bp
 
 logger = logging.getLogger(__name__)
@@ -77,6 +82,7 @@ def action_for(code: str) -> str | None:
 
 
 @bp.get("/healthz")
+@never_rate_limited  # a load balancer polls it from one address all day
 @documented("Liveness: the process answers (for load balancers)", tag="health", responses={200: LivenessOut})
 def healthz() -> dict[str, Any]:
     """The process is up; checks nothing else on purpose (a restart would not fix a dependency)."""
@@ -97,6 +103,7 @@ def _database_ready() -> bool:
 
 
 @bp.get("/readyz")
+@never_rate_limited
 @documented(
     "Readiness: the database answers within a short deadline (for load balancers)",
     tag="health",
@@ -141,10 +148,6 @@ def degradation_mode() -> dict[str, Any]:
     return degradation(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
-def _reset_at(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
 @bp.get("/api/errors/rate-limit-status")
 @documented(
     "The caller's own rate limits (by client address) and what is left, read without consuming",
@@ -164,6 +167,8 @@ def rate_limit_status() -> dict[str, Any]:
         blueprint = endpoint.rsplit(".", 1)[0] if "." in endpoint else None
         defaults, decorated = limiter.limit_manager.resolve_limits(app, endpoint, blueprint)
         for lim in decorated or defaults:
+            if lim.key_func is not get_remote_address:
+                continue  # keyed by an account, not by the caller's address: not the caller's to read
             entry: dict[str, Any] = {"endpoint": endpoint, "limit": str(lim.limit), "remaining": None, "reset_at": None}
             try:
                 # The same identifiers Flask-Limiter hits with: [key prefix,] client key, scope.
@@ -177,13 +182,55 @@ def rate_limit_status() -> dict[str, Any]:
                 logger.warning("Rate-limit storage unavailable for status: %s", type(exc).__name__)
             else:
                 entry["remaining"] = remaining
-                entry["reset_at"] = _reset_at(reset)
+                entry["reset_at"] = epoch_iso(reset)
             limits.append(entry)
     return {"enabled": True, "limits": limits}
 
 
+RENDER_JOBS = f"job:{RENDER_JOB_KIND}"  # the endpoint the worker records a render attempt's error under
+RENDER_ACTION = "The render failed. Start it again; if it fails twice, contact support with the request ID."
+
+
+def _failed_renders(user_id: int, severity: str | None, limit: int) -> list[dict[str, Any]]:
+    """The caller's failed renders, newest first: read from the renders themselves, one entry each."""
+    stmt = (
+        select(Render)
+        .where(Render.user_id == user_id, Render.status == RENDER_FAILED)
+        .order_by(Render.id.desc())
+        .limit(limit)
+    )
+    out: list[dict[str, Any]] = []
+    for render in db.session.execute(stmt).scalars():
+        code = render.error_code or "INTERNAL_ERROR"
+        level = severity_for(categorise(code, render.error_status, None), render.error_status).value
+        if severity is not None and level != severity:
+            continue
+        entry = lookup(code)
+        out.append(
+            {
+                "id": f"render-{render.id}",
+                "kind": "render",
+                "severity": level,
+                "code": code,
+                # The render's own message is the user's to read (GET /api/renders/<id> shows it too).
+                "title": render.error_message or (entry.meaning if entry is not None else "The render failed."),
+                "action": action_for(code) or RENDER_ACTION,
+                "occurred_at": iso_micro(render.finished_at or render.created_at),
+                "request_id": render.request_id,
+                "render_id": render.id,
+            }
+        )
+    return out
+
+
 def _user_notifications(user_id: int, severity: str | None, limit: int) -> list[dict[str, Any]]:
-    stmt = select(ErrorEvent).where(ErrorEvent.user_id == user_id).order_by(ErrorEvent.occurred_at.desc())
+    # A render's attempts are listed by the render itself (one entry, with how it ended): an attempt that
+    # failed may have been retried and succeeded.
+    stmt = (
+        select(ErrorEvent)
+        .where(ErrorEvent.user_id == user_id, or_(ErrorEvent.endpoint.is_(None), ErrorEvent.endpoint != RENDER_JOBS))
+        .order_by(ErrorEvent.occurred_at.desc())
+    )
     if severity:
         stmt = stmt.where(ErrorEvent.severity == severity)
     out: list[dict[str, Any]] = []
@@ -202,7 +249,7 @@ def _user_notifications(user_id: int, severity: str | None, limit: int) -> list[
                 # The catalog's meaning, never the stored message: a job's message may be internal.
                 "title": entry.meaning if entry is not None else "An operation failed.",
                 "action": action,
-                "occurred_at": iso(event.occurred_at),
+                "occurred_at": iso_micro(event.occurred_at),
                 "request_id": event.request_id,
             }
         )
@@ -230,7 +277,7 @@ def _system_notifications(severity: str | None) -> list[dict[str, Any]]:
 )
 @login_required
 def notifications() -> dict[str, Any]:
-    """The caller's own failures, newest first; an admin also sees open breakers and firing alerts."""
+    """The caller's failed renders and own failed requests, newest first; an admin also sees breakers and alerts."""
     severity = (request.args.get("severity") or "").strip().upper() or None
     if severity is not None and severity not in SEVERITIES:
         raise ValidationError("severity must be LOW, MEDIUM, HIGH or CRITICAL.", field="severity")
@@ -238,7 +285,10 @@ def notifications() -> dict[str, Any]:
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
         raise ValidationError("limit must be an integer from 1 to 100.", field="limit")
     limit = int(raw_limit)
-    items = _user_notifications(int(current_user.id), severity, limit)
-    if is_admin_email(current_user.email):
+    mine = _failed_renders(int(current_user.id), severity, limit) + _user_notifications(
+        int(current_user.id), severity, limit
+    )
+    items = sorted(mine, key=lambda item: item["occurred_at"] or "", reverse=True)
+    if is_admin(current_user):
         items = _system_notifications(severity) + items
     return {"notifications": items[:limit]}

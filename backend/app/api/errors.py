@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, request
@@ -17,7 +16,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ...logging_config import log_security_event
 from ..auth.decorators import admin_required
 from ..error_catalog import entries
-from ..error_handlers import utc_timestamp
 from ..errors import ExternalServiceError, NotFoundError
 from ..extensions import db
 from ..models import ErrorEvent, ErrorGroup
@@ -26,7 +24,7 @@ from ..monitoring.client_reports import build_client_event
 from ..monitoring.stats import group_dict, summary
 from ..openapi import documented
 from ..rate_limits import rate_limited
-from ..request_context import get_request_id
+from ..request_id import get_request_id
 from ..routing import MAX_INT
 from ..schemas import (
     CatalogOut,
@@ -36,6 +34,7 @@ from ..schemas import (
     ErrorSummaryOut,
     GroupStatusRequest,
 )
+from ..timeutil import iso_seconds, utcnow
 from ..validation import parse_json
 from . import bp
 
@@ -63,7 +62,7 @@ def catalog() -> dict[str, Any]:
 @admin_required
 def error_summary() -> dict[str, Any]:
     """Seed 004's summary, read from the groups and the newest events."""
-    return {"status": "success", "data": summary(db.session), "timestamp": utc_timestamp()}
+    return {"status": "success", "data": summary(db.session), "timestamp": iso_seconds()}
 
 
 def _find_group(error_id: str) -> ErrorGroup:
@@ -95,7 +94,7 @@ def acknowledge_error(error_id: str) -> dict[str, Any]:
     body = parse_json(GroupStatusRequest)
     group = _find_group(error_id)
     previous = group.status
-    now = datetime.now(UTC)
+    now = utcnow()
     group.status = body.status
     group.status_changed_at = now
     group.status_changed_by = current_user.id

@@ -6,18 +6,14 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import current_app, request
+from flask import request
 from flask_jwt_extended import current_user, verify_jwt_in_request
 
 from ...logging_config import log_security_event
 from ..errors import AuthorizationError
+from .admins import is_admin
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def is_admin_email(email: str | None) -> bool:
-    """Whether `email` is listed in ADMIN_EMAILS (read from the config on every call)."""
-    return bool(email) and email.lower() in current_app.config["ADMIN_EMAILS"]
 
 
 def login_required(view: F) -> F:
@@ -32,12 +28,12 @@ def login_required(view: F) -> F:
 
 
 def admin_required(view: F) -> F:
-    """Require a valid access token whose user is an admin right now."""
+    """Require a valid access token whose user is an admin right now (listed and proven: admins.py)."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         verify_jwt_in_request()
-        if not is_admin_email(current_user.email):
+        if not is_admin(current_user):
             log_security_event(
                 "authorization_denied",
                 "Non-admin called an admin endpoint",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import current_app, request
+from flask import Response, current_app, request
 from flask_jwt_extended import (
     create_access_token,
     create_refresh_token,
@@ -17,21 +17,22 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ...logging_config import log_security_event
-from ..errors import AuthenticationError, ConflictError
+from ..errors import AdminVerificationError, AuthenticationError, ConflictError
 from ..extensions import db
 from ..models import User
 from ..openapi import documented
 from ..rate_limits import rate_limited
-from ..schemas import AccessToken, LoginRequest, Message, RegisterRequest, TokenPair, UserEnvelope
-from ..validation import parse_json
+from ..schemas import AccessToken, LoginRequest, Message, RegisterRequest, TokenPair, UserEnvelope, VerifyAdminRequest
+from ..validation import load_json, parse_json
 from . import bp
-from .decorators import is_admin_email, login_required
+from .admins import grant_admin, is_admin, is_listed, redeem, replace_password, send_verification
+from .decorators import login_required
 from .passwords import hash_password, verify_password
 from .tokens import revoke
 
 
 def _user_body(user: User) -> dict[str, Any]:
-    return {"user": user.to_dict(is_admin=is_admin_email(user.email))}
+    return {"user": user.to_dict(is_admin=is_admin(user))}
 
 
 @bp.post("/api/auth/register")
@@ -53,16 +54,58 @@ def register() -> tuple[dict[str, Any], int]:
             "An account with this email address already exists.", code="EMAIL_TAKEN", field="email"
         ) from exc
     log_security_event("account_created", "Account created", level=logging.INFO, user_id=user.id)
+    if is_listed(email):
+        # A listed address is not proof: the account stays a plain user until the mailbox (or an operator) says so.
+        send_verification(user)
     return _user_body(user), 201
+
+
+@bp.post("/api/auth/verify-admin")
+@documented(
+    "Redeem an emailed admin verification link: sets the account's password, grants admin rights",
+    tag="auth",
+    request=VerifyAdminRequest,
+    responses={200: UserEnvelope},
+    errors=(400,),
+)
+@rate_limited("RATELIMIT_LOGIN")
+def verify_admin() -> dict[str, Any]:
+    """Prove an ADMIN_EMAILS address by its emailed token; the password chosen here replaces the registrant's."""
+    body = parse_json(VerifyAdminRequest)
+    try:
+        user = redeem(body.token)
+    except AdminVerificationError:
+        log_security_event("admin_verification_rejected", "Admin verification token refused")
+        raise
+    replace_password(user, hash_password(body.password))  # tokens of whoever registered stop working
+    grant_admin(user, via="email")
+    db.session.commit()
+    return _user_body(user)
 
 
 def _expires_in(key: str) -> int:
     return int(current_app.config[key].total_seconds())
 
 
+def _login_account() -> str:
+    """The account a login names (its email, lower-cased), for the per-account throttle; "-" when unreadable."""
+    try:
+        body = load_json(request.get_data(cache=True))  # cached: the view parses the same bytes
+    except (ValueError, UnicodeDecodeError):
+        return "-"  # a body that is not JSON fails with 400 and never counts against an account
+    email = body.get("email") if isinstance(body, dict) else None
+    return email.strip().lower()[:254] if isinstance(email, str) and email.strip() else "-"
+
+
+def _login_failed(response: Response) -> bool:
+    return response.status_code == 401
+
+
 @bp.post("/api/auth/login")
 @documented("Log in and receive tokens", tag="auth", request=LoginRequest, responses={200: TokenPair})
 @rate_limited("RATELIMIT_LOGIN")
+# Failed logins per account from any address, so many addresses cannot brute-force one account.
+@rate_limited("RATELIMIT_LOGIN_ACCOUNT", key=_login_account, deduct_when=_login_failed)
 def login() -> dict[str, Any]:
     """Exchange an email and password for an access and a refresh token."""
     body = parse_json(LoginRequest)

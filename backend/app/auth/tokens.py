@@ -9,18 +9,30 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response
+from flask import Response, current_app, request
 from flask_jwt_extended import JWTManager
 
-from ...logging_config import bind_log_context, log_security_event
+from ...logging_config import bind_log_context
 from ..error_handlers import error_response
 from ..errors import TokenError
 from ..extensions import db
 from ..models import RevokedToken, User
+from ..rejection_log import record_rejection
+from .admins import issued_before_credentials_changed
 
 
 def _token_failure(code: str, message: str, reason: str | None = None) -> Response:
-    log_security_event("token_rejected", message, code=code, reason=reason)
+    # In aggregate per client and code: a flood of bad tokens costs a line per interval, not one per request.
+    client = request.remote_addr
+    record_rejection(
+        current_app._get_current_object(),  # type: ignore[attr-defined]
+        "token_rejected",
+        message,
+        (client, code),
+        code=code,
+        reason=reason,
+        remote_addr=client,
+    )
     return error_response(TokenError(message, code=code))
 
 
@@ -45,7 +57,15 @@ def init_jwt_callbacks(jwt: JWTManager) -> None:
     @jwt.token_in_blocklist_loader
     def is_revoked(_header: dict[str, Any], data: dict[str, Any]) -> bool:
         jti = data.get("jti")
-        return jti is None or db.session.get(RevokedToken, jti) is not None
+        if jti is None or db.session.get(RevokedToken, jti) is not None:
+            return True
+        # A token from before the account's password was replaced (admin verification) is revoked too. The user
+        # read here is the one the user loader gets next, from the session's identity map: no second query.
+        try:
+            user = db.session.get(User, int(data["sub"]))
+        except (KeyError, TypeError, ValueError):
+            return False  # the user loader refuses it
+        return issued_before_credentials_changed(user, data.get("iat"))
 
     @jwt.unauthorized_loader
     def missing(reason: str) -> Response:

@@ -35,9 +35,10 @@ from sqlalchemy.orm import Session
 
 from ..extensions import db
 from ..models.job import JobWorker
+from ..timeutil import as_utc, iso, utcnow
 from .context import JobContext, LeaseLostError
 from .dispatch import Dispatcher, build_dispatcher
-from .records import as_utc, enqueue, iso, queue_depth, utcnow
+from .records import enqueue, queue_depth
 from .registry import REGISTRY, JobKind, job_kind, register_periodic
 
 logger = logging.getLogger(__name__)

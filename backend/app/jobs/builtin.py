@@ -12,10 +12,10 @@ from typing import Any
 
 from flask import current_app
 
+from ..timeutil import utcnow
 from .compensation import sweep_pending
 from .context import JobContext
 from .dead_letters import archive_expired, purge_succeeded
-from .records import utcnow
 from .registry import job_kind, register_periodic
 
 logger = logging.getLogger(__name__)
@@ -40,12 +40,16 @@ def dead_letter_ttl(ctx: JobContext) -> dict[str, Any]:
     purged = purge_succeeded(settings.succeeded_retention_days)
     if archived or purged:
         logger.info("Dead-letter TTL: %s archived, %s old succeeded jobs purged", archived, purged)
+    else:
+        ctx.nothing_to_do()
     return {"archived": archived, "purged_succeeded": purged, "ttl_days": settings.dead_letter_ttl_days}
 
 
 def compensation_sweep(ctx: JobContext) -> dict[str, Any]:
     """Apply compensations left pending (a worker died right after a job ended, or one failed)."""
     applied = sweep_pending(limit=int(current_app.config.get("JOBS_COMPENSATION_SWEEP_LIMIT", 100)))
+    if not applied:
+        ctx.nothing_to_do()
     return {"applied": applied}
 
 
@@ -63,6 +67,8 @@ def failed_work_retention(ctx: JobContext) -> dict[str, Any]:
     result = current_app.extensions["inbox"].purge(utcnow() - timedelta(days=days))
     if result.total:
         logger.info("Failed-work retention (%s days): deleted %s", days, result.deleted)
+    elif not result.failed:
+        ctx.nothing_to_do()
     if result.failed:
         raise FailedWorkPurgeError(f"failed-work purge failed for {', '.join(sorted(result.failed))}: {result.failed}")
     return {"deleted": result.deleted, "retention_days": days}

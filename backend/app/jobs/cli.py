@@ -11,13 +11,15 @@ from flask.cli import AppGroup
 
 logger = logging.getLogger(__name__)
 
+KEY_MAX = 200  # jobs.idempotency_key
+
 
 def register_commands(app: Flask) -> None:
     """Add the `jobs` command group to `app`."""
     group = AppGroup("jobs", help="Background jobs: workers, queue depth, enqueueing.")
 
     @group.command("worker")
-    @click.option("--concurrency", "-c", type=int, default=None, help="Jobs run at once (threads).")
+    @click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=None, help="Jobs run at once (threads).")
     @click.option("--queues", "-q", default=None, help="Comma-separated queues (default: all).")
     @click.option("--burst", is_flag=True, help="Exit when no job is due.")
     @click.option("--once", is_flag=True, help="Run at most one job, then exit.")
@@ -41,7 +43,7 @@ def register_commands(app: Flask) -> None:
     @group.command("enqueue")
     @click.argument("kind")
     @click.option("--payload", default="{}", help="JSON object.")
-    @click.option("--key", default=None, help="Idempotency key (one job per kind and key).")
+    @click.option("--key", default=None, help="Idempotency key (one job per kind and key, at most 200 characters).")
     def enqueue_command(kind: str, payload: str, key: str | None) -> None:
         """Enqueue one job of KIND."""
         from .records import UnknownJobKindError, enqueue
@@ -53,6 +55,8 @@ def register_commands(app: Flask) -> None:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
         if not isinstance(body, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--payload")
+        if key is not None and not 1 <= len(key) <= KEY_MAX:  # the column's length
+            raise click.BadParameter(f"must be 1 to {KEY_MAX} characters", param_hint="--key")
         try:
             job = enqueue(kind, body, idempotency_key=key)
         except UnknownJobKindError as exc:

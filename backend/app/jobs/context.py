@@ -29,8 +29,9 @@ from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from ..models.job import Job, JobStep
+from ..timeutil import utcnow
 from ..utils.classifier import classify
-from .records import Claim, still_held, utcnow
+from .records import Claim, still_held
 from .registry import REGISTRY
 from .retry_policy import RetryPolicy, decide
 
@@ -50,6 +51,15 @@ class JobContext:
     claim: Claim
     worker_id: str
     lost: threading.Event = field(default_factory=threading.Event)
+    idle: bool = False  # set by `nothing_to_do()`
+
+    def nothing_to_do(self) -> None:
+        """Say this run found no work: a successful idle run logs its duration at DEBUG, not INFO.
+
+        Periodic jobs tick every minute; their idle runs were most of an idle console (560 of 686 lines
+        in 90 minutes). A run that did work, or failed, still logs at INFO or above.
+        """
+        self.idle = True
 
     @property
     def job_id(self) -> int:

@@ -77,7 +77,7 @@ class RedisDispatcher:
     ) -> None:
         import redis
 
-        from ..utils.breaker_redis import make_redis_client  # one fail-fast Redis client recipe
+        from ..redis_client import make_redis_client  # one fail-fast Redis client recipe
 
         self._url = url
         self._local = LocalDispatcher()

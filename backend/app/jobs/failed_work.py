@@ -21,8 +21,9 @@ from ...redaction import redact, redact_value
 from ..extensions import db
 from ..models.job import DEAD, FAILED, Job, JobStep
 from ..monitoring.inbox import FailedItem
+from ..timeutil import as_utc, iso, utcnow
 from .dead_letters import ACTIONS, PERMANENT, requeue
-from .records import append_error, as_utc, iso, utcnow
+from .records import append_error
 
 logger = logging.getLogger(__name__)
 

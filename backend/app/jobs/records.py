@@ -14,16 +14,18 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from ...logging_config import log_context, peek_log_context
 from ...redaction import redact
 from ..errors import APIError
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCCEEDED, Job
+from ..timeutil import iso, utcnow
 from ..utils.classifier import Classification, ErrorKind, classify
 from .registry import REGISTRY, JobKind
 from .retry_policy import RetryPolicy, decide
@@ -33,24 +35,6 @@ logger = logging.getLogger(__name__)
 MAX_ERROR_HISTORY = 50  # entries kept per job (the first attempts and the most recent ones)
 MAX_MESSAGE_CHARS = 2000
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024  # large data goes by reference (a storage key), not inline
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """`value` as an aware UTC datetime (SQLite hands back naive datetimes stored as UTC)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO-8601 text for a stored time, or None."""
-    aware = as_utc(value)
-    return aware.isoformat().replace("+00:00", "Z") if aware else None
 
 
 class UnknownJobKindError(ValueError):
@@ -68,6 +52,8 @@ class Claim:
     attempt: int
     max_attempts: int
     owner: str
+    request_id: str | None = None  # the request that enqueued the job (its log lines and errors carry it)
+    user_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +91,14 @@ def enqueue(
     now: datetime | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     compensations: Sequence[tuple[str, str, dict[str, Any]]] = (),
+    request_id: str | None = None,
+    user_id: int | None = None,
 ) -> Job:
     """Record a job (or return the existing one with the same `idempotency_key` for this kind).
+
+    The job remembers who started it: `request_id` and `user_id`, by default those of the current
+    log context (the request being served, or the job whose handler enqueues this one), so its log
+    lines and error events carry the id the user was shown.
 
     With `commit=False` the job joins the caller's transaction: it exists only if the caller's
     own writes commit (a render row and its job, together or not at all). `compensations` lists
@@ -122,8 +114,15 @@ def enqueue(
     if len(encoded.encode("utf-8")) > max_payload_bytes:
         raise ValueError(f"job payload is over {max_payload_bytes} bytes: pass large data by reference")
     at = now or utcnow()
+    origin = peek_log_context()
+    if request_id is None:
+        request_id = origin.get("request_id")
+    if user_id is None and isinstance(origin.get("user_id"), int):
+        user_id = origin["user_id"]
     values: dict[str, Any] = {
         "kind": kind,
+        "request_id": request_id,
+        "user_id": user_id,
         "queue": queue or spec.queue,
         "idempotency_key": idempotency_key,
         "payload": json.loads(encoded),
@@ -180,14 +179,19 @@ def claim(
             started_at=at,
             updated_at=at,
         )
-        .returning(Job.id, Job.kind, Job.queue, Job.payload, Job.attempts, Job.max_attempts)
+        .returning(
+            Job.id, Job.kind, Job.queue, Job.payload, Job.attempts, Job.max_attempts, Job.request_id, Job.user_id
+        )
         .execution_options(synchronize_session=False)
     )
     row = session.execute(stmt).first()
     session.commit()
     if row is None:
         return None
-    return Claim(row.id, row.kind, row.queue, dict(row.payload or {}), row.attempts, row.max_attempts, owner)
+    payload = dict(row.payload or {})
+    return Claim(
+        row.id, row.kind, row.queue, payload, row.attempts, row.max_attempts, owner, row.request_id, row.user_id
+    )
 
 
 def _fenced(claim: Claim) -> Any:
@@ -410,7 +414,10 @@ def reap_expired(*, now: datetime | None = None, limit: int = 100) -> list[tuple
         )
         if session.execute(stmt).first() is not None:
             reaped.append((job.id, status))
-            logger.warning("Reaped job %s (%s): lease of %s expired; now %s", job.id, job.kind, job.lease_owner, status)
+            with log_context(job_id=job.id, request_id=job.request_id, user_id=job.user_id):
+                logger.warning(
+                    "Reaped job %s (%s): lease of %s expired; now %s", job.id, job.kind, job.lease_owner, status
+                )
     session.commit()
     return reaped
 

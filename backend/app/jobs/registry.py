@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from .retry_policy import RetryPolicy
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from .compensation import CompensationContext
     from .context import JobContext
 
@@ -115,9 +117,13 @@ class JobRegistry:
         with self._lock:
             self._periodic[name] = Periodic(name, float(every_seconds))
 
-    def periodic(self) -> list[Periodic]:
-        """Every schedule."""
-        return list(self._periodic.values())
+    def periodic(self, overrides: Mapping[str, float] | None = None) -> list[Periodic]:
+        """Every schedule, an app's own intervals (`overrides`, from `schedule_for_app`) in place of the defaults."""
+        schedules = dict(self._periodic)
+        for name, every in (overrides or {}).items():
+            if name in self._kinds:
+                schedules[name] = Periodic(name, every)
+        return list(schedules.values())
 
     @contextmanager
     def temporary(self, kind: JobKind) -> Iterator[JobKind]:
@@ -153,6 +159,25 @@ def job_kind(
         return (registry or REGISTRY).register(kind)
 
     return decorate
+
+
+APP_SCHEDULES = "job_schedules"
+
+
+def schedule_for_app(app: Flask, name: str, every_seconds: float) -> None:
+    """Run kind `name` every `every_seconds` in `app`'s workers only (config data; the registry keeps the default).
+
+    Kinds are code, shared by every app of the process; an interval read from one app's config is that app's:
+    written into the process-wide registry, the last app built would set it for all of them.
+    """
+    if every_seconds <= 0:
+        raise ValueError("every_seconds must be positive")
+    app.extensions.setdefault(APP_SCHEDULES, {})[name] = float(every_seconds)
+
+
+def app_schedules(app: Flask) -> dict[str, float]:
+    """The intervals `app` set for itself with `schedule_for_app`."""
+    return dict(app.extensions.get(APP_SCHEDULES, {}))
 
 
 def register_periodic(

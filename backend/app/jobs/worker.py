@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -30,17 +31,21 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ...logging_config import log_context, log_performance_metric
+from .. import timeutil
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, RETRYING, RUNNING, Job, JobWorker
 from . import records
 from .compensation import run_compensations
 from .context import JobContext, LeaseLostError
-from .registry import REGISTRY
+from .registry import REGISTRY, app_schedules
 from .scheduler.periodic import PeriodicScheduler
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+#: A job's outcomes that end it (a retrying attempt or a lost lease does not).
+ENDED = frozenset({"succeeded", FAILED, DEAD})
 
 
 @dataclass
@@ -80,7 +85,7 @@ def options_from_app(app: Flask, **overrides: Any) -> WorkerOptions:
 class Worker:
     """One worker process's engine."""
 
-    def __init__(self, app: Flask, options: WorkerOptions, *, clock: Clock = records.utcnow, rng: Any = None) -> None:
+    def __init__(self, app: Flask, options: WorkerOptions, *, clock: Clock = timeutil.utcnow, rng: Any = None) -> None:
         self.app = app
         self.options = options
         self.clock = clock
@@ -88,12 +93,15 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()  # stop claiming
         self.force = threading.Event()  # stop waiting for running jobs
+        # Signals received, handled by the main loop: a handler that sets an Event or logs can deadlock on a
+        # lock the interrupted main thread holds (it did: `make run` hung on Ctrl+C). deque.append takes none.
+        self._signals: deque[int] = deque()
         self.processed = 0
         self._claimed = 0
         self._lock = threading.Lock()
         self._running: dict[int, JobContext] = {}
         self._idle: set[int] = set()
-        self._scheduler = PeriodicScheduler()
+        self._scheduler = PeriodicScheduler(overrides=app_schedules(app))
         self._queues = list(options.queues) if options.queues else None
 
     # -- the loop -----------------------------------------------------------------------------
@@ -136,6 +144,7 @@ class Worker:
             next_beat = 0.0
             stop_requested_at: float | None = None
             while any(t.is_alive() for t in threads):
+                self._handle_signals()
                 now_mono = time.monotonic()
                 if self.options.max_seconds is not None and now_mono - started > self.options.max_seconds:
                     self.stopping.set()
@@ -160,12 +169,18 @@ class Worker:
         return self.processed
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self.stopping.is_set():
-            logger.warning("Worker %s: second signal %s, handing running jobs back now", self.worker_id, signum)
-            self.force.set()
-            return
-        logger.info("Worker %s: signal %s, finishing running jobs then stopping", self.worker_id, signum)
-        self.stopping.set()
+        self._signals.append(signum)  # nothing else: see `_signals`
+
+    def _handle_signals(self) -> None:
+        """Act on the signals received since the last loop: the first stops claiming, a second hands jobs back."""
+        while self._signals:
+            signum = self._signals.popleft()
+            if self.stopping.is_set():
+                logger.warning("Worker %s: second signal %s, handing running jobs back now", self.worker_id, signum)
+                self.force.set()
+                continue
+            logger.info("Worker %s: signal %s, finishing running jobs then stopping", self.worker_id, signum)
+            self.stopping.set()
 
     def stop(self, *, force: bool = False) -> None:
         """Ask the worker to stop (from another thread)."""
@@ -245,7 +260,9 @@ class Worker:
             self._running[claim.id] = ctx
         started = time.perf_counter()
         outcome = "succeeded"
-        with log_context(job_id=claim.id):
+        # The originating request's id and user, beside the job's own id: every line and error event of the
+        # attempt (app.log, errors.log, performance.log, the error store) traces back to what the user was shown.
+        with log_context(job_id=claim.id, request_id=claim.request_id, user_id=claim.user_id):
             try:
                 if kind is None:
                     raise records.UnknownJobKindError(f"no handler is registered for job kind {claim.kind!r}")
@@ -267,10 +284,24 @@ class Worker:
                 with self._lock:
                     self._running.pop(claim.id, None)
                     self.processed += 1
+            if outcome in ENDED:
+                self._count_ended(claim.kind, failed=outcome != "succeeded")
             elapsed_ms = (time.perf_counter() - started) * 1000
+            level = logging.DEBUG if outcome == "succeeded" and ctx.idle else logging.INFO
             log_performance_metric(
-                "job_duration", round(elapsed_ms, 3), job_kind=claim.kind, attempt=claim.attempt, outcome=outcome
+                "job_duration",
+                round(elapsed_ms, 3),
+                level=level,
+                job_kind=claim.kind,
+                attempt=claim.attempt,
+                outcome=outcome,
             )
+
+    def _count_ended(self, kind: str, *, failed: bool) -> None:
+        # The jobs' error budget (seed 003), in the SLO counter the app set up (none when SLO_ENABLED is off).
+        counter = self.app.extensions.get("slo_counter")
+        if counter is not None:
+            counter.count_job(kind, failed=failed)
 
     def _record_failure(self, claim: records.Claim, kind: Any, exc: Exception) -> str:
         result = records.fail(claim, exc, kind=kind, now=self.clock(), rng=self.rng)
@@ -311,6 +342,9 @@ class Worker:
             for job_id, status in records.reap_expired(now=now):
                 if status in (FAILED, DEAD):
                     run_compensations(job_id)
+                    job = db.session.get(Job, job_id)
+                    if job is not None:  # its worker died on the last attempt: it ended, failed
+                        self._count_ended(job.kind, failed=True)
             if self.options.schedule:
                 self._scheduler.tick(now)
         except SQLAlchemyError as exc:
@@ -368,5 +402,5 @@ def _record_error_stats(exc: Exception, claim: records.Claim, outcome: records.O
         exc,
         "job",
         endpoint=f"job:{claim.kind}",
-        context={"job_id": claim.id, "attempt": claim.attempt, "outcome": outcome.status},
+        context={"job_id": claim.id, "job_kind": claim.kind, "attempt": claim.attempt, "outcome": outcome.status},
     )

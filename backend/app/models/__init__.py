@@ -8,6 +8,7 @@ from .job import Job, JobStep, JobWorker
 from .media import Render, Upload
 from .outbox import EmailOutbox, PendingSync
 from .service_fault import ServiceFault
+from .shared_override import SharedOverride
 from .user import RevokedToken, User
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Render",
     "RevokedToken",
     "ServiceFault",
+    "SharedOverride",
     "SloMinute",
     "UnappliedPayment",
     "Upload",

@@ -12,7 +12,8 @@ from ..extensions import db
 
 # Delivery statuses: `pending` waits for its next attempt (a claimed one has its lease in next_attempt_at),
 # `sent` reached the channel, `failed` gave up after ALERT_DELIVERY_MAX_ATTEMPTS and waits for an operator.
-PENDING, SENT, FAILED = "pending", "sent", "failed"
+# `cancelled`: its rule was disabled or deleted before it went out.
+PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
 
 
 class AlertRule(db.Model):  # type: ignore[name-defined]
@@ -35,6 +36,9 @@ class AlertRule(db.Model):  # type: ignore[name-defined]
     last_value: Mapped[float | None] = mapped_column(Float)
     last_evaluated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, default=0)  # optimistic lock for concurrent evaluators
+    # HMAC-SHA256 key for webhook signatures (shown once at creation and on rotation; never listed).
+    signing_secret: Mapped[str | None] = mapped_column(String(80))
+    last_error: Mapped[str | None] = mapped_column(Text)  # why the last evaluation failed (None: it worked)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -67,3 +71,5 @@ class SloMinute(db.Model):  # type: ignore[name-defined]
     endpoint_group: Mapped[str] = mapped_column(String(64), primary_key=True)
     total: Mapped[int] = mapped_column(BigInteger, default=0)
     bad: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: 503 SERVICE_NOT_CONFIGURED answers: neither good nor bad (a set-up gap, not an outage), outside `total`.
+    not_configured: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -21,7 +21,7 @@ from sqlalchemy import JSON, CheckConstraint, DateTime, ForeignKey, Index, Integ
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
-from .user import utcnow
+from ..timeutil import utcnow
 
 GRANT, CONSUME, REFUND = "grant", "consume", "refund"
 # Money-back: `clawback` takes unspent credits of a refunded or disputed pack off the balance; `debt`

@@ -80,6 +80,8 @@ class ErrorMinute(db.Model):  # type: ignore[name-defined]
 
     minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Of `errors`, those the server owes: 5xx answers and failures outside a request (jobs); the rest are 4xx.
+    server_errors: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
 
 

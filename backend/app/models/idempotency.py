@@ -8,7 +8,7 @@ from sqlalchemy import DateTime, Index, Integer, LargeBinary, String, Text, Uniq
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
-from .user import utcnow
+from ..timeutil import utcnow
 
 # A row is `running` while its request holds the key (until `locked_until`), then `done` with the response.
 RUNNING, DONE = "running", "done"

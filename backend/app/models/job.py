@@ -77,6 +77,9 @@ class Job(db.Model):  # type: ignore[name-defined]
     dead_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     archive_reason: Mapped[str | None] = mapped_column(String(500))  # an admin's discard reason (TTL: None)
+    # Who started it: the request's id (the one its user was shown) and user, so a failure traces back to both.
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class JobStep(db.Model):  # type: ignore[name-defined]

@@ -9,15 +9,11 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Intege
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
-from .user import as_utc, utcnow
+from ..timeutil import iso_offset, iso_to_second, utcnow
 
 # Render statuses: queued → running → succeeded | failed (a retried job may go running → queued).
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 RENDER_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return as_utc(value).isoformat() if value is not None else None
 
 
 class Upload(db.Model):  # type: ignore[name-defined]
@@ -48,7 +44,7 @@ class Upload(db.Model):  # type: ignore[name-defined]
             "size": self.size,
             "location": self.location,
             "degraded": self.degraded,
-            "created_at": _iso(self.created_at),
+            "created_at": iso_offset(self.created_at),
         }
 
 
@@ -96,7 +92,7 @@ class Render(db.Model):  # type: ignore[name-defined]
             "code": self.error_code,
             "message": self.error_message or "",
             "details": self.error_details or {},
-            "timestamp": as_utc(self.finished_at).strftime("%Y-%m-%dT%H:%M:%SZ") if self.finished_at else None,
+            "timestamp": iso_to_second(self.finished_at),
             "recoverable": bool(self.error_recoverable),
             "status": self.error_status or 500,
             "request_id": self.request_id,
@@ -124,7 +120,7 @@ class Render(db.Model):  # type: ignore[name-defined]
             "video": video,
             "error": self.error_object(),
             "credit_refunded": self.credit_refunded,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "created_at": iso_offset(self.created_at),
+            "started_at": iso_offset(self.started_at),
+            "finished_at": iso_offset(self.finished_at),
         }

@@ -18,7 +18,7 @@ from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
-from .user import utcnow
+from ..timeutil import utcnow
 
 # Outbox statuses: `sending` is a claimed row (its lease says until when); `failed` gave up (attempts
 # used up, or SendGrid refused it for good) and waits in the failed-work inbox; `discarded`: an admin

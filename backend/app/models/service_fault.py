@@ -16,7 +16,7 @@ from sqlalchemy import DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
-from .user import utcnow
+from ..timeutil import utcnow
 
 
 class ServiceFault(db.Model):  # type: ignore[name-defined]

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime) -> datetime:
-    """`value` as an aware UTC datetime (SQLite returns naive datetimes that were stored as UTC)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+from ..timeutil import iso_offset, utcnow
 
 
 class User(db.Model):  # type: ignore[name-defined]
@@ -29,6 +20,12 @@ class User(db.Model):  # type: ignore[name-defined]
     email: Mapped[str] = mapped_column(String(254), unique=True, index=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When the account proved its right to an ADMIN_EMAILS address (`flask users create-admin`, or the emailed
+    # link); None: a plain user whatever its address (backend/app/auth/admins.py).
+    admin_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    admin_verified_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Tokens issued before this moment are refused (the password was replaced by whoever proved the address).
+    credentials_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def to_dict(self, *, is_admin: bool = False) -> dict[str, object]:
         """The public view of the user."""
@@ -36,7 +33,7 @@ class User(db.Model):  # type: ignore[name-defined]
             "id": self.id,
             "email": self.email,
             "is_admin": is_admin,
-            "created_at": as_utc(self.created_at).isoformat() if self.created_at else None,
+            "created_at": iso_offset(self.created_at),
         }
 
 

@@ -1,7 +1,7 @@
 """Error statistics: every error becomes a grouped, counted event in the database.
 
 `init_error_stats(app)` subscribes to `error_occurred` (every error response and unhandled
-exception), counts requests per minute (a request observer of `request_metrics`) and registers the
+exception), counts requests per minute (a request observer, `request_context`) and registers the
 `flask monitoring ...` commands. `record_error(...)` records errors that are not HTTP responses
 (job failures). Everything is buffered per process and written off the request path in batches.
 """
@@ -13,11 +13,11 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context
 
-from ..error_handlers import error_occurred
 from ..errors import APIError
-from ..request_metrics import add_request_observer
+from ..request_context import add_request_observer
+from ..signals import error_occurred
 from .events import capture_error, from_error, new_event_id
-from .recorder import RETRY_SECONDS, ErrorRecorder, flush_all, register_recorder
+from .recorder import RAW_PER_MINUTE, RETRY_SECONDS, ErrorRecorder, flush_all, register_recorder
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,10 @@ def init_error_stats(app: Flask) -> None:
         interval=int(app.config.get("ERROR_STATS_FLUSH_MS", 1000)) / 1000,
         capacity=int(app.config.get("ERROR_STATS_BUFFER_SIZE", 10_000)),
         retry_seconds=float(app.config.get("ERROR_STATS_RETRY_SECONDS", RETRY_SECONDS)),
+        raw_per_minute=int(app.config.get("ERROR_EVENT_SAMPLE_PER_MINUTE", RAW_PER_MINUTE)),
     )
     app.extensions[EXTENSION] = recorder
     register_recorder(recorder)
     # error_handlers already shields the response from listener failures (and logs them).
     error_occurred.connect(_on_error_occurred, sender=app, weak=True)
-    add_request_observer(app, recorder.count_request)
+    add_request_observer(app, lambda _req, _response, _seconds: recorder.count_request())

@@ -17,8 +17,11 @@ def register_commands(app: Flask) -> None:
     group = AppGroup("monitoring", help="Error statistics maintenance.")
 
     @group.command("prune-errors")
-    @click.option("--days", type=int, default=None, help="Keep raw events this many days (default from config).")
-    @click.option("--max-rows", type=int, default=None, help="Keep at most this many raw events.")
+    # Bounded: --days 0 or -1 would delete every event, a typo no one means.
+    @click.option(
+        "--days", type=click.IntRange(min=1), default=None, help="Keep raw events this many days (default from config)."
+    )
+    @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Keep at most this many raw events.")
     def prune_errors(days: int | None, max_rows: int | None) -> None:
         """Delete raw error events past their retention, and old rollups."""
         cfg = current_app.config

@@ -22,11 +22,12 @@ from ...logging_config import peek_log_context
 from ...redaction import clean_text as clean_log_text
 from ...redaction import redact_value, secrets_generation
 from ..errors import APIError
-from ..request_context import get_request_id
-from ..utils.ids import uuid7_hex
+from ..ids import uuid7_hex
+from ..request_id import get_request_id
+from ..timeutil import utcnow
 from .classify import Category, categorise, categorise_client, severity_for
 from .fingerprint import exception_frames, fingerprint, normalise_message
-from .store import ErrorEventData
+from .store import CLIENT_SOURCE, ErrorEventData
 
 MESSAGE_LIMIT = 1000
 # Derived fields are cached per distinct error shape; messages longer than this are not cached
@@ -41,7 +42,7 @@ def clean_text(text: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 def new_event_id() -> str:
-    """A fresh, unguessable, time-ordered 32-hex-digit event id (UUIDv7, see `utils.ids`).
+    """A fresh, unguessable, time-ordered 32-hex-digit event id (UUIDv7, see `ids.py`).
 
     Events recorded on a request thread get theirs from the writer instead (`store.assign_event_ids`,
     one `os.urandom` call a batch): `os.urandom` releases the GIL, and on a busy gunicorn thread
@@ -115,9 +116,11 @@ def _derive(
 def _context_ids(in_request: bool) -> tuple[str | None, int | None]:
     context = peek_log_context()
     request_id = context.get("request_id")
-    if request_id is None:
+    if request_id is None and in_request:
         # In a request the ID exists even before the log context is bound (an error in an early hook).
-        request_id = get_request_id() if in_request else context.get("job_id")
+        # Outside one (a job) it is the originating request's, bound by the worker; never the job's own id,
+        # which goes in the event's context.
+        request_id = get_request_id()
     user_id = context.get("user_id")
     return (str(request_id) if request_id else None), (int(user_id) if isinstance(user_id, int) else None)
 
@@ -216,7 +219,9 @@ def capture_error(
             _derived_cache.put(key, derived)
     request_id, user_id = _context_ids(in_request)
     kind = type(original).__name__
-    return PendingEvent(derived, source, code, status_code, kind, endpoint, method, path, request_id, user_id, created)
+    # tuple.__new__: a NamedTuple's own constructor is a Python function, and this runs for every error answered.
+    fields = (derived, source, code, status_code, kind, endpoint, method, path, request_id, user_id, created)
+    return tuple.__new__(PendingEvent, fields)
 
 
 def from_error(
@@ -260,16 +265,16 @@ def from_client_report(
     code = code or "CLIENT_ERROR"
     return ErrorEventData(
         event_id=new_event_id(),
-        occurred_at=datetime.now(UTC),
+        occurred_at=utcnow(),
         fingerprint=fingerprint(
-            source="client",
+            source=CLIENT_SOURCE,
             exc_type=error_type,
             code=code,
             endpoint=url_path,
             frames=frames,
             message=message,
         ),
-        source="client",
+        source=CLIENT_SOURCE,
         code=code,
         status_code=status_code,
         category=category.value,
@@ -283,5 +288,6 @@ def from_client_report(
         request_id=request_id,
         user_id=user_id,
         frames="\n".join(frames) or None,
-        context=json.dumps(context, default=str)[:4000] if context else None,
+        # Redacted like every server event: a `password` key is masked whole, whatever the browser sent.
+        context=json.dumps(redact_value("context", context), default=str)[:4000] if context else None,
     )

@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import CodeType, TracebackType
 
 #: The in-app code: frames under this folder are ours, everything else is a library.
 BACKEND_ROOT = Path(__file__).resolve().parents[2]
@@ -35,17 +35,39 @@ def normalise_message(message: str) -> str:
     return " ".join(text.split())[:300]
 
 
+# What each code object's frame contributes under BACKEND_ROOT (its label, or None for a library or ignored
+# frame): the walk runs on every error answered, over the same few dozen Flask and werkzeug functions.
+_LABELS: dict[CodeType, str | None] = {}
+_MAX_LABELS = 4096  # code objects are a bounded set, except code made at run time (exec): start over past this
+
+
+def _frame_label(code: CodeType, prefix: str) -> str | None:
+    filename = code.co_filename
+    if filename.startswith(prefix):
+        relative = filename[len(prefix) :]
+        if not relative.startswith(_IGNORED_IN_APP):
+            return f"{relative}:{code.co_name}"
+    return None
+
+
 def in_app_frames(tb: TracebackType | None, root: Path = BACKEND_ROOT) -> list[str]:
     """`relative/path.py:function` for each traceback frame under `root`, innermost last."""
     prefix = str(root) + "/"
     frames: list[str] = []
+    labels = _LABELS if root is BACKEND_ROOT else None
     while tb is not None:
         code = tb.tb_frame.f_code
-        filename = code.co_filename
-        if filename.startswith(prefix):
-            relative = filename[len(prefix) :]
-            if not relative.startswith(_IGNORED_IN_APP):
-                frames.append(f"{relative}:{code.co_name}")
+        if labels is None:
+            label = _frame_label(code, prefix)
+        elif code in labels:
+            label = labels[code]
+        else:
+            label = _frame_label(code, prefix)
+            if len(labels) >= _MAX_LABELS:
+                labels.clear()
+            labels[code] = label
+        if label is not None:
+            frames.append(label)
         tb = tb.tb_next
     return frames[-MAX_FRAMES:]
 

@@ -33,11 +33,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
 
+from ..redis_client import make_redis_client
+from ..timeutil import epoch_iso, iso, utcnow
 from ..utils.breaker_store import Outcome
 from ..utils.circuit_breaker import BreakerListener, CircuitBreaker
 from ..utils.classifier import Classification, classify, classify_status
@@ -55,12 +56,6 @@ SERVICE_CONFIG: dict[str, tuple[str, ...]] = {
     "email": ("SENDGRID_API_KEY",),
     "stripe": ("STRIPE_API_KEY",),
 }
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 class CallHistory(BreakerListener):
@@ -81,7 +76,7 @@ class CallHistory(BreakerListener):
         """ISO times of the last success and failure of `service` (None when never seen)."""
         with self._lock:
             seen = dict(self._last.get(service, {}))
-        return {"last_success": _iso(seen.get("success")), "last_failure": _iso(seen.get("failure"))}
+        return {"last_success": epoch_iso(seen.get("success")), "last_failure": epoch_iso(seen.get("failure"))}
 
 
 @dataclass
@@ -139,7 +134,7 @@ def misconfigured_probe(verdict: Classification, what: str) -> ProbeResult:
         "reason": verdict.reason,
         "operation": "probe",
         "since": None,  # a live probe only knows now; recorded faults know since when
-        "last_seen": _iso(time.time()),
+        "last_seen": epoch_iso(time.time()),
     }
     return ProbeResult(
         "misconfigured",
@@ -184,9 +179,7 @@ def _database_probe(app: Flask) -> ProbeResult:
 
 
 def _redis_probe(app: Flask) -> ProbeResult:
-    import redis  # only when configured
-
-    client = redis.Redis.from_url(app.config["REDIS_URL"], socket_connect_timeout=0.5, socket_timeout=0.5, retry=None)
+    client = make_redis_client(app.config["REDIS_URL"], timeout=0.5)
     try:
         client.ping()
     finally:
@@ -226,9 +219,12 @@ def _queue_probe(app: Flask) -> ProbeResult:
         "workers_alive": len(alive),
         "heartbeat_age_seconds": youngest,
     }
-    # No live worker with jobs waiting: the queue is not being served.
-    status = "ok" if alive or depth["ready"] == 0 else "degraded"
-    return ProbeResult(status, detail=None if status == "ok" else "no live worker", extra=extra)
+    # No live worker: nothing enqueued now or later is served (renders wait for ever), however short the queue.
+    if alive:
+        return ProbeResult("ok", extra=extra)
+    waiting = depth["ready"]
+    detail = "no live worker" + (f": {waiting} job(s) ready and waiting" if waiting else "")
+    return ProbeResult("degraded", detail=detail, extra=extra)
 
 
 #: Services whose adapter has no `probe()` are checked over HTTP: (base URL config key, default, path, key config).
@@ -453,7 +449,7 @@ def service_health(app: Flask) -> dict[str, Any]:
     overall = _overall(services, faults)
     return {
         "status": overall,
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": iso(utcnow()),
         "deadline_seconds": deadline,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
         "services": services,
@@ -475,7 +471,7 @@ def _breaker_view(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = ("state", "failure_rate", "calls_in_window", "failures_in_window", "retry_after", "storage")
     view = {key: snapshot.get(key) for key in keys}
-    view["opened_at"] = _iso(snapshot.get("opened_at"))
+    view["opened_at"] = epoch_iso(snapshot.get("opened_at"))
     return view
 
 

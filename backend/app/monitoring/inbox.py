@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..errors import ConflictError, NotFoundError
-from ..jobs.records import as_utc, iso
+from ..timeutil import as_utc, iso
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..timeutil import as_utc
 
 
 class StatsQuery(BaseModel):
@@ -32,6 +34,4 @@ class RecentErrorsQuery(BaseModel):
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         # A time without an offset is taken as UTC, the only zone the store uses.
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)

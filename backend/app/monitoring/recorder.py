@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
@@ -33,6 +34,37 @@ logger = logging.getLogger(__name__)
 # A batch the database keeps refusing is kept and retried this long, then dropped (and logged). It must
 # outlast a database outage: the errors of that outage are the ones an operator most needs counted.
 RETRY_SECONDS = 300.0
+#: Raw rows kept per client-error (4xx) group and UTC minute in one process; all are counted in the rollups.
+RAW_PER_MINUTE = 20
+
+
+class RawSampler:
+    """Keep the first `per_minute` raw rows of each 4xx group a minute: a flood of 429s, 404s or 401s is
+    counted in full in the groups and rollups but stores a bounded sample of rows (5xx rows are all kept:
+    every server fault is worth its row, and a client cannot cause them at will)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = max(0, per_minute)
+        self._minute = -1
+        self._kept: dict[str, int] = {}
+        self.sampled_out = 0
+
+    def keeps(self, source: str, status: int | None, fingerprint: str, created: float) -> bool:
+        """Whether an occurrence keeps its raw row (counted against its group's budget of the minute)."""
+        if status is None or not 400 <= status < 500 or source != "http":
+            return True
+        minute = int(created // 60)
+        if minute != self._minute:
+            if minute < self._minute:  # a late event of an older minute: its own budget is gone, keep it simple
+                self.sampled_out += 1
+                return False
+            self._minute, self._kept = minute, {}
+        kept = self._kept.get(fingerprint, 0)
+        if kept >= self.per_minute:
+            self.sampled_out += 1
+            return False
+        self._kept[fingerprint] = kept + 1
+        return True
 
 
 class ErrorRecorder:
@@ -46,8 +78,10 @@ class ErrorRecorder:
         interval: float = 1.0,
         capacity: int = 10_000,
         retry_seconds: float = RETRY_SECONDS,
+        raw_per_minute: int = RAW_PER_MINUTE,
     ) -> None:
         self._app = app
+        self.raw_per_minute = raw_per_minute
         self.retry_seconds = retry_seconds
         self.batch_size = max(1, batch_size)
         self.interval = max(0.01, interval)
@@ -63,6 +97,7 @@ class ErrorRecorder:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._last_flush = time.monotonic()
+        self._sampler = RawSampler(self.raw_per_minute)
         self.dropped = 0
         self.written = 0
         self.failed_flushes = 0
@@ -75,7 +110,7 @@ class ErrorRecorder:
     @property
     def pending(self) -> int:
         """Events waiting to be written by this process."""
-        return len(self._buffer) + (len(self._retry[0]) if self._retry else 0)
+        return len(self._buffer) + (sum(ev.weight for ev in self._retry[0]) if self._retry else 0)
 
     def submit(self, event: ErrorEventData | PendingEvent) -> bool:
         """Queue an event (or one to build when written); False, and counted, when the buffer is full."""
@@ -115,10 +150,37 @@ class ErrorRecorder:
             batch, self._retry = self._retry, None
             return batch
         events: list[ErrorEventData] = []
+        # The sampled-out occurrences of one group and minute become one event with their count as its weight:
+        # under a flood of 4xx the writer builds and counts one object per group and minute, not one per request.
+        folded: dict[tuple[str, int], tuple[ErrorEventData, float]] = {}
         buffer = self._buffer
-        while buffer and len(events) < self.batch_size * 4:
+        sampler = self._sampler
+        taken = 0
+        while buffer and taken < self.batch_size * 4:
             item = buffer.popleft()
-            events.append(item.build() if type(item) is PendingEvent else item)
+            taken += 1
+            if type(item) is PendingEvent:
+                fingerprint = item.derived.fingerprint
+                if sampler.keeps(item.source, item.status_code, fingerprint, item.created):
+                    events.append(item.build())
+                    continue
+                key = (fingerprint, int(item.created // 60))
+                found = folded.get(key)
+                if found is None:
+                    event = item.build()
+                    event.raw = False
+                    folded[key] = (event, item.created)
+                    events.append(event)
+                else:
+                    event, latest = found
+                    event.weight += 1
+                    if item.created > latest:
+                        folded[key] = (event, item.created)
+            else:
+                item.raw = sampler.keeps(item.source, item.status_code, item.fingerprint, item.occurred_at.timestamp())
+                events.append(item)
+        for event, latest in folded.values():  # the group's last_seen is the latest occurrence
+            event.occurred_at = datetime.fromtimestamp(latest, UTC)
         with self._lock:
             requests, self._requests = self._requests, {}
         return events, requests, None
@@ -138,7 +200,7 @@ class ErrorRecorder:
                     break
                 if not self._write(events, requests, failing_since):
                     break
-                total += len(events)
+                total += sum(ev.weight for ev in events)
                 if not everything and len(self._buffer) < self.batch_size:
                     break
             self._last_flush = time.monotonic()
@@ -156,7 +218,7 @@ class ErrorRecorder:
             self.failed_flushes += 1
             now = time.monotonic()
             if failing_since is not None and now - failing_since >= self.retry_seconds:
-                self.dropped += len(events)
+                self.dropped += sum(ev.weight for ev in events)
                 logger.error(
                     "Error statistics: dropped a batch of %s events after %.0f s of failed writes",
                     len(events),
@@ -169,12 +231,17 @@ class ErrorRecorder:
                         "Error statistics: writing %s events failed; retrying later", len(events), exc_info=True
                     )
             return False
-        self.written += len(events)
+        self.written += sum(ev.weight for ev in events)
         return True
 
     def status(self) -> dict[str, Any]:
         """This process's writer counters (not shared: each process reports its own)."""
-        return {"pending": self.pending, "dropped": self.dropped, "failed_flushes": self.failed_flushes}
+        return {
+            "pending": self.pending,
+            "dropped": self.dropped,
+            "failed_flushes": self.failed_flushes,
+            "sampled_out": self._sampler.sampled_out,
+        }
 
 
 class _Writer:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, select
 
 from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroupHour, ErrorMinute
+from ..timeutil import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def prune_error_events(
     now: datetime | None = None,
 ) -> PruneResult:
     """Delete raw events older than `retention_days` or beyond the newest `max_rows`, and old rollups."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     table = ErrorEvent.__table__
     by_age = _delete_ids_chunked(engine, table.c.occurred_at < now - timedelta(days=retention_days))
     by_count = 0
@@ -74,5 +75,10 @@ def prune_error_events(
         codes += conn.execute(delete(ErrorCodeHour.__table__).where(ErrorCodeHour.hour < rollup_cutoff)).rowcount
         hours = conn.execute(delete(ErrorGroupHour.__table__).where(ErrorGroupHour.hour < rollup_cutoff)).rowcount
     result = PruneResult(by_age, by_count, minutes, codes, hours)
-    logger.info("Pruned error statistics: %s", result.as_dict())
+    # An hourly prune that found nothing is no news (DEBUG); one that deleted rows says what.
+    logger.log(
+        logging.INFO if any(result.as_dict().values()) else logging.DEBUG,
+        "Pruned error statistics: %s",
+        result.as_dict(),
+    )
     return result

@@ -45,9 +45,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import APIError
 from ..extensions import db
-from ..jobs.records import iso
 from ..models.service_fault import ServiceFault
-from ..models.user import utcnow
+from ..timeutil import iso, utcnow
 from ..utils.circuit_breaker import BreakerListener, CircuitBreaker
 from ..utils.classifier import Classification, classify
 from ..utils.resilience import RecoveryEvent

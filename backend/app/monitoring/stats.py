@@ -18,17 +18,12 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..models import ErrorCodeHour, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
-from ..models.user import as_utc
-from .store import floor_hour, floor_minute
+from ..timeutil import iso_micro, utcnow
+from .store import CLIENT_SOURCE, floor_hour, floor_minute
 
 #: Rate windows in minutes, each ending with (and including) the current minute.
 WINDOWS = {"1m": 1, "5m": 5, "1h": 60, "24h": 1440}
 GROUP_STATUSES = ("unresolved", "acknowledged", "resolved")
-
-
-def iso(value: datetime | None) -> str | None:
-    """An aware or SQLite-naive UTC datetime as ISO 8601 with a Z."""
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value is not None else None
 
 
 def group_dict(group: ErrorGroup, count_24h: int | None = None) -> dict[str, Any]:
@@ -47,8 +42,8 @@ def group_dict(group: ErrorGroup, count_24h: int | None = None) -> dict[str, Any
         "status_code": group.status_code,
         "count": group.count,
         "count_24h": count_24h,
-        "first_seen": iso(group.first_seen),
-        "last_seen": iso(group.last_seen),
+        "first_seen": iso_micro(group.first_seen),
+        "last_seen": iso_micro(group.last_seen),
         "status": group.status,
         "regressed": group.regressed,
     }
@@ -59,7 +54,7 @@ def event_dict(event: ErrorEvent) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "group_id": event.group_id,
-        "occurred_at": iso(event.occurred_at),
+        "occurred_at": iso_micro(event.occurred_at),
         "source": event.source,
         "code": event.code,
         "status_code": event.status_code,
@@ -75,6 +70,11 @@ def event_dict(event: ErrorEvent) -> dict[str, Any]:
     }
 
 
+#: Server errors only: a client report is stored beside them but never counted as one.
+SERVER_GROUPS = ErrorGroup.source != CLIENT_SOURCE
+CLIENT_GROUPS = ErrorGroup.source == CLIENT_SOURCE
+
+
 def _group_breakdown(session: Session) -> dict[str, Any]:
     rows = session.execute(
         select(
@@ -85,7 +85,9 @@ def _group_breakdown(session: Session) -> dict[str, Any]:
             ErrorGroup.regressed,
             func.sum(ErrorGroup.count),
             func.count(),
-        ).group_by(ErrorGroup.code, ErrorGroup.category, ErrorGroup.severity, ErrorGroup.status, ErrorGroup.regressed)
+        )
+        .where(SERVER_GROUPS)
+        .group_by(ErrorGroup.code, ErrorGroup.category, ErrorGroup.severity, ErrorGroup.status, ErrorGroup.regressed)
     ).all()
     totals = {"errors": 0, "groups": 0, "regressed": 0, **{status: 0 for status in GROUP_STATUSES}}
     by_code: dict[str, int] = defaultdict(int)
@@ -110,20 +112,29 @@ def _rates(session: Session, now: datetime) -> dict[str, dict[str, Any]]:
     columns = []
     for name in WINDOWS:
         inside = ErrorMinute.minute >= starts[name]
-        columns.append(func.coalesce(func.sum(case((inside, ErrorMinute.errors), else_=0)), 0))
-        columns.append(func.coalesce(func.sum(case((inside, ErrorMinute.requests), else_=0)), 0))
+        for column in (ErrorMinute.errors, ErrorMinute.server_errors, ErrorMinute.requests):
+            columns.append(func.coalesce(func.sum(case((inside, column), else_=0)), 0))
     row = session.execute(select(*columns).where(ErrorMinute.minute >= min(starts.values()))).one()
     rates: dict[str, dict[str, Any]] = {}
     for i, (name, minutes) in enumerate(WINDOWS.items()):
-        errors, requests = int(row[2 * i]), int(row[2 * i + 1])
+        errors, server, requests = (int(value) for value in row[3 * i : 3 * i + 3])
         rates[name] = {
             "minutes": minutes,
             "errors": errors,
             "requests": requests,
             "errors_per_minute": round(errors / minutes, 4),
-            "error_ratio": round(errors / requests, 4) if requests else None,
+            "error_ratio": _ratio(errors, requests),
+            # An hour of ordinary 404s, 422s and expired tokens is not an outage: the two kinds apart.
+            "server_errors": server,
+            "server_error_ratio": _ratio(server, requests),
+            "client_errors": errors - server,
+            "client_error_ratio": _ratio(errors - server, requests),
         }
     return rates
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def _codes_24h(session: Session, now: datetime) -> dict[str, int]:
@@ -137,12 +148,13 @@ def _codes_24h(session: Session, now: datetime) -> dict[str, int]:
     return {code: int(n or 0) for code, n in rows}
 
 
-def _top_groups(session: Session, now: datetime, limit: int) -> list[dict[str, Any]]:
+def _top_groups(session: Session, now: datetime, limit: int, *, client: bool = False) -> list[dict[str, Any]]:
     since = floor_hour(now) - timedelta(hours=23)
     total = func.sum(ErrorGroupHour.count).label("n")
     ranked = session.execute(
         select(ErrorGroupHour.group_id, total)
-        .where(ErrorGroupHour.hour >= since)
+        .join(ErrorGroup, ErrorGroup.id == ErrorGroupHour.group_id)
+        .where(ErrorGroupHour.hour >= since, CLIENT_GROUPS if client else SERVER_GROUPS)
         .group_by(ErrorGroupHour.group_id)
         .order_by(total.desc(), ErrorGroupHour.group_id)
         .limit(limit)
@@ -152,9 +164,29 @@ def _top_groups(session: Session, now: datetime, limit: int) -> list[dict[str, A
     return [group_dict(groups[gid], counts[gid]) for gid in counts if gid in groups]
 
 
+def _client_reports(session: Session, now: datetime, top: int) -> dict[str, Any]:
+    """What browsers reported: its own totals and top groups, never part of the server's figures."""
+    rows = session.execute(
+        select(ErrorGroup.code, func.sum(ErrorGroup.count), func.count()).where(CLIENT_GROUPS).group_by(ErrorGroup.code)
+    ).all()
+    since = floor_hour(now) - timedelta(hours=23)
+    last_24h = session.scalar(
+        select(func.coalesce(func.sum(ErrorGroupHour.count), 0))
+        .join(ErrorGroup, ErrorGroup.id == ErrorGroupHour.group_id)
+        .where(ErrorGroupHour.hour >= since, CLIENT_GROUPS)
+    )
+    return {
+        "reports": sum(int(n or 0) for _, n, _ in rows),
+        "groups": sum(int(g) for _, _, g in rows),
+        "last_24h": int(last_24h or 0),
+        "by_code": {code: int(n or 0) for code, n, _ in sorted(rows)},
+        "top_groups": _top_groups(session, now, top, client=True),
+    }
+
+
 def error_stats(session: Session, *, top: int = 10, now: datetime | None = None) -> dict[str, Any]:
-    """Totals, breakdowns, rates over 1m/5m/1h/24h and the top groups of the last 24 hours."""
-    now = now or datetime.now(UTC)
+    """Server totals, breakdowns, rates over 1m/5m/1h/24h and top groups; client reports in their own section."""
+    now = now or utcnow()
     breakdown = _group_breakdown(session)
     codes_24h = _codes_24h(session, now)
     by_code = {
@@ -162,19 +194,20 @@ def error_stats(session: Session, *, top: int = 10, now: datetime | None = None)
         for code, total in sorted(breakdown["by_code"].items())
     }
     return {
-        "generated_at": iso(now),
+        "generated_at": iso_micro(now),
         "totals": breakdown["totals"],
         "by_code": by_code,
         "by_category": dict(sorted(breakdown["by_category"].items())),
         "by_severity": dict(sorted(breakdown["by_severity"].items())),
         "rates": _rates(session, now),
         "top_groups": _top_groups(session, now, top),
+        "client_reports": _client_reports(session, now, top),
     }
 
 
 def encode_cursor(event: ErrorEvent) -> str:
     """An opaque cursor pointing just after `event` in newest-first order."""
-    raw = f"{iso(event.occurred_at)}|{event.id}".encode()
+    raw = f"{iso_micro(event.occurred_at)}|{event.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -222,13 +255,16 @@ def recent_events(
 def summary(session: Session, *, recent: int = 10) -> dict[str, Any]:
     """Seed 004's summary: total errors, counts per `category_severity`, the latest errors."""
     rows = session.execute(
-        select(ErrorGroup.category, ErrorGroup.severity, func.sum(ErrorGroup.count)).group_by(
-            ErrorGroup.category, ErrorGroup.severity
-        )
+        select(ErrorGroup.category, ErrorGroup.severity, func.sum(ErrorGroup.count))
+        .where(SERVER_GROUPS)
+        .group_by(ErrorGroup.category, ErrorGroup.severity)
     ).all()
     counts = {f"{cat.lower()}_{sev.lower()}": int(n or 0) for cat, sev, n in rows}
     latest = session.scalars(
-        select(ErrorEvent).order_by(ErrorEvent.occurred_at.desc(), ErrorEvent.id.desc()).limit(recent)
+        select(ErrorEvent)
+        .where(ErrorEvent.source != CLIENT_SOURCE)
+        .order_by(ErrorEvent.occurred_at.desc(), ErrorEvent.id.desc())
+        .limit(recent)
     )
     return {
         "total_errors": sum(counts.values()),
@@ -241,7 +277,7 @@ def summary(session: Session, *, recent: int = 10) -> dict[str, Any]:
                 "message": e.message,
                 "category": e.category.lower(),
                 "severity": e.severity.lower(),
-                "timestamp": iso(e.occurred_at),
+                "timestamp": iso_micro(e.occurred_at),
             }
             for e in latest
         ],

@@ -17,8 +17,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, and_, case, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..ids import uuid7_hex_batch
 from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
-from ..utils.ids import uuid7_hex_batch
+
+#: The source of events reported by browser clients; every other source is the server's own.
+CLIENT_SOURCE = "client"
 
 
 @dataclass(slots=True)
@@ -43,6 +46,13 @@ class ErrorEventData:
     user_id: int | None = None
     frames: str | None = None
     context: str | None = None
+    raw: bool = True  # False: counted in the group and rollups, but no raw row (a sampled-out client error)
+    weight: int = 1  # occurrences this event stands for: the sampled-out 4xx of one group and minute come as one
+
+
+def is_server_error(status_code: int | None) -> bool:
+    """A 5xx, or a failure outside any request (a job): the server's fault. A 4xx is the caller's."""
+    return status_code is None or status_code >= 500
 
 
 def floor_minute(moment: datetime) -> datetime:
@@ -115,14 +125,14 @@ def _group_rows(events: Sequence[ErrorEventData]) -> list[dict[str, Any]]:
                 "category": ev.category,
                 "severity": ev.severity,
                 "status_code": ev.status_code,
-                "count": 1,
+                "count": ev.weight,
                 "first_seen": ev.occurred_at,
                 "last_seen": ev.occurred_at,
                 "status": "unresolved",
                 "regressed": False,
             }
         else:
-            row["count"] += 1
+            row["count"] += ev.weight
             row["first_seen"] = min(row["first_seen"], ev.occurred_at)
             row["last_seen"] = max(row["last_seen"], ev.occurred_at)
     # A fixed order means concurrent writers lock rows in the same order and cannot deadlock.
@@ -168,7 +178,7 @@ def upsert_groups(conn: Connection, events: Sequence[ErrorEventData]) -> dict[st
 
 def assign_event_ids(events: Sequence[ErrorEventData]) -> None:
     """Give every event without an id a UUIDv7 of its time: one `os.urandom` call for the batch."""
-    missing = [ev for ev in events if ev.event_id is None]
+    missing = [ev for ev in events if ev.event_id is None and ev.raw]  # only raw rows need an id
     if not missing:
         return
     ids = uuid7_hex_batch([int(ev.occurred_at.timestamp() * 1000) for ev in missing])
@@ -264,19 +274,29 @@ def _insert_events(conn: Connection, events: Sequence[ErrorEventData], group_ids
 
 
 def write_batch(engine: Engine, events: Sequence[ErrorEventData], requests: Mapping[int, int]) -> None:
-    """Write events (raw rows, groups, rollups) and per-minute request counts in one transaction."""
+    """Write events (raw rows, groups, rollups) and per-minute request counts in one transaction.
+
+    Client reports get their groups, raw rows and per-group hours, but no server rollups (minutes, codes).
+    """
     assign_event_ids(events)
     with engine.begin() as conn:
         group_ids = upsert_groups(conn, events)
-        if events:
-            _insert_events(conn, events, group_ids)
+        kept = [ev for ev in events if ev.raw]
+        if kept:
+            _insert_events(conn, kept, group_ids)
         # One pass, on integer minutes; datetimes only for the few distinct keys.
         per_code: Counter[tuple[int, str]] = Counter()
         per_group_hour: Counter[tuple[int, int]] = Counter()
+        server_per_minute: Counter[int] = Counter()
         for ev in events:
             minute = int(ev.occurred_at.timestamp() // 60)
-            per_code[minute, ev.code] += 1
-            per_group_hour[minute // 60, group_ids[ev.fingerprint]] += 1
+            per_group_hour[minute // 60, group_ids[ev.fingerprint]] += ev.weight
+            if ev.source != CLIENT_SOURCE:
+                # A browser's report is not a server error: it never feeds the server's rates, per-code counts
+                # or the alerts and SLOs read from them (anyone can send one, with any code).
+                per_code[minute, ev.code] += ev.weight
+                if is_server_error(ev.status_code):
+                    server_per_minute[minute] += ev.weight
         errors_per_minute: Counter[int] = Counter()
         per_code_hour: Counter[tuple[int, str]] = Counter()
         for (minute, code), n in per_code.items():
@@ -286,11 +306,16 @@ def write_batch(engine: Engine, events: Sequence[ErrorEventData], requests: Mapp
             conn,
             ErrorMinute.__table__,
             [
-                {"minute": minute_from_epoch(m), "errors": errors_per_minute[m], "requests": requests.get(m, 0)}
+                {
+                    "minute": minute_from_epoch(m),
+                    "errors": errors_per_minute[m],
+                    "server_errors": server_per_minute[m],
+                    "requests": requests.get(m, 0),
+                }
                 for m in sorted(set(errors_per_minute) | set(requests))
             ],
             ["minute"],
-            ["errors", "requests"],
+            ["errors", "server_errors", "requests"],
         )
         upsert_add(
             conn,

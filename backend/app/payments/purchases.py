@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import credits
 from ..extensions import db
 from ..models.billing import DISPUTED, GRANT, PAID, PARTIALLY_REFUNDED, REFUNDED, CreditPurchase
-from ..models.user import utcnow
+from ..timeutil import utcnow
 
 logger = logging.getLogger(__name__)
 

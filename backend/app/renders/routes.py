@@ -20,7 +20,7 @@ from ..idempotency import idempotent
 from ..models.media import SUCCEEDED, Render, Upload
 from ..openapi import documented
 from ..rate_limits import rate_limited
-from ..request_context import get_request_id
+from ..request_id import get_request_id
 from ..routing import MAX_INT
 from ..schemas import (
     PAGE_QUERY_DOC,

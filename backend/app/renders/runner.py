@@ -44,10 +44,11 @@ from ..extensions import db
 from ..jobs import JobContext, LeaseLostError, enqueue
 from ..jobs.records import still_held
 from ..models.media import FAILED, QUEUED, RUNNING, SUCCEEDED, Render, Upload
-from ..models.user import User, utcnow
+from ..models.user import User
 from ..services import get_email, get_storage
 from ..services.audio import FORMATS
 from ..services.rendering import RenderSpec, get_renderer
+from ..timeutil import utcnow
 from ..utils.classifier import classify
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ def queue_render(user_id: int, upload: Upload, spec: RenderSpec, *, request_id: 
             commit=False,
             # Pending from the start: a job that ends failed or dead settles the render (refund, email).
             compensations=[("consume_credit", "settle_failed", {"render_id": render.id})],
+            request_id=request_id,  # the id the user is shown with the render and its error
+            user_id=user_id,
         )
         db.session.commit()
     except BaseException:

@@ -44,7 +44,7 @@ from ...redaction import redact
 from ..errors import APIError, EmailError, UpstreamRejectedError
 from ..extensions import db
 from ..models.outbox import DISCARDED, FAILED, QUEUED, SENDING, SENT, EmailOutbox
-from ..models.user import utcnow
+from ..timeutil import utcnow
 from ..utils.classifier import classify
 from ..utils.error_recovery import CircuitOpenError, call_with_recovery, get_breaker
 from . import email_templates as templates

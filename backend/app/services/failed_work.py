@@ -33,7 +33,7 @@ from sqlalchemy import delete, func, select, update
 from ...redaction import redact, redact_value
 from ..errors import APIError
 from ..extensions import db
-from ..jobs.records import append_error, as_utc, iso, utcnow
+from ..jobs.records import append_error
 from ..models.outbox import (
     DISCARDED,
     FAILED,
@@ -47,6 +47,7 @@ from ..models.outbox import (
     PendingSync,
 )
 from ..monitoring.inbox import FailedItem
+from ..timeutil import as_utc, iso, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,8 @@ def storage_sync(ctx: JobContext) -> dict[str, Any]:
 
     storage = get_storage()
     uploaded = storage.sync_pending(int(current_app.config.get("STORAGE_SYNC_BATCH", 100)))
+    if not uploaded:  # a file that failed to upload has its own warning line
+        ctx.nothing_to_do()
     return {"uploaded": uploaded, "pending": storage.pending_sync_count(), "failed": storage.failed_sync_count()}
 
 
@@ -39,6 +41,8 @@ def email_outbox(ctx: JobContext) -> dict[str, Any]:
 
     email = get_email()
     sent = email.resend_outbox(int(current_app.config.get("EMAIL_OUTBOX_BATCH", 100)))
+    if not sent:  # an email that failed to send has its own warning line
+        ctx.nothing_to_do()
     return {
         "sent": sent,
         "queued": email.outbox_count(),
@@ -59,6 +63,8 @@ def prune_errors(ctx: JobContext) -> dict[str, Any]:
         max_rows=cfg.get("ERROR_EVENT_MAX_ROWS"),
         rollup_retention_days=int(cfg.get("ERROR_ROLLUP_RETENTION_DAYS", 90)),
     )
+    if not any(result.as_dict().values()):
+        ctx.nothing_to_do()
     return result.as_dict()
 
 

@@ -42,7 +42,7 @@ from ..errors import APIError, NotFoundError, StorageError, UpstreamRejectedErro
 from ..extensions import db
 from ..jobs.retry_policy import RetryPolicy
 from ..models.outbox import SYNC_FAILED, SYNC_PENDING, SYNC_SYNCED, PendingSync
-from ..models.user import utcnow
+from ..timeutil import utcnow
 from ..utils.classifier import classify
 from ..utils.error_recovery import call_with_recovery, get_breaker
 from .replay import Failure

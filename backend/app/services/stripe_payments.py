@@ -33,11 +33,11 @@ from ..errors import (
     APIError,
     BadRequestError,
     ExternalServiceError,
+    IdempotencyKeyReusedError,
     PaymentError,
     StripeError,
     ValidationError,
 )
-from ..idempotency import IdempotencyKeyReusedError
 from ..utils.classifier import classify
 from ..utils.error_recovery import call_with_recovery, get_breaker
 

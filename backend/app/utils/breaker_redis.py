@@ -24,10 +24,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .breaker_store import (
+    AdminActionNotAppliedError,
     Admission,
     BreakerConfig,
     BreakerState,
@@ -149,17 +148,6 @@ return 1
 """
 
 
-def make_redis_client(url: str, timeout: float = 0.25) -> redis.Redis:
-    """A Redis client that fails fast: short connect/read timeouts, no retries, no health-check pings."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
-
-
 def _opt_float(value: Any) -> float | None:
     if value is None or value in (b"", ""):
         return None
@@ -188,6 +176,11 @@ class RedisBreakerStore:
     def storage(self) -> str:
         """'redis', or 'local-fallback' while Redis is unreachable."""
         return "redis" if self._down_since is None else "local-fallback"
+
+    @property
+    def shared_through(self) -> str:
+        """Where admin actions are shared: Redis (at once)."""
+        return "redis"
 
     def _keys(self, name: str) -> list[str]:
         base = f"{self.prefix}cb:{name}"
@@ -302,15 +295,25 @@ class RedisBreakerStore:
         return self._run(remote, lambda: self.local.record(name, config, now, outcome, epoch, trial))
 
     def set_state(self, name: str, state: BreakerState, now: float) -> tuple[BreakerState, BreakerState] | None:
-        """Admin override, seen by every process."""
+        """Admin override, seen by every process; raises `AdminActionNotAppliedError` when Redis is unreachable.
 
-        def remote() -> tuple[BreakerState, BreakerState] | None:
+        Never applied to the local fallback alone: that would change this process only (a CLI's, say) and
+        report a success the serving processes never see.
+        """
+        try:
+            if self._down_since is not None:
+                self._came_back()  # an admin action always asks Redis, whatever the probe interval says
             old_raw = self._set_state(keys=self._keys(name), args=[state.value, repr(now)])
-            old = BreakerState(old_raw.decode() if isinstance(old_raw, bytes) else old_raw)
-            self._last_seen[name] = (state, now if state is BreakerState.FORCED_OPEN else None)
-            return (old, state) if old is not state else None
-
-        return self._run(remote, lambda: self.local.set_state(name, state, now))
+        except redis.RedisError as exc:
+            self._went_down(exc)
+            raise AdminActionNotAppliedError(
+                f"The admin action was not applied: Redis, where every process reads breaker state, is unreachable "
+                f"({type(exc).__name__}). Nothing was changed.",
+                details={"service": name[:64], "shared_through": "redis"},
+            ) from exc
+        old = BreakerState(old_raw.decode() if isinstance(old_raw, bytes) else old_raw)
+        self._last_seen[name] = (state, now if state is BreakerState.FORCED_OPEN else None)
+        return (old, state) if old is not state else None
 
     def snapshot(self, name: str, config: BreakerConfig, now: float) -> dict[str, Any]:
         """State and window counts, read in one round trip."""

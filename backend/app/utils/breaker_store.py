@@ -27,6 +27,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from ..errors import ExternalServiceError
+
+
+class AdminActionNotAppliedError(ExternalServiceError):
+    """The admin action could not be saved where every process reads it; nothing was changed."""
+
+    code = "ADMIN_ACTION_NOT_APPLIED"
+
 
 class BreakerState(StrEnum):
     """The states of a circuit breaker."""
@@ -85,6 +93,11 @@ class BreakerStore(Protocol):
     @property
     def storage(self) -> str:
         """'memory', 'redis' or 'local-fallback' (Redis configured but unreachable)."""
+        ...
+
+    @property
+    def shared_through(self) -> str:
+        """Where admin actions (reset, force-open, disable) are shared: 'redis', 'database' or 'process'."""
         ...
 
     def acquire(self, name: str, config: BreakerConfig, now: float) -> Admission:
@@ -171,6 +184,11 @@ class MemoryBreakerStore:
         """Always 'memory'."""
         return "memory"
 
+    @property
+    def shared_through(self) -> str:
+        """'process': an admin action reaches this process only."""
+        return "process"
+
     def _entry(self, name: str) -> _Entry:
         entry = self._entries.get(name)
         if entry is None:
@@ -187,6 +205,11 @@ class MemoryBreakerStore:
         entry = self._entry(name)
         with entry.lock:
             entry.state, entry.opened_at = state, opened_at
+
+    def peek_state(self, name: str) -> BreakerState | None:
+        """A breaker's state without creating it (None when this store has not seen it)."""
+        entry = self._entries.get(name)
+        return None if entry is None else entry.state
 
     def clear(self) -> None:
         """Forget every breaker."""

@@ -23,8 +23,16 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ...logging_config import log_security_event
-from ..errors import ExternalServiceError
-from .breaker_store import Admission, BreakerConfig, BreakerState, BreakerStore, MemoryBreakerStore, Outcome
+from ..errors import CircuitOpenError
+from .breaker_store import (
+    AdminActionNotAppliedError,
+    Admission,
+    BreakerConfig,
+    BreakerState,
+    BreakerStore,
+    MemoryBreakerStore,
+    Outcome,
+)
 from .classifier import is_breaker_failure
 
 logger = logging.getLogger(__name__)
@@ -33,6 +41,16 @@ T = TypeVar("T")
 
 #: Breakers every deployment has, so monitoring lists them before their first call.
 KNOWN_SERVICES = ("stripe", "storage", "email", "rendering", "database")
+
+#: Breakers that guard our own plumbing, not a user-facing feature: one per alert destination
+#: (`alerts:<type>:<hash>`). Admins see them; the public health endpoints leave them out.
+INTERNAL_PREFIX = "alerts"
+
+
+def is_internal(name: str) -> bool:
+    """Whether a breaker is internal (alert delivery) rather than a service users depend on."""
+    return name == INTERNAL_PREFIX or name.startswith(INTERNAL_PREFIX + ":")
+
 
 #: Per-service defaults on top of `BreakerConfig()`; `CIRCUIT_BREAKERS` in app config overrides them.
 #: A slow call must be slower than normal yet faster than the adapter's timeout, or a peer that answers
@@ -48,12 +66,6 @@ SERVICE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     "rendering": {},  # renders take minutes by design; their own timeout bounds them
     "database": {"slow_call_seconds": 1.5, "recovery_timeout": 10.0},
 }
-
-
-class CircuitOpenError(ExternalServiceError):
-    """The service is failing and calls are paused; retry after `retry_after` seconds."""
-
-    code = "CIRCUIT_OPEN"
 
 
 @dataclass(frozen=True)
@@ -204,7 +216,20 @@ class CircuitBreaker:
         return snap
 
     def _admin(self, state: BreakerState, action: str, actor: str | None) -> None:
-        transition = self.store.set_state(self.name, state, self._clock())
+        try:
+            transition = self.store.set_state(self.name, state, self._clock())
+        except AdminActionNotAppliedError as exc:
+            # Refused, not half-done: the store changed nothing anywhere. The attempt is an admin event too.
+            log_security_event(
+                f"circuit_breaker_{action}_refused",
+                f"Circuit breaker {self.name}: {action} by {actor or 'system'} not applied: {exc.message}",
+                level=logging.WARNING,
+                breaker=self.name,
+                action=action,
+                actor=actor,
+                storage=self.storage,
+            )
+            raise
         log_security_event(
             f"circuit_breaker_{action}",
             f"Circuit breaker {self.name}: {action} by {actor or 'system'}",
@@ -269,6 +294,12 @@ class BreakerRegistry:
     def storage(self) -> str:
         """Where breaker state lives now."""
         return self.store.storage
+
+    def propagation(self) -> dict[str, Any]:
+        """Where an admin action on these breakers is shared, and how soon every process applies it."""
+        through = self.store.shared_through
+        within = float(getattr(self.store, "refresh_seconds", 0.0)) if through == "database" else 0.0
+        return {"shared_through": through, "within_seconds": within}
 
     def config_for(self, name: str) -> BreakerConfig:
         """Defaults, then the service's built-in defaults, then `CIRCUIT_BREAKERS['*']` and `[name]`."""

@@ -46,7 +46,7 @@ from enum import Enum
 from typing import Any
 
 from ..db_errors import is_unreachable
-from ..errors import APIError
+from ..errors import APIError, CircuitOpenError
 
 
 class ErrorKind(Enum):
@@ -152,7 +152,7 @@ def _api_error(exc: APIError) -> Classification:
         # A refused key or permission, passed on by an inner guarded call, stays a configuration fault.
         misconfigured = exc.code == "SERVICE_MISCONFIGURED"
         return Classification(ErrorKind.PERMANENT, None, reason, status, misconfigured=misconfigured)
-    if status == 429 or exc.code == "CIRCUIT_OPEN":
+    if status == 429 or exc.code == CircuitOpenError.code:
         # Asked to slow down, or a paused dependency: come back after `retry_after`.
         return Classification(ErrorKind.THROTTLED, exc.retry_after, reason, status)
     return Classification(ErrorKind.TRANSIENT, exc.retry_after, reason, status)
@@ -332,7 +332,7 @@ def is_breaker_failure(exc: BaseException) -> bool:
     still in progress): it is an answer about this request, from a service that is up (a slow answer
     still counts as a slow call). An open breaker's own rejection is not a new failure either.
     """
-    if isinstance(exc, APIError) and exc.code == "CIRCUIT_OPEN":
+    if isinstance(exc, APIError) and exc.code == CircuitOpenError.code:  # also a relayed envelope with that code
         return False
     verdict = classify(exc)
     if verdict.status is not None and 400 <= verdict.status < 500 and verdict.status != 429:

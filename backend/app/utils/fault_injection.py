@@ -7,9 +7,11 @@ what a real one would: the breaker counts it, the classifier judges it, retries 
 
 Safety: rules can only be added when `FAULT_INJECTION_ENABLED` is set, never in the production
 config (`ENV_NAME == "production"`), whatever the flag says; every rule expires (at most an
-hour); delays are capped at 30 s. With `REDIS_URL`, rules are kept in Redis (one key per service,
-expiring with the rule) and every process reads them at most once a second, so one admin request
-reaches every worker; without Redis they live in the answering process only (the API says which).
+hour); delays are capped at 30 s. Rules reach every process that makes the call (web workers and the
+job worker that renders): with `REDIS_URL` they are kept in Redis (one key per service, expiring with
+the rule), otherwise in the app database (`shared_overrides`); every process re-reads them at most every
+`OVERRIDES_REFRESH_SECONDS` (1), and the API says where they are shared and how soon they apply. Only a
+database in memory (one process by construction) keeps them in the answering process alone.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypeVar
 
 from flask import Flask, current_app, has_app_context
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import AuthorizationError, ExternalServiceError
+from .resilience import app_engine
+from .shared_overrides import FAULT, OverrideTable, database_is_shared
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +129,30 @@ class RedisFaultStore:
         return rules
 
 
+class DatabaseFaultStore:
+    """Rules shared by every process through the app database (`shared_overrides`, kind "fault"): no Redis."""
+
+    def __init__(self, table: OverrideTable) -> None:
+        self.table = table
+
+    def put(self, rule: FaultRule, now: float) -> None:
+        """Store the rule (raises `AdminActionNotAppliedError` when the database refuses)."""
+        self.table.put(FAULT, rule.service, asdict(rule), now, expires_at=rule.expires_at)
+
+    def delete(self, services: list[str]) -> int:
+        """Remove the rules of `services`; how many existed."""
+        return self.table.delete(FAULT, services)
+
+    def load(self, services: list[str]) -> dict[str, FaultRule]:
+        """The live rules of `services` (ConnectionError when the database does not answer)."""
+        try:
+            items = self.table.read(FAULT, now=time.time())
+        except SQLAlchemyError as exc:
+            raise ConnectionError("the database is unavailable") from exc
+        wanted = set(services)
+        return {item.name: FaultRule(**item.value) for item in items if item.name in wanted}
+
+
 class FaultInjector:
     """The rules of one app, consulted on every guarded call (a dict lookup when there are none)."""
 
@@ -134,7 +163,7 @@ class FaultInjector:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
-        store: RedisFaultStore | None = None,
+        store: RedisFaultStore | DatabaseFaultStore | None = None,
         services: Callable[[], list[str]] = list,
         refresh_seconds: float = 1.0,
     ) -> None:
@@ -175,8 +204,20 @@ class FaultInjector:
 
     @property
     def scope(self) -> str:
-        """Where rules apply: every process sharing Redis, or this process only."""
+        """Where rules apply: every process sharing the store, or this process only."""
         return "shared" if self.store is not None else "process"
+
+    @property
+    def shared_through(self) -> str:
+        """The store every process reads rules from: 'redis', 'database' or 'process' (none)."""
+        if isinstance(self.store, RedisFaultStore):
+            return "redis"
+        return "database" if self.store is not None else "process"
+
+    @property
+    def refresh_seconds(self) -> float:
+        """How soon every other process applies a change (0 when only this process has the rules)."""
+        return self._refresh_seconds if self.store is not None else 0.0
 
     def _refresh(self) -> None:
         # Shared rules are re-read at most once per `refresh_seconds`; a Redis outage keeps the last copy.
@@ -242,18 +283,22 @@ def init_fault_injection(app: Flask) -> FaultInjector:
     """Attach the app's injector (inert when fault injection is not allowed)."""
     seed = app.config.get("FAULT_INJECTION_SEED")
     enabled = fault_injection_allowed(app)
-    store = None
+    store: RedisFaultStore | DatabaseFaultStore | None = None
     if enabled and app.config.get("REDIS_URL"):
-        from .breaker_redis import make_redis_client  # redis only when configured
+        from ..redis_client import make_redis_client  # redis only when configured
 
         client = make_redis_client(app.config["REDIS_URL"], timeout=0.25)
         store = RedisFaultStore(client, prefix=app.config.get("CIRCUIT_BREAKER_KEY_PREFIX") or "oriel:")
+    elif enabled and database_is_shared(app.config.get("SQLALCHEMY_DATABASE_URI")):
+        # The job worker that renders is another process: without Redis the rules reach it through the database.
+        store = DatabaseFaultStore(OverrideTable(app_engine(app)))
     breakers = app.extensions["breakers"]
     injector = FaultInjector(
         enabled=enabled,
         rng=random.Random(seed) if seed is not None else None,
         store=store,
         services=lambda: sorted(breakers.all()),
+        refresh_seconds=float(app.config.get("OVERRIDES_REFRESH_SECONDS", 1.0)),
     )
     app.extensions[EXTENSION] = injector
     return injector

@@ -8,6 +8,8 @@ drops it.
 Settings (all optional):
 - `REDIS_URL`: breaker state shared by every process through Redis (else in memory, per process).
 - `CIRCUIT_BREAKER_STORAGE`: "auto" (default: Redis when `REDIS_URL` is set) or "memory".
+  In memory, admin actions (reset, force-open, disable) still reach every process: they are written to the
+  app database and re-read every `OVERRIDES_REFRESH_SECONDS` (1.0) by each process (`shared_overrides`).
 - `CIRCUIT_BREAKER_KEY_PREFIX` (default "oriel:"), `CIRCUIT_BREAKER_REDIS_TIMEOUT` (seconds, 0.25),
   `CIRCUIT_BREAKER_REDIS_PROBE_INTERVAL` (seconds between Redis probes during an outage, 2.0).
 - `CIRCUIT_BREAKERS`: `{"stripe": {"min_calls": 10}, "*": {...}}`, fields of `BreakerConfig`. Without an
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app, g, has_app_context
+from sqlalchemy import Engine
 
 from .breaker_store import BreakerStore, MemoryBreakerStore
 from .circuit_breaker import SERVICE_DEFAULTS, BreakerRegistry, CircuitBreaker
@@ -174,7 +177,8 @@ def _store_from_config(config: Mapping[str, Any]) -> BreakerStore:
     url = config.get("REDIS_URL")
     if not url or (config.get("CIRCUIT_BREAKER_STORAGE") or "auto") == "memory":
         return MemoryBreakerStore()
-    from .breaker_redis import RedisBreakerStore, make_redis_client  # redis only when configured
+    from ..redis_client import make_redis_client
+    from .breaker_redis import RedisBreakerStore  # redis only when configured
 
     client = make_redis_client(url, timeout=float(config.get("CIRCUIT_BREAKER_REDIS_TIMEOUT", 0.25)))
     return RedisBreakerStore(
@@ -186,11 +190,42 @@ def _store_from_config(config: Mapping[str, Any]) -> BreakerStore:
 
 def init_resilience(app: Flask) -> Resilience:
     """Build the app's breakers and budgets and store them in `app.extensions`."""
-    resilience = build_resilience(app.config)
+    store = _store_from_config(app.config)
+    if isinstance(store, MemoryBreakerStore):
+        store = _shared_overrides(app, store)
+    resilience = build_resilience(app.config, store)
     app.extensions["resilience"] = resilience
     app.extensions["breakers"] = resilience.breakers
     logger.debug("Resilience ready: breaker storage %s", resilience.breakers.storage)
     return resilience
+
+
+def _shared_overrides(app: Flask, store: MemoryBreakerStore) -> BreakerStore:
+    """Without Redis, admin actions reach every process through the app database (when others can open it)."""
+    from .shared_overrides import OverrideTable, SharedOverrideStore, database_is_shared
+
+    if not database_is_shared(app.config.get("SQLALCHEMY_DATABASE_URI")):
+        return store  # a database in memory: this process is the whole deployment
+    return SharedOverrideStore(
+        OverrideTable(app_engine(app)),
+        refresh_seconds=float(app.config.get("OVERRIDES_REFRESH_SECONDS", 1.0)),
+        local=store,
+    )
+
+
+def app_engine(app: Flask) -> Callable[[], Engine]:
+    """The app's database engine, looked up once on first use (no app context needed by the caller)."""
+    engines: list[Engine] = []
+
+    def engine() -> Engine:
+        if not engines:
+            from ..extensions import db
+
+            with app.app_context():
+                engines.append(db.engine)
+        return engines[0]
+
+    return engine
 
 
 _default: Resilience | None = None

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
+from ..errors import CircuitOpenError
 from .classifier import Classification, ErrorKind, classify
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def call_with_retry(
         if verdict.kind is ErrorKind.PERMANENT:
             rec.stop_reason = "permanent"
             return False
-        if getattr(exc, "code", None) == "CIRCUIT_OPEN":
+        if getattr(exc, "code", None) == CircuitOpenError.code:  # the class or a relayed envelope with its code
             rec.stop_reason = "circuit_open"  # a retry would be rejected the same way
             return False
         if not policy.idempotent:

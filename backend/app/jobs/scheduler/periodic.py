@@ -10,13 +10,15 @@ ticking, and the others keep the schedule. The job then runs like any other (ret
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from ...extensions import db
-from ..records import enqueue, iso
-from ..registry import REGISTRY, JobRegistry
+from ...timeutil import iso
+from ..records import enqueue
+from ..registry import REGISTRY, JobRegistry, Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +31,19 @@ def slot_of(at: datetime, every_seconds: float) -> int:
 class PeriodicScheduler:
     """Ticks the registry's schedules; remembers the last slot enqueued per schedule."""
 
-    def __init__(self, registry: JobRegistry | None = None) -> None:
+    def __init__(self, registry: JobRegistry | None = None, overrides: Mapping[str, float] | None = None) -> None:
         self._registry = registry or REGISTRY
+        self._overrides = dict(overrides or {})  # this app's own intervals (`schedule_for_app`)
         self._last_slot: dict[str, int] = {}
+
+    def schedules(self) -> list[Periodic]:
+        """What this scheduler enqueues: the registry's schedules with the app's own intervals."""
+        return self._registry.periodic(self._overrides)
 
     def tick(self, now: datetime) -> list[int]:
         """Enqueue every schedule whose slot changed since the last tick; the job ids recorded."""
         recorded: list[int] = []
-        for periodic in self._registry.periodic():
+        for periodic in self.schedules():
             slot = slot_of(now, periodic.every_seconds)
             if self._last_slot.get(periodic.name) == slot:
                 continue

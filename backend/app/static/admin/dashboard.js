@@ -5,7 +5,7 @@
  * call failed shows the error's message, code and request ID instead of going blank.
  */
 import { createClient, OrielError } from "/static/js/oriel-client.js";
-import { el, clear, lineChart, gauge } from "/static/admin/draw.js";
+import { el, clear, code, fmtTime, timeEl, lineChart, gauge } from "/static/admin/draw.js";
 
 const REFRESH_MS = 5000;
 const MON = "/admin/api/monitoring";
@@ -21,7 +21,7 @@ function showError(panel, error) {
   const err = error instanceof OrielError ? error : null;
   box.append(
     el("strong", {}, err ? err.message : String(error && error.message ? error.message : error)),
-    err ? el("span", {}, ` (${err.code}${err.status ? `, HTTP ${err.status}` : ""})`) : "",
+    err ? el("span", {}, " (", code(err.code), err.status ? `, HTTP ${err.status}` : "", ")") : "",
     err && err.requestId ? el("div", {}, "Request ID: ", el("code", { class: "request-id" }, err.requestId)) : "",
   );
   box.hidden = false;
@@ -77,12 +77,6 @@ const stateClass = (s) =>
   ({ ok: "state-ok", closed: "state-ok", degraded: "state-warn", half_open: "state-warn", not_configured: "state-off",
     disabled: "state-off", open: "state-bad", forced_open: "state-bad", error: "state-bad", timeout: "state-bad",
     down: "state-bad", unhealthy: "state-bad", misconfigured: "state-bad" })[s] || "state-unknown";
-
-function fmtTime(iso) {
-  if (!iso) return "";
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
-}
 
 function emptyRow(tbody, cols, text) {
   tbody.append(el("tr", {}, el("td", { colspan: String(cols), class: "empty" }, text)));
@@ -149,8 +143,9 @@ async function loadImpact() {
   clear(list);
   if (!mode.services.length) list.append(el("li", { class: "empty" }, "Every feature works normally."));
   for (const s of mode.services) {
-    list.append(el("li", { "data-degraded": s.service },
-      el("b", {}, `${s.service} (${s.state})`), `: ${s.features.join(", ")}. ${s.user_impact}`,
+    const state = s.state === "not_configured" ? "not set up" : s.state;
+    list.append(el("li", { "data-degraded": s.service, "data-state": s.state },
+      el("b", {}, `${s.service} (${state})`), `: ${s.features.join(", ")}. ${s.user_impact}`,
       s.fallback_active ? el("span", { class: "muted" }, ` Fallback: ${s.fallback}.`) : ""));
   }
   const box = $("#notifications");
@@ -173,8 +168,11 @@ async function loadTraffic() {
   for (const name of ["5m", "1h", "24h"]) {
     const r = stats.rates[name];
     if (!r) continue;
-    const ratio = r.error_ratio == null ? "n/a" : `${(r.error_ratio * 100).toFixed(2)}%`;
-    rates.append(el("span", {}, `${name}: `, el("b", {}, ratio), ` (${r.errors} errors / ${r.requests} requests)`));
+    // Server faults first: an hour of ordinary 404s and expired tokens is not an outage.
+    const pct = (ratio) => (ratio == null ? "n/a" : `${(ratio * 100).toFixed(2)}%`);
+    rates.append(el("span", { "data-rate": name }, `${name}: `,
+      el("b", { class: "server-rate" }, `${pct(r.server_error_ratio)} 5xx`), ` (${r.server_errors}) · `,
+      el("span", { class: "client-rate" }, `${pct(r.client_error_ratio)} 4xx`), ` (${r.client_errors}) of ${r.requests} requests`));
   }
   const chart = $("#chart");
   const width = chart.clientWidth;
@@ -192,7 +190,7 @@ function renderGroups(groups) {
       act("groups-panel", `Group ${g.id} ${status}`, () => api.post(`/api/errors/acknowledge/${g.id}`, { status }));
     tbody.append(
       el("tr", { "data-group": String(g.id) },
-        el("td", { class: "mono" }, g.code),
+        el("td", {}, code(g.code)),
         el("td", {}, g.title || g.exc_type || "", g.regressed ? el("span", { class: "pill state-bad" }, "regressed") : ""),
         el("td", {}, String(g.count_24h ?? g.count)),
         el("td", { class: "status" }, g.status),
@@ -212,7 +210,10 @@ async function loadBudgets() {
   if (!data.budgets.length) box.append(el("p", { class: "empty" }, "No SLOs configured."));
   for (const b of data.budgets) {
     const firing = (b.burn || []).some((w) => w.firing);
-    box.append(gauge(b.group, b.budget_remaining, `${(b.objective * 100).toFixed(2)}% SLO`, firing));
+    const notes = [`${(b.objective * 100).toFixed(2)}% SLO`];
+    if (b.exhausted) notes.push(`exhausted: ${b.budget_consumed.toFixed(1)}× the budget spent`);
+    if (b.not_configured) notes.push(`${b.not_configured} refused: not configured`);
+    box.append(gauge(b.group, b.budget_remaining, notes.join(" · "), firing, b.budget_consumed));
   }
 }
 
@@ -225,14 +226,80 @@ async function loadRecent() {
   for (const e of data.events) {
     tbody.append(
       el("tr", {},
-        el("td", {}, fmtTime(e.occurred_at)),
-        el("td", { class: "mono" }, e.code),
+        el("td", { class: "when", "data-at": e.occurred_at || "" }, timeEl(e.occurred_at)),
+        el("td", {}, code(e.code)),
         el("td", {}, String(e.status_code ?? "")),
         el("td", { class: "mono" }, `${e.method || ""} ${e.path || ""}`),
         el("td", {}, e.message || ""),
         el("td", { class: "mono" }, e.request_id || ""),
       ),
     );
+  }
+}
+
+/** The request IDs the API accepts; anything else is refused here, without a call. */
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** The searched request ID traced: the request, the jobs it started, their error groups and its log lines. */
+async function loadTrace() {
+  const panel = $("#trace-panel");
+  const rid = state.requestId;
+  panel.hidden = !rid || !REQUEST_ID.test(rid);
+  if (panel.hidden) return;
+  $("#trace-id").textContent = rid;
+  for (const id of ["#trace-jobs tbody", "#trace-groups tbody", "#trace-logs tbody"]) clear($(id));
+  $("#trace-request").textContent = "";
+  $("#trace-truncated").hidden = true;
+  const { data } = await api.get(`${MON}/requests/${encodeURIComponent(rid)}`);
+  const req = data.request;
+  $("#trace-request").textContent = req
+    ? `${req.method || ""} ${req.path || ""} → ${req.status ?? "?"}${req.duration_ms != null ? ` in ${req.duration_ms} ms` : ""}` +
+      ` at ${fmtTime(req.at)}${req.user_id != null ? ` by user ${req.user_id}` : ""}`
+    : "The request's own line was not found; what it started is below.";
+  const jobs = $("#trace-jobs tbody");
+  if (!data.jobs.length) emptyRow(jobs, 5, "This request started no job.");
+  for (const j of data.jobs) {
+    const last = j.last_error ? `${j.last_error.code}: ${j.last_error.message || ""}` : "";
+    jobs.append(
+      el("tr", { "data-job": String(j.id), "data-status": j.status },
+        el("td", {}, `#${j.id}`),
+        el("td", { class: "mono" }, j.kind),
+        el("td", {}, el("span", { class: `pill ${j.status === "succeeded" ? "state-ok" : ["dead", "failed"].includes(j.status) ? "state-bad" : "state-warn"}` }, j.status)),
+        el("td", {}, `${j.attempts}/${j.max_attempts}`),
+        el("td", {}, last),
+      ),
+    );
+  }
+  const groups = $("#trace-groups tbody");
+  if (!data.error_groups.length) emptyRow(groups, 4, "No error was recorded under this request ID.");
+  for (const g of data.error_groups) {
+    const events = data.error_events.filter((e) => e.group_id === g.id).length;
+    groups.append(
+      el("tr", { "data-trace-group": String(g.id) },
+        el("td", {}, `#${g.id}`),
+        el("td", { class: "mono" }, g.code),
+        el("td", {}, g.title),
+        el("td", {}, String(events)),
+      ),
+    );
+  }
+  const logs = $("#trace-logs tbody");
+  if (!data.logs.lines.length) emptyRow(logs, 4, "No log line with this request ID was read.");
+  for (const line of data.logs.lines) {
+    logs.append(
+      el("tr", { "data-log": line.file },
+        el("td", {}, fmtTime(line.timestamp)),
+        el("td", { class: "mono" }, line.file),
+        el("td", {}, line.level || ""),
+        el("td", {}, line.message || ""),
+      ),
+    );
+  }
+  if (data.logs.truncated) {
+    const box = $("#trace-truncated");
+    box.textContent = `Showing ${data.logs.lines.length} of ${data.logs.matched} matching lines; ` +
+      `only the last ${Math.round(data.logs.max_bytes_per_file / 1024)} KiB of each log file were read.`;
+    box.hidden = false;
   }
 }
 
@@ -286,9 +353,9 @@ async function loadDeadLetters() {
     tbody.append(
       el("tr", { "data-dead-letter": String(d.id) },
         el("td", {}, String(d.id)),
-        el("td", { class: "mono" }, d.kind),
+        el("td", {}, code(d.kind)),
         el("td", {}, d.failure_analysis),
-        el("td", {}, `${d.last_error_code || ""} ${d.last_error_message || ""}`.trim()),
+        el("td", { class: "error" }, d.last_error_code ? code(d.last_error_code) : "", ` ${d.last_error_message || ""}`),
         el("td", { class: "actions" },
           el("button", { type: "button", "data-action": "inspect", onclick: inspect }, "Inspect"),
           el("button", { type: "button", "data-action": "requeue", onclick: requeue }, "Requeue"),
@@ -352,9 +419,9 @@ async function loadInbox() {
     tbody.append(
       el("tr", { "data-inbox-item": `${item.kind}:${item.id}`, "data-kind": item.kind },
         el("td", {}, INBOX_KINDS[item.kind] || item.kind),
-        el("td", { class: "mono" }, item.title),
-        el("td", { class: "error" }, item.error_code ? el("b", {}, item.error_code) : "", item.error_message || ""),
-        el("td", { class: "age", title: item.failed_at || "" }, fmtAge(item.age_seconds)),
+        el("td", {}, code(item.title, { class: "title" })),
+        el("td", { class: "error" }, item.error_code ? code(item.error_code) : "", ` ${item.error_message || ""}`),
+        el("td", { class: "age", title: fmtTime(item.failed_at), "data-at": item.failed_at || "" }, fmtAge(item.age_seconds)),
         el("td", {}, String(item.attempts)),
         el("td", { class: "actions" },
           el("button", { type: "button", "data-action": "inspect", onclick: inspect }, "Inspect"),
@@ -428,7 +495,7 @@ async function loadAlerts() {
     tbody.append(
       el("tr", { "data-rule": r.name },
         el("td", {}, r.name, r.enabled ? "" : el("span", { class: "muted" }, " (disabled)")),
-        el("td", {}, r.kind),
+        el("td", {}, code(r.kind)),
         el("td", {}, r.severity),
         el("td", {}, el("span", { class: `pill ${r.state === "firing" ? "state-bad" : "state-ok"}` }, r.state)),
         el("td", {}, r.last_value == null ? "" : String(Math.round(r.last_value * 1000) / 1000)),
@@ -524,7 +591,7 @@ async function reloadAll() {
     groupsError.hidden = trafficError.hidden;
     groupsError.replaceChildren(...[...trafficError.childNodes].map((n) => n.cloneNode(true)));
   }
-  $("#refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  $("#refreshed").textContent = `updated ${fmtTime(new Date().toISOString(), { seconds: true })} UTC`;
   document.body.dataset.refreshed = String(Date.now());
 }
 
@@ -564,19 +631,48 @@ async function signIn(event) {
   }
 }
 
+/** The emailed admin verification link (`/admin/#verify=<token>`): choose a password, then sign in. */
+function verifyToken() {
+  const match = /^#verify=([A-Za-z0-9_.-]+)$/.exec(window.location.hash);
+  return match ? match[1] : null;
+}
+
+async function verifyAdmin(event) {
+  event.preventDefault();
+  const panel = $("#verify-panel");
+  try {
+    const { data } = await api.post("/api/auth/verify-admin", { token: verifyToken(), password: $("#verify-password").value });
+    $("#verify-password").value = "";
+    history.replaceState(null, "", window.location.pathname); // the token is spent: out of the address bar
+    panel.hidden = true;
+    $("#login-panel").hidden = false;
+    $("#email").value = data.user.email;
+    toast("Verified: sign in with your new password.");
+  } catch (error) {
+    showError(panel, error);
+  }
+}
+
 function init() {
   $("#login-form").addEventListener("submit", signIn);
+  $("#verify-form").addEventListener("submit", verifyAdmin);
+  if (verifyToken()) {
+    $("#verify-panel").hidden = false;
+    $("#login-panel").hidden = true;
+  }
   $("#logout").addEventListener("click", () => signOut(""));
   $("#refresh").addEventListener("click", () => refresh());
   $("#recent-search").addEventListener("submit", (event) => {
     event.preventDefault();
     state.requestId = $("#recent-request-id").value.trim();
     load("recent-panel", loadRecent);
+    load("trace-panel", loadTrace);
   });
   $("#recent-clear").addEventListener("click", () => {
     $("#recent-request-id").value = "";
     state.requestId = "";
     load("recent-panel", loadRecent);
+    load("trace-panel", loadTrace);
   });
   $("#reset-all").addEventListener("click", () =>
     act("breakers-panel", "Every breaker reset", () => api.post(`${MON}/circuit-breakers/reset-all`, {})));
