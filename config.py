@@ -156,7 +156,7 @@ class Config:
     SERVICE_FAULTS_REFRESH_SECONDS = 5.0
     SERVICE_FAULTS_RETRY_SECONDS = 5.0
     # Without Redis, admin breaker actions and fault rules reach other processes through the database: each
-    # process re-reads them at most this often (backend/app/utils/shared_overrides.py).
+    # process re-reads them at most this often (backend/app/resilience/shared_overrides.py).
     OVERRIDES_REFRESH_SECONDS = 1.0
     FAULT_INJECTION_ENABLED = False  # admin fault injection (tests, staging); always refused in production
     # Alert webhooks (and PagerDuty URLs) may point at loopback, link-local or private addresses; production

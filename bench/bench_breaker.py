@@ -32,10 +32,10 @@ from flask import jsonify
 
 from backend.app import create_app
 from backend.app.redis_client import make_redis_client
-from backend.app.utils.breaker_redis import RedisBreakerStore
-from backend.app.utils.breaker_store import BreakerConfig, BreakerStore, MemoryBreakerStore
-from backend.app.utils.circuit_breaker import CircuitBreaker, CircuitOpenError
-from backend.app.utils.error_recovery import get_breaker, with_error_recovery
+from backend.app.resilience.breaker import CircuitBreaker, CircuitOpenError
+from backend.app.resilience.breaker_redis import RedisBreakerStore
+from backend.app.resilience.breaker_store import BreakerConfig, BreakerStore, MemoryBreakerStore
+from backend.app.resilience.recovery import get_breaker, with_error_recovery
 from config import TestingConfig
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -30,7 +30,7 @@ from flask_migrate import upgrade
 
 from backend.app import create_app
 from backend.app.extensions import db
-from backend.app.utils.fault_injection import wrap as inject_fault
+from backend.app.resilience.faults import wrap as inject_fault
 from config import TestingConfig
 
 ADMIN = "bench-admin@example.com"

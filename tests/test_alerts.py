@@ -16,7 +16,7 @@ from backend.app.errors import APIError
 from backend.app.extensions import db
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import AlertDelivery
-from backend.app.utils.error_recovery import with_error_recovery
+from backend.app.resilience.recovery import with_error_recovery
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.peers.webhook_receiver import WebhookReceiver
 

@@ -12,9 +12,9 @@ import stripe
 
 from backend.app.errors import ValidationError
 from backend.app.redis_client import make_redis_client
-from backend.app.utils.breaker_redis import RedisBreakerStore
-from backend.app.utils.breaker_store import BreakerConfig, BreakerState, BreakerStore, MemoryBreakerStore
-from backend.app.utils.circuit_breaker import BreakerListener, BreakerRegistry, CircuitBreaker, CircuitOpenError
+from backend.app.resilience.breaker import BreakerListener, BreakerRegistry, CircuitBreaker, CircuitOpenError
+from backend.app.resilience.breaker_redis import RedisBreakerStore
+from backend.app.resilience.breaker_store import BreakerConfig, BreakerState, BreakerStore, MemoryBreakerStore
 
 
 class Clock:

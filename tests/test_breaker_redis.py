@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from backend.app.redis_client import make_redis_client
-from backend.app.utils.breaker_redis import RedisBreakerStore
-from backend.app.utils.breaker_store import BreakerConfig, BreakerState
-from backend.app.utils.circuit_breaker import CircuitBreaker, CircuitOpenError
+from backend.app.resilience.breaker import CircuitBreaker, CircuitOpenError
+from backend.app.resilience.breaker_redis import RedisBreakerStore
+from backend.app.resilience.breaker_store import BreakerConfig, BreakerState
 
 pytestmark = pytest.mark.redis
 
@@ -78,7 +78,7 @@ def test_a_reset_in_one_process_is_seen_by_every_other_process(redis_url: str, p
 
 def test_with_redis_down_calls_stay_fast_and_state_says_local_fallback(caplog: pytest.LogCaptureFixture) -> None:
     breaker = _breaker("redis://127.0.0.1:1/0", "test:down:")
-    caplog.set_level(logging.WARNING, logger="backend.app.utils.breaker_redis")
+    caplog.set_level(logging.WARNING, logger="backend.app.resilience.breaker_redis")
     started = time.perf_counter()
     for _ in range(200):
         breaker.record(breaker.acquire(), failure=False, duration=0.001)

@@ -26,8 +26,8 @@ from backend.app.jobs.registry import JobKind
 from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models.job import DEAD, RETRYING, Job
-from backend.app.utils.classifier import ErrorKind, classify, is_breaker_failure
-from backend.app.utils.error_recovery import get_breaker
+from backend.app.resilience.classifier import ErrorKind, classify, is_breaker_failure
+from backend.app.resilience.recovery import get_breaker
 from tests.conftest import bearer, login
 from tests.contract import assert_error
 from tests.peers.stripe_peer import StripePeer

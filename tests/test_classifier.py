@@ -35,7 +35,7 @@ from backend.app.errors import (
     StorageError,
     ValidationError,
 )
-from backend.app.utils.classifier import ErrorKind, classify, is_breaker_failure, parse_retry_after
+from backend.app.resilience.classifier import ErrorKind, classify, is_breaker_failure, parse_retry_after
 
 P, T, R = ErrorKind.PERMANENT, ErrorKind.TRANSIENT, ErrorKind.THROTTLED
 

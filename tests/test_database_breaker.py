@@ -31,7 +31,7 @@ from backend.app.models import ErrorEvent
 from backend.app.models.job import SUCCEEDED, Job
 from backend.app.monitoring import flush_error_stats
 from backend.app.monitoring.health import service_health
-from backend.app.utils.classifier import ErrorKind, classify
+from backend.app.resilience.classifier import ErrorKind, classify
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log, register
 from tests.contract import assert_error
 from tests.peers.tcp_fault_proxy import TcpFaultProxy
@@ -327,8 +327,8 @@ def test_point7_an_outages_error_events_are_written_as_soon_as_the_database_answ
     """The error-statistics writer goes around the breaker: a worker killed while the breaker still waits for its
     trial must not take the outage's events with it (seen in the fault-under-load run)."""
     from backend.app.monitoring import record_error
-    from backend.app.utils.database_breaker import bypassed
-    from backend.app.utils.error_recovery import get_breaker
+    from backend.app.resilience.database_breaker import bypassed
+    from backend.app.resilience.recovery import get_breaker
 
     with pg_app.app_context():
         breaker = get_breaker("database")

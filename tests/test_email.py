@@ -13,10 +13,10 @@ from sqlalchemy import select, update
 
 from backend.app.extensions import db
 from backend.app.models import EmailOutbox
+from backend.app.resilience.recovery import degraded_services
 from backend.app.services import get_email
 from backend.app.services.email import DEDUP_HEADER
 from backend.app.services.email_templates import payment_receipt, render_failed, render_finished
-from backend.app.utils.error_recovery import degraded_services
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.peers.sendgrid_peer import SendGridPeer, sendgrid_error_body
 

@@ -11,19 +11,18 @@ import pytest
 import stripe
 from flask import Flask, jsonify
 
-from backend.app.errors import APIError, PaymentError, StorageError
+from backend.app.errors import APIError, ExternalServiceError, PaymentError, StorageError
 from backend.app.redis_client import make_redis_client
-from backend.app.utils.breaker_redis import RedisBreakerStore
-from backend.app.utils.error_recovery import (
+from backend.app.resilience.breaker_redis import RedisBreakerStore
+from backend.app.resilience.state import reset_default_resilience
+from backend.app.utils.error_recovery import (  # the seed's path, as a developer imports it
     CircuitOpenError,
-    ExternalServiceError,
     RecoveryEvent,
     current_resilience,
     degraded_services,
     get_breaker,
     with_error_recovery,
 )
-from backend.app.utils.resilience import reset_default_resilience
 from tests.conftest import read_log
 from tests.contract import assert_error
 

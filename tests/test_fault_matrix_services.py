@@ -23,9 +23,9 @@ from flask import Flask
 from backend.app.errors import APIError
 from backend.app.extensions import db
 from backend.app.models import EmailOutbox
+from backend.app.resilience.classifier import ErrorKind, classify
+from backend.app.resilience.recovery import RecoveryEvent, degraded_services, get_breaker
 from backend.app.services import get_email, get_storage
-from backend.app.utils.classifier import ErrorKind, classify
-from backend.app.utils.error_recovery import RecoveryEvent, degraded_services, get_breaker
 from tests.conftest import bearer, login, read_log
 from tests.contract import assert_error
 from tests.peers.fault_proxy import FaultProxy

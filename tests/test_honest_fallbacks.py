@@ -19,9 +19,9 @@ import stripe
 from flask import Flask, jsonify
 from python_http_client import exceptions as sendgrid_errors
 
-from backend.app.utils.classifier import ErrorKind, classify
-from backend.app.utils.error_recovery import CircuitOpenError, degraded_services, get_breaker, with_error_recovery
-from backend.app.utils.retry import RetryPolicy, call_with_retry
+from backend.app.resilience.classifier import ErrorKind, classify
+from backend.app.resilience.recovery import CircuitOpenError, degraded_services, get_breaker, with_error_recovery
+from backend.app.resilience.retry import RetryPolicy, call_with_retry
 from tests.conftest import read_log
 from tests.contract import assert_error
 
@@ -186,7 +186,7 @@ def test_a_call_the_peer_cannot_deduplicate_is_retried_after_a_refusal_but_never
 
 def test_an_injected_connection_failure_is_a_refusal_not_an_ambiguous_outcome() -> None:
     """Fault injection's "fail" mode stands for a refused connection: retried like one, never a possible duplicate."""
-    from backend.app.utils.fault_injection import InjectedConnectionError
+    from backend.app.resilience.faults import InjectedConnectionError
 
     verdict = classify(InjectedConnectionError("injected fault: email refused the connection"))
     assert verdict.kind is ErrorKind.TRANSIENT and not verdict.ambiguous

@@ -28,7 +28,7 @@ from backend.app.jobs.retry_policy import RetryPolicy, backoff_ceiling, decide
 from backend.app.jobs.scheduler.periodic import PeriodicScheduler
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models.job import DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCCEEDED, Job, JobStep
-from backend.app.utils.classifier import Classification, ErrorKind, classify
+from backend.app.resilience.classifier import Classification, ErrorKind, classify
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 
 # A minute boundary in the past: fake-clock jobs are due for a real-clock worker too.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from backend.app.utils.error_recovery import get_breaker, with_error_recovery
+from backend.app.resilience.recovery import get_breaker, with_error_recovery
 from bench.harness import base_env, gunicorn
 from tests.conftest import ADMIN_EMAIL, bearer, login
 from tests.contract import assert_error

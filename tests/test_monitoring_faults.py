@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from backend.app.errors import APIError
-from backend.app.utils.error_recovery import get_breaker, with_error_recovery
+from backend.app.resilience.recovery import get_breaker, with_error_recovery
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.contract import assert_error
 

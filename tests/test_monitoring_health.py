@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from backend.app.errors import PaymentError, RenderingError, ValidationError
 from backend.app.monitoring import flush_error_stats, record_error
-from backend.app.utils.error_recovery import ErrorKind, get_breaker
+from backend.app.resilience.recovery import ErrorKind, get_breaker
 from backend.logging_config import log_context
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.contract import assert_error, assert_no_leak

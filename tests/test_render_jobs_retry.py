@@ -28,9 +28,9 @@ from backend.app.models import CreditEntry, Upload
 from backend.app.models.error_event import ErrorEvent
 from backend.app.models.job import Job
 from backend.app.monitoring import flush_error_stats
+from backend.app.resilience.state import get_breaker
 from backend.app.services import get_storage
 from backend.app.timeutil import as_utc, utcnow
-from backend.app.utils.resilience import get_breaker
 from tests.peers.audio import AudioFactory
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.gcs_emulator import GCSEmulator

@@ -15,6 +15,7 @@ import pytest
 from flask import Flask
 
 from backend.app.errors import RenderingError, RenderingResourceError, RenderingTimeoutError, ValidationError
+from backend.app.resilience.recovery import CircuitOpenError, get_breaker
 from backend.app.schemas import RenderRequest
 from backend.app.services.rendering import (
     FPS_CHOICES,
@@ -27,7 +28,6 @@ from backend.app.services.rendering import (
     ffmpeg_binary,
     sanitise_output,
 )
-from backend.app.utils.error_recovery import CircuitOpenError, get_breaker
 from tests.peers.audio import AudioFactory, ffmpeg_exe
 
 

@@ -23,10 +23,10 @@ from backend.app.errors import RenderingError, RenderingTimeoutError
 from backend.app.extensions import db
 from backend.app.models import EmailOutbox, Upload
 from backend.app.renders.runner import run_render
+from backend.app.resilience.classifier import ErrorKind, classify, is_breaker_failure
+from backend.app.resilience.recovery import get_breaker
 from backend.app.services import get_storage
 from backend.app.services.rendering import Renderer, RenderSettings, RenderSpec
-from backend.app.utils.classifier import ErrorKind, classify, is_breaker_failure
-from backend.app.utils.error_recovery import get_breaker
 from tests.conftest import bearer, login, read_log
 from tests.peers.audio import AudioFactory
 

@@ -11,7 +11,7 @@ import requests
 import stripe
 
 from backend.app.errors import CircuitOpenError, ValidationError
-from backend.app.utils.retry import RetryPolicy, RetryRecord, backoff, call_with_retry
+from backend.app.resilience.retry import RetryPolicy, RetryRecord, backoff, call_with_retry
 
 
 class FakeTime:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from flask import Flask
 
-from backend.app.utils.error_recovery import with_error_recovery
-from backend.app.utils.retry_budget import BudgetConfig, RetryBudget
+from backend.app.resilience.budget import BudgetConfig, RetryBudget
+from backend.app.resilience.recovery import with_error_recovery
 
 
 class Clock:

@@ -30,8 +30,8 @@ from backend.app.errors import APIError
 from backend.app.extensions import db
 from backend.app.models import ServiceFault
 from backend.app.monitoring.service_faults import get_monitor
+from backend.app.resilience.recovery import get_breaker, with_error_recovery
 from backend.app.services import get_email, get_storage
-from backend.app.utils.error_recovery import get_breaker, with_error_recovery
 from tests.conftest import ADMIN_EMAIL, TEST_JWT_SECRET_KEY, TEST_SECRET_KEY, bearer, login, read_log
 from tests.contract import assert_error
 from tests.peers.audio import AudioFactory

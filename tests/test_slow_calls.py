@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from backend.app.resilience.recovery import get_breaker
+from backend.app.resilience.state import adapter_timeouts
 from backend.app.services import get_email, get_storage
-from backend.app.utils.error_recovery import get_breaker
-from backend.app.utils.resilience import adapter_timeouts
 from tests.conftest import read_log
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.gcs_emulator import GCSEmulator

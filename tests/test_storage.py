@@ -13,10 +13,10 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from backend.app.errors import APIError, NotFoundError, ValidationError
+from backend.app.resilience.recovery import degraded_services, get_breaker
 from backend.app.services import get_storage
 from backend.app.services.storage import StorageService, StoredObject
 from backend.app.timeutil import as_utc, utcnow
-from backend.app.utils.error_recovery import degraded_services, get_breaker
 from tests.conftest import read_log
 from tests.peers.gcs_emulator import GCSEmulator, storage_client
 

@@ -115,7 +115,7 @@ def test_a_declined_card_is_402_not_recoverable_by_resending_and_does_not_trip_t
         assert body["details"] == {"reason": "card_declined", "decline_code": "generic_decline"}
     assert len(stripe_peer.creates()) == 3  # one attempt each: a decline is never retried
     with app.app_context():
-        from backend.app.utils.error_recovery import get_breaker
+        from backend.app.resilience.recovery import get_breaker
 
         assert get_breaker("stripe").state.value == "closed"
 

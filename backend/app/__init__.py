@@ -30,10 +30,10 @@ from .observability import init_observability
 from .rate_limits import init_rate_limits
 from .request_context import init_request_context
 from .request_metrics import init_request_metrics
+from .resilience.database_breaker import install_database_breaker
+from .resilience.state import init_resilience
 from .routing import IdConverter
 from .services import init_services
-from .utils.database_breaker import install_database_breaker
-from .utils.resilience import init_resilience
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 

@@ -3,7 +3,7 @@
 The message never carries SQL, parameters or the database URL; those go to the log only.
 
 `DatabaseCircuitOpenError` lives here, beside the mapping, so the breaker that raises it
-(`utils.database_breaker`) and every layer that handles it reach it without importing each other.
+(`resilience.database_breaker`) and every layer that handles it reach it without importing each other.
 """
 
 from __future__ import annotations

@@ -34,11 +34,11 @@ from .errors import APIError, AuthenticationError
 from .openapi import documented
 from .rate_limits import never_rate_limited
 from .request_context import add_request_observer
+from .resilience.breaker import BreakerListener, CircuitBreaker
+from .resilience.breaker_store import BreakerState
+from .resilience.classifier import classify
+from .resilience.state import RecoveryEvent
 from .signals import error_occurred
-from .utils.breaker_store import BreakerState
-from .utils.circuit_breaker import BreakerListener, CircuitBreaker
-from .utils.classifier import classify
-from .utils.resilience import RecoveryEvent
 
 logger = logging.getLogger(__name__)
 

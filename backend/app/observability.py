@@ -8,7 +8,7 @@ from .alerts import init_alerts
 from .metrics import init_metrics
 from .monitoring.health import init_service_health
 from .monitoring.service_faults import init_service_faults
-from .utils.fault_injection import init_fault_injection
+from .resilience.faults import init_fault_injection
 
 
 def init_observability(app: Flask) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from limits.storage import MemoryStorage
 
-from .utils.periodic import PeriodicVisitor
+from .sweeper import Sweeper
 
 #: Seconds between two sweeps of expired counters.
 SWEEP_SECONDS = 1.0
@@ -39,6 +39,6 @@ class SweptMemoryStorage(MemoryStorage):
         self.sweeps += 1
 
 
-_sweeper: PeriodicVisitor[SweptMemoryStorage] = PeriodicVisitor(
+_sweeper: Sweeper[SweptMemoryStorage] = Sweeper(
     "rate-limit-sweeper", SweptMemoryStorage.sweep, period=lambda _storages: SWEEP_SECONDS
 )

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..logging_config import log_security_event
+from .sweeper import Sweeper
 from .timeutil import epoch_iso_micro
-from .utils.periodic import PeriodicVisitor
 
 #: Seconds between the aggregated lines of one key.
 DEFAULT_INTERVAL = 10.0
@@ -131,7 +131,7 @@ class RejectionLog:
         self._reset()
 
 
-_flusher: PeriodicVisitor[RejectionLog] = PeriodicVisitor(
+_flusher: Sweeper[RejectionLog] = Sweeper(
     "rejection-log",
     RejectionLog.flush,
     # A quarter interval between checks: a line is at most 1.25 intervals late.

@@ -20,9 +20,9 @@ from sqlalchemy import select
 from ...logging_config import log_security_event
 from ..errors import APIError
 from ..extensions import db
+from ..resilience.breaker import BreakerRegistry
 from ..routing import MAX_BIGINT
 from ..timeutil import utcnow
-from ..utils.circuit_breaker import BreakerRegistry
 
 GROUP = "monitoring"
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (the admin API's shape).")

@@ -20,6 +20,9 @@ from ..monitoring.health import service_health
 from ..monitoring.queries import RecentErrorsQuery, StatsQuery
 from ..monitoring.stats import decode_cursor, error_stats, recent_events
 from ..openapi import documented
+from ..resilience.breaker import BreakerRegistry, CircuitBreaker
+from ..resilience.faults import EXTENSION as FAULTS
+from ..resilience.faults import FaultInjectionDisabledError, FaultInjector, make_rule
 from ..schemas import (
     AlertDeletedOut,
     AlertEvaluationOut,
@@ -39,9 +42,6 @@ from ..schemas import (
     SloBudgetsOut,
 )
 from ..timeutil import iso_seconds, utcnow
-from ..utils.circuit_breaker import BreakerRegistry, CircuitBreaker
-from ..utils.fault_injection import EXTENSION as FAULTS
-from ..utils.fault_injection import FaultInjectionDisabledError, FaultInjector, make_rule
 from ..validation import parse_json, parse_query
 
 bp = Blueprint("monitoring", __name__, url_prefix="/admin/api/monitoring")

@@ -31,8 +31,8 @@ from sqlalchemy import select, update
 from ..errors import APIError
 from ..extensions import db
 from ..models.alert import CANCELLED, FAILED, PENDING, SENT, AlertDelivery, AlertRule
+from ..resilience.recovery import call_with_recovery
 from ..timeutil import iso
-from ..utils.error_recovery import call_with_recovery
 from .destinations import SIGNATURE_HEADER, WebhookDestinationError, breaker_name, check_url, signature_header
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ValidationError
-from ..utils.circuit_breaker import INTERNAL_PREFIX
+from ..resilience.breaker import INTERNAL_PREFIX
 
 SIGNATURE_HEADER = "X-Oriel-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300

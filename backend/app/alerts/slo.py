@@ -36,8 +36,8 @@ from ..extensions import db
 from ..models import SloMinute
 from ..monitoring.store import minute_from_epoch, upsert_add
 from ..request_context import add_request_observer
+from ..sweeper import Sweeper
 from ..timeutil import utcnow
-from ..utils.periodic import PeriodicVisitor
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _flush_if_due(counter: SloCounter) -> None:
 
 
 # One daemon thread per process flushing every live counter (apps are held weakly); a forked child gets its own.
-_flusher: PeriodicVisitor[SloCounter] = PeriodicVisitor(
+_flusher: Sweeper[SloCounter] = Sweeper(
     "slo-flusher", _flush_if_due, period=lambda _counters: 1.0, after_fork=SloCounter.after_fork
 )
 

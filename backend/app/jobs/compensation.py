@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from ...logging_config import log_context
 from ..extensions import db
 from ..models.job import DEAD, FAILED, Job, JobStep
+from ..resilience.classifier import classify
 from ..timeutil import utcnow
-from ..utils.classifier import classify
 from .records import append_error, error_entry
 from .registry import REGISTRY
 

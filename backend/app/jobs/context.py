@@ -29,8 +29,8 @@ from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from ..models.job import Job, JobStep
+from ..resilience.classifier import classify
 from ..timeutil import utcnow
-from ..utils.classifier import classify
 from .records import Claim, still_held
 from .registry import REGISTRY
 from .retry_policy import RetryPolicy, decide

@@ -25,8 +25,8 @@ from ...redaction import redact
 from ..errors import APIError
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCCEEDED, Job
+from ..resilience.classifier import Classification, ErrorKind, classify
 from ..timeutil import iso, utcnow
-from ..utils.classifier import Classification, ErrorKind, classify
 from .registry import REGISTRY, JobKind
 from .retry_policy import RetryPolicy, decide
 

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..utils.classifier import Classification, ErrorKind
+from ..resilience.classifier import Classification, ErrorKind
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 from flask import Flask
 
+from ..resilience.breaker import is_internal
 from ..timeutil import iso, utcnow
-from ..utils.circuit_breaker import is_internal
 from .health import find_adapter, is_configured
 
 

@@ -38,10 +38,10 @@ from typing import Any
 from flask import Flask
 
 from ..redis_client import make_redis_client
+from ..resilience.breaker import BreakerListener, CircuitBreaker
+from ..resilience.breaker_store import Outcome
+from ..resilience.classifier import Classification, classify, classify_status
 from ..timeutil import epoch_iso, iso, utcnow
-from ..utils.breaker_store import Outcome
-from ..utils.circuit_breaker import BreakerListener, CircuitBreaker
-from ..utils.classifier import Classification, classify, classify_status
 from .service_faults import describe, get_monitor
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _timed(fn: Callable[[], ProbeResult | dict[str, Any] | None]) -> ProbeResult
 def _database_probe(app: Flask) -> ProbeResult:
     """The real database, around its breaker: health must see it is back while the breaker still waits."""
     from ..extensions import db
-    from ..utils.database_breaker import probe
+    from ..resilience.database_breaker import probe
 
     with app.app_context():
         probe(db.engine, app.extensions["breakers"].get("database"))

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..extensions import db
-from ..utils import database_breaker
+from ..resilience import database_breaker
 from .events import PendingEvent
 from .store import ErrorEventData, write_batch
 

@@ -46,10 +46,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from ..errors import APIError
 from ..extensions import db
 from ..models.service_fault import ServiceFault
+from ..resilience.breaker import BreakerListener, CircuitBreaker
+from ..resilience.classifier import Classification, classify
+from ..resilience.state import RecoveryEvent
 from ..timeutil import iso, utcnow
-from ..utils.circuit_breaker import BreakerListener, CircuitBreaker
-from ..utils.classifier import Classification, classify
-from ..utils.resilience import RecoveryEvent
 
 logger = logging.getLogger(__name__)
 

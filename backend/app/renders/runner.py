@@ -45,11 +45,11 @@ from ..jobs import JobContext, LeaseLostError, enqueue
 from ..jobs.records import still_held
 from ..models.media import FAILED, QUEUED, RUNNING, SUCCEEDED, Render, Upload
 from ..models.user import User
+from ..resilience.classifier import classify
 from ..services import get_email, get_storage
 from ..services.audio import FORMATS
 from ..services.rendering import RenderSpec, get_renderer
 from ..timeutil import utcnow
-from ..utils.classifier import classify
 
 logger = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ from ...redaction import redact
 from ..errors import APIError, EmailError, UpstreamRejectedError
 from ..extensions import db
 from ..models.outbox import DISCARDED, FAILED, QUEUED, SENDING, SENT, EmailOutbox
+from ..resilience.classifier import classify
+from ..resilience.recovery import CircuitOpenError, call_with_recovery, get_breaker
 from ..timeutil import utcnow
-from ..utils.classifier import classify
-from ..utils.error_recovery import CircuitOpenError, call_with_recovery, get_breaker
 from . import email_templates as templates
 from .replay import Failure
 

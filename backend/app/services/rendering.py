@@ -48,7 +48,7 @@ from flask import current_app
 
 from ...redaction import redact
 from ..errors import RenderingError, RenderingResourceError, RenderingTimeoutError, ValidationError
-from ..utils.error_recovery import with_error_recovery
+from ..resilience.recovery import with_error_recovery
 
 logger = logging.getLogger(__name__)
 

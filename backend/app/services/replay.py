@@ -19,7 +19,7 @@ from typing import Any
 from ...redaction import redact
 from ..errors import APIError
 from ..jobs.records import append_error, error_entry
-from ..utils.classifier import Classification, classify
+from ..resilience.classifier import Classification, classify
 
 LAST_ERROR_CHARS = 500  # the `last_error` column's size
 PEER_CHARS = 300  # what the peer said, in a message: enough for its sentence, never a whole body

@@ -42,9 +42,9 @@ from ..errors import APIError, NotFoundError, StorageError, UpstreamRejectedErro
 from ..extensions import db
 from ..jobs.retry_policy import RetryPolicy
 from ..models.outbox import SYNC_FAILED, SYNC_PENDING, SYNC_SYNCED, PendingSync
+from ..resilience.classifier import classify
+from ..resilience.recovery import call_with_recovery, get_breaker
 from ..timeutil import utcnow
-from ..utils.classifier import classify
-from ..utils.error_recovery import call_with_recovery, get_breaker
 from .replay import Failure
 
 logger = logging.getLogger(__name__)

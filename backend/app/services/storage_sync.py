@@ -26,8 +26,8 @@ from ..errors import APIError, LocalFileMissingError
 from ..extensions import db
 from ..jobs.retry_policy import Decision, decide
 from ..models.outbox import SYNC_FAILED, SYNC_PENDING, SYNC_SYNCED, PendingSync
+from ..resilience.recovery import CircuitOpenError
 from ..timeutil import utcnow
-from ..utils.error_recovery import CircuitOpenError
 from .replay import Failure
 from .storage import SERVICE, peer_said
 

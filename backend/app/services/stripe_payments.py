@@ -38,8 +38,8 @@ from ..errors import (
     StripeError,
     ValidationError,
 )
-from ..utils.classifier import classify
-from ..utils.error_recovery import call_with_recovery, get_breaker
+from ..resilience.classifier import classify
+from ..resilience.recovery import call_with_recovery, get_breaker
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Resilience utilities: the error classifier, retries, retry budgets and circuit breakers.
+"""The seed's path only: `backend.app.utils.error_recovery` re-exports `backend.app.resilience.recovery`.
 
-Import the public API from `backend.app.utils.error_recovery` (the seed's module name).
+The resilience layer itself lives in `backend/app/resilience/`.
 """

@@ -60,8 +60,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from ..db_errors import DatabaseCircuitOpenError, is_unreachable
+from .breaker import CircuitBreaker, CircuitOpenError
 from .breaker_store import BreakerState
-from .circuit_breaker import CircuitBreaker, CircuitOpenError
 from .classifier import is_breaker_failure
 
 logger = logging.getLogger(__name__)

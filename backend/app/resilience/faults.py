@@ -29,8 +29,8 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import AuthorizationError, ExternalServiceError
-from .resilience import app_engine
 from .shared_overrides import FAULT, OverrideTable, database_is_shared
+from .state import app_engine
 
 logger = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from typing import Any
 from flask import Flask, current_app, g, has_app_context
 from sqlalchemy import Engine
 
+from .breaker import SERVICE_DEFAULTS, BreakerRegistry, CircuitBreaker
 from .breaker_store import BreakerStore, MemoryBreakerStore
-from .circuit_breaker import SERVICE_DEFAULTS, BreakerRegistry, CircuitBreaker
+from .budget import BudgetConfig, BudgetRegistry
 from .retry import RetryPolicy, no_sleep
-from .retry_budget import BudgetConfig, BudgetRegistry
 
 logger = logging.getLogger(__name__)
 

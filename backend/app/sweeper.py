@@ -21,7 +21,7 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-class PeriodicVisitor(Generic[T]):
+class Sweeper(Generic[T]):
     """Calls `visit(item)` for every live item every `period(items)` seconds, from one lazily started thread."""
 
     def __init__(
