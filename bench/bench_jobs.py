@@ -39,9 +39,9 @@ from backend.app import create_app
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
-from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.jobs.worker import Worker, WorkerOptions, options_from_app
 from backend.app.models.job import RUNNING, SUCCEEDED, Job
+from backend.app.resilience.retry import RetryPolicy
 from config import TestingConfig
 
 ROOT = Path(__file__).resolve().parents[1]

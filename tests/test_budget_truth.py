@@ -18,10 +18,10 @@ from backend.app.errors import ValidationError
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
-from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import SloMinute
 from backend.app.monitoring import flush_error_stats
+from backend.app.resilience.retry import RetryPolicy
 from tests.conftest import ADMIN_EMAIL, bearer, login
 
 TABLES = ("error_group_hours", "error_code_hours", "error_code_minutes", "error_minutes", "error_events", "slo_minutes")

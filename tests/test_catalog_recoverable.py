@@ -23,11 +23,11 @@ from backend.app.extensions import db
 from backend.app.idempotency import IdempotencyInProgressError
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
-from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models.job import DEAD, RETRYING, Job
 from backend.app.resilience.classifier import ErrorKind, classify, is_breaker_failure
 from backend.app.resilience.recovery import get_breaker
+from backend.app.resilience.retry import RetryPolicy
 from tests.conftest import bearer, login
 from tests.contract import assert_error
 from tests.peers.stripe_peer import StripePeer

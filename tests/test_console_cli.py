@@ -30,10 +30,10 @@ from backend.app import credits
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
-from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import User
 from backend.app.models.billing import GRANT, CreditEntry
+from backend.app.resilience.retry import RetryPolicy
 from backend.logging_config import flush_logs
 from tests.conftest import read_log
 

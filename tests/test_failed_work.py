@@ -29,11 +29,11 @@ from backend.app.errors import ValidationError
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
-from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import EmailOutbox, PendingSync
 from backend.app.models.job import DEAD, FAILED, QUEUED, SUCCEEDED, Job, JobStep
 from backend.app.monitoring.inbox import FailedItem, FailedWorkKindUnknownError, FailedWorkNotOpenError, Inbox
+from backend.app.resilience.retry import RetryPolicy
 from backend.app.services import get_email, get_storage
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.contract import assert_error

@@ -161,7 +161,7 @@ def test_the_classifier_says_which_failures_may_have_reached_the_peer() -> None:
 
 
 def test_a_call_the_peer_cannot_deduplicate_is_retried_after_a_refusal_but_never_after_an_ambiguous_failure() -> None:
-    policy = RetryPolicy(max_retries=3, idempotent=True, retry_ambiguous=False)
+    policy = RetryPolicy(max_attempts=4, idempotent=True, retry_ambiguous=False)
     attempts: list[int] = []
 
     def refused_then_ok() -> str:

@@ -24,11 +24,11 @@ from backend.app.jobs.compensation import run_compensations, sweep_pending
 from backend.app.jobs.context import LeaseLostError
 from backend.app.jobs.dead_letters import analyse, archive_expired
 from backend.app.jobs.registry import JobKind, job_kind
-from backend.app.jobs.retry_policy import RetryPolicy, backoff_ceiling, decide
 from backend.app.jobs.scheduler.periodic import PeriodicScheduler
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models.job import DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCCEEDED, Job, JobStep
 from backend.app.resilience.classifier import Classification, ErrorKind, classify
+from backend.app.resilience.retry import RetryPolicy, backoff_ceiling, decide
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 
 # A minute boundary in the past: fake-clock jobs are due for a real-clock worker too.

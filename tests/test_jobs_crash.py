@@ -32,8 +32,8 @@ from sqlalchemy import select, text
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
-from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.models.job import DEAD, RUNNING, SUCCEEDED, Job
+from backend.app.resilience.retry import RetryPolicy
 from tests.forked_workers import Zygote, kill
 
 ROOT = Path(__file__).resolve().parents[1]

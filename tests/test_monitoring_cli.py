@@ -17,10 +17,10 @@ from backend.app.errors import ValidationError
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
-from backend.app.jobs.retry_policy import RetryPolicy
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models.job import DEAD, QUEUED, Job
 from backend.app.monitoring import flush_error_stats
+from backend.app.resilience.retry import RetryPolicy
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 
 KIND = "test.cli_bad_data"

@@ -11,7 +11,8 @@ import requests
 import stripe
 
 from backend.app.errors import CircuitOpenError, ValidationError
-from backend.app.resilience.retry import RetryPolicy, RetryRecord, backoff, call_with_retry
+from backend.app.resilience.classifier import Classification, ErrorKind
+from backend.app.resilience.retry import RetryPolicy, RetryRecord, call_with_retry, decide
 
 
 class FakeTime:
@@ -53,7 +54,7 @@ def run(fn: Callable[[], Any], policy: RetryPolicy, t: FakeTime, **kwargs: Any) 
     return value, record
 
 
-IDEMPOTENT = RetryPolicy(max_retries=3, base_delay=0.5, max_delay=4.0, deadline=60.0, idempotent=True)
+IDEMPOTENT = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=4.0, deadline=60.0, idempotent=True)
 
 
 def test_transient_failures_are_retried_with_full_jitter_backoff_until_success() -> None:
@@ -126,7 +127,7 @@ def test_a_retry_after_past_the_deadline_stops_at_once_instead_of_sleeping_past_
 
 def test_the_total_deadline_bounds_attempts_and_waits() -> None:
     t = FakeTime()
-    policy = RetryPolicy(max_retries=50, base_delay=1.0, max_delay=1.0, deadline=5.0, idempotent=True)
+    policy = RetryPolicy(max_attempts=51, base_delay=1.0, max_delay=1.0, deadline=5.0, idempotent=True)
 
     def slow_failure() -> None:
         t.now += 1.0  # each attempt takes 1 s of (fake) time
@@ -143,7 +144,7 @@ def test_the_total_deadline_bounds_attempts_and_waits() -> None:
 def test_non_idempotent_calls_are_not_retried() -> None:
     t = FakeTime()
     fn, calls = failing([TimeoutError()])
-    value, record = run(fn, RetryPolicy(max_retries=3, idempotent=False), t)
+    value, record = run(fn, RetryPolicy(max_attempts=4, idempotent=False), t)
     assert isinstance(value, TimeoutError)
     assert calls[0] == 1 and record.stop_reason == "not_idempotent"
 
@@ -178,9 +179,14 @@ def test_the_veto_is_asked_only_when_a_retry_would_happen() -> None:
 
 
 def test_backoff_ceiling_doubles_and_is_capped() -> None:
-    policy = RetryPolicy(base_delay=0.1, max_delay=1.0)
+    policy = RetryPolicy(max_attempts=10, base_delay=0.1, max_delay=1.0)
     rng = random.Random(1)
-    samples = {attempt: [backoff(attempt, policy, rng) for _ in range(300)] for attempt in (1, 2, 3, 4, 8)}
+    transient = Classification(ErrorKind.TRANSIENT, None, "timeout")
+
+    def backoff(attempt: int) -> float:
+        return decide(transient, attempt, policy.max_attempts, policy, rng=rng.uniform).delay
+
+    samples = {attempt: [backoff(attempt) for _ in range(300)] for attempt in (1, 2, 3, 4, 8)}
     assert max(samples[1]) <= 0.1 and max(samples[2]) <= 0.2 and max(samples[3]) <= 0.4
     assert max(samples[8]) <= 1.0 and max(samples[8]) > 0.8  # capped, and jitter spans the range
     assert min(samples[4]) < 0.1  # full jitter: can be near zero

@@ -556,7 +556,7 @@ def test_point3_backoff_follows_the_classifier(app: Flask, tmp_path: Any) -> Non
     """#13 point 3: transient backs off (full jitter, capped), throttled waits Retry-After, attempts are limited."""
     from google.api_core import exceptions as gexc
 
-    from backend.app.jobs.retry_policy import RetryPolicy
+    from backend.app.resilience.retry import RetryPolicy
 
     throttled = gexc.TooManyRequests("slow down", response=type("R", (), {"headers": {"Retry-After": "120"}})())
     client = _FailingClient([gexc.ServiceUnavailable("busy"), throttled, gexc.ServiceUnavailable("busy")])

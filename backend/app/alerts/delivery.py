@@ -32,6 +32,7 @@ from ..errors import APIError
 from ..extensions import db
 from ..models.alert import CANCELLED, FAILED, PENDING, SENT, AlertDelivery, AlertRule
 from ..resilience.recovery import call_with_recovery
+from ..resilience.retry import RetryPolicy, backoff_ceiling
 from ..timeutil import iso
 from .destinations import SIGNATURE_HEADER, WebhookDestinationError, breaker_name, check_url, signature_header
 
@@ -129,8 +130,12 @@ def send(
     raise ValueError(f"unknown channel type {channel['type']!r}")  # the request model accepts three types
 
 
+# Deterministic (no jitter: one process sends a rule's deliveries): 2, 4, 8 ... seconds, at most an hour.
+_DELIVERY_BACKOFF = RetryPolicy(base_delay=1.0, max_delay=3600.0)
+
+
 def _backoff(attempts: int) -> timedelta:
-    return timedelta(seconds=min(3600, 2 ** min(attempts, 12)))
+    return timedelta(seconds=backoff_ceiling(_DELIVERY_BACKOFF, attempts + 1))
 
 
 def _deliver_one(app: Flask, delivery_id: int, attempts: int, now: datetime, max_attempts: int) -> str | None:

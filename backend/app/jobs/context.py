@@ -30,10 +30,10 @@ from sqlalchemy.exc import IntegrityError
 from ..extensions import db
 from ..models.job import Job, JobStep
 from ..resilience.classifier import classify
+from ..resilience.retry import RetryPolicy, decide
 from ..timeutil import utcnow
 from .records import Claim, still_held
 from .registry import REGISTRY
-from .retry_policy import RetryPolicy, decide
 
 logger = logging.getLogger(__name__)
 

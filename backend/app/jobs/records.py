@@ -26,9 +26,9 @@ from ..errors import APIError
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCCEEDED, Job
 from ..resilience.classifier import Classification, ErrorKind, classify
+from ..resilience.retry import RetryPolicy, decide
 from ..timeutil import iso, utcnow
 from .registry import REGISTRY, JobKind
-from .retry_policy import RetryPolicy, decide
 
 logger = logging.getLogger(__name__)
 

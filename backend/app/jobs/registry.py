@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .retry_policy import RetryPolicy
+from ..resilience.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from flask import Flask

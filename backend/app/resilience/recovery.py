@@ -166,7 +166,7 @@ def call_with_recovery(
     allowed = idempotent if idempotent is not None else bool(kwargs.get("idempotency_key"))
     policy = replace(
         res.retry_defaults,
-        max_retries=max_retries,
+        max_attempts=max_retries + 1,  # the decorator counts retries, the policy attempts
         idempotent=allowed,
         retry_ambiguous=retry_ambiguous,
         deadline=timeout if timeout is not None else res.retry_defaults.deadline,

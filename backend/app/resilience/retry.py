@@ -1,12 +1,21 @@
-"""Retries with tenacity: full-jitter exponential backoff, a cap, a total deadline, `Retry-After`.
+"""Retries: one policy and one backoff for calls to a service and for job attempts.
 
-Only failures the classifier calls TRANSIENT or THROTTLED are retried, and only when the call is
-safe to repeat: the policy says `idempotent=True`, which callers set for reads and for writes that
-carry an idempotency key. A THROTTLED failure waits what the peer asked for (`Retry-After`);
-if that wait would cross the deadline, we stop at once rather than sleep past it. A write the peer
-cannot de-duplicate (an email) sets `retry_ambiguous=False`: it is repeated after failures that
-prove nothing happened (refused, 5xx, 429), never after one that may have been acted on (a timeout
-after sending), which its owner replays later, visibly.
+`decide` is the rule both follow, a pure function of the classification, the attempt count and an
+injected random source (tests check the delays without sleeping):
+- PERMANENT: at most `permanent_retries` retries (0 or 1): the same input fails the same way, but
+  one retry absorbs a read-after-write race (seed 002's "not found" right after a create). Calls
+  never retry one (`call_with_retry` stops first); jobs do once by default.
+- TRANSIENT: exponential backoff with full jitter (`uniform(0, min(max_delay, base * 2**n))`, the
+  AWS architecture blog's) until `max_attempts`; a `Retry-After` the peer sent (a 503) is a floor.
+- THROTTLED: wait the peer's `Retry-After` (capped by `max_throttle_delay`); without one, back off
+  like a transient error.
+
+`call_with_retry` (tenacity underneath) adds what only a live call has: it retries only when the
+call is safe to repeat (`idempotent=True`, which callers set for reads and for writes that carry an
+idempotency key), never after a failure the peer may have acted on when `retry_ambiguous=False` (a
+timeout after sending an email, which its owner replays later, visibly), never into an open
+breaker, and within a total `deadline`: a wait that would cross it stops at once rather than sleep
+past it.
 
 Never stack these retries on an SDK's own: an adapter that uses this layer sets the SDK's retries
 to zero (`stripe.max_network_retries = 0`, google `retry=None`; SendGrid has none), or the worst
@@ -37,14 +46,68 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How one call may be retried."""
+    """How a failed attempt may be tried again (seconds); the defaults are a job kind's."""
 
-    max_retries: int = 3  # retries after the first attempt
-    base_delay: float = 0.2  # first backoff ceiling, doubled per retry
-    max_delay: float = 5.0  # cap on one backoff wait (a peer's Retry-After may exceed it, within the deadline)
-    deadline: float = 20.0  # total seconds for every attempt and wait
-    idempotent: bool = False  # only then is a failed call repeated
+    max_attempts: int = 5  # attempts in all, the first included
+    base_delay: float = 2.0  # first backoff ceiling, doubled per failure
+    max_delay: float = 300.0  # cap on one backoff wait (a peer's Retry-After may exceed it)
+    permanent_retries: int = 1  # retries of a PERMANENT failure (0 or 1)
+    max_throttle_delay: float = 3600.0  # cap on a peer's Retry-After
+    deadline: float | None = None  # a call's total seconds for every attempt and wait (jobs have none)
+    idempotent: bool = False  # a call is repeated only then
     retry_ambiguous: bool = True  # False: never repeat a call the peer may already have acted on
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.permanent_retries not in (0, 1):
+            raise ValueError("permanent errors get at most one retry (permanent_retries 0 or 1)")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("delays must not be negative")
+
+
+# What a call inside `with_error_recovery` gets unless the app's config (RETRY_*) says otherwise.
+CALL_DEFAULTS = RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=5.0, permanent_retries=0, deadline=20.0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Retry after `delay` seconds, or give up (`retry` false) with the reason."""
+
+    retry: bool
+    delay: float
+    reason: str
+
+
+def backoff_ceiling(policy: RetryPolicy, failures: int) -> float:
+    """The upper bound of the jittered delay after the `failures`-th failure (1-based)."""
+    exponent = min(max(failures - 1, 0), 62)  # 2**62 already dwarfs any max_delay; avoid huge ints
+    return min(policy.max_delay, policy.base_delay * (2**exponent))
+
+
+def decide(
+    classification: Classification,
+    attempts: int,
+    max_attempts: int,
+    policy: RetryPolicy,
+    *,
+    rng: Callable[[float, float], float] = random.uniform,
+) -> Decision:
+    """The decision after attempt number `attempts` (1-based) failed with `classification`."""
+    if attempts >= max_attempts:
+        return Decision(False, 0.0, f"attempt {attempts} of {max_attempts} failed: no attempts left")
+    if classification.kind is ErrorKind.PERMANENT:
+        if attempts > policy.permanent_retries:
+            return Decision(False, 0.0, f"permanent error ({classification.reason}): not retried again")
+        return Decision(True, policy.base_delay, f"permanent error ({classification.reason}): one retry")
+    if classification.kind is ErrorKind.THROTTLED and classification.retry_after is not None:
+        delay = min(classification.retry_after, policy.max_throttle_delay)
+        return Decision(True, delay, f"throttled ({classification.reason}): waiting Retry-After {delay:g}s")
+    delay = rng(0.0, backoff_ceiling(policy, attempts))
+    if classification.retry_after is not None:
+        # Honour the peer: never earlier than it asked, whatever our own cap says.
+        delay = max(delay, min(classification.retry_after, policy.max_throttle_delay))
+    return Decision(True, delay, f"{classification.kind.value} error ({classification.reason}): backoff {delay:.3f}s")
 
 
 @dataclass
@@ -55,21 +118,6 @@ class RetryRecord:
     waits: list[float] = field(default_factory=list)
     classification: Classification | None = None
     stop_reason: str | None = None  # why retrying stopped after a failure
-
-
-def backoff(attempt: int, policy: RetryPolicy, rng: random.Random | Any = random) -> float:
-    """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    ceiling = min(policy.max_delay, policy.base_delay * (2 ** (attempt - 1)))
-    return rng.uniform(0.0, ceiling)
-
-
-def wait_for(verdict: Classification, attempt: int, policy: RetryPolicy, rng: random.Random | Any = random) -> float:
-    """The wait before the next attempt: the peer's Retry-After when it gave one, else jittered backoff."""
-    jittered = backoff(attempt, policy, rng)
-    if verdict.retry_after is not None:
-        # Honour the peer: never earlier than it asked, whatever our own cap says.
-        return max(verdict.retry_after, jittered if verdict.kind is ErrorKind.TRANSIENT else 0.0)
-    return jittered
 
 
 def call_with_retry(
@@ -112,13 +160,13 @@ def call_with_retry(
 
     def wait(state: tenacity.RetryCallState) -> float:
         assert rec.classification is not None  # set by retry_on, which tenacity runs first
-        return wait_for(rec.classification, state.attempt_number, policy, rng)
+        return decide(rec.classification, state.attempt_number, policy.max_attempts, policy, rng=rng.uniform).delay
 
     def stop(state: tenacity.RetryCallState) -> bool:
-        if state.attempt_number > policy.max_retries:
+        if state.attempt_number >= policy.max_attempts:
             rec.stop_reason = "max_retries"
             return True
-        if clock() - started + state.upcoming_sleep >= policy.deadline:
+        if policy.deadline is not None and clock() - started + state.upcoming_sleep >= policy.deadline:
             rec.stop_reason = "deadline"
             return True
         exc = state.outcome.exception() if state.outcome is not None else None

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import Flask, current_app, g, has_app_context
@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from .breaker import SERVICE_DEFAULTS, BreakerRegistry, CircuitBreaker
 from .breaker_store import BreakerStore, MemoryBreakerStore
 from .budget import BudgetConfig, BudgetRegistry
-from .retry import RetryPolicy, no_sleep
+from .retry import CALL_DEFAULTS, RetryPolicy, no_sleep
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Resilience:
     ) -> None:
         self.breakers = breakers
         self.budgets = budgets or BudgetRegistry()
-        self.retry_defaults = retry_defaults or RetryPolicy()
+        self.retry_defaults = retry_defaults or CALL_DEFAULTS
         self.sleep = sleep
         self.clock = clock
         self.rng = rng
@@ -164,7 +164,8 @@ def build_resilience(config: Mapping[str, Any], store: BreakerStore | None = Non
             min_retries_per_second=float(config.get("RETRY_BUDGET_MIN_PER_SECOND", 0.5)),
         )
     )
-    defaults = RetryPolicy(
+    defaults = replace(
+        CALL_DEFAULTS,
         base_delay=float(config.get("RETRY_BASE_DELAY", 0.2)),
         max_delay=float(config.get("RETRY_MAX_DELAY", 5.0)),
         deadline=float(config.get("RETRY_DEADLINE", 20.0)),

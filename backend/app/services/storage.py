@@ -40,10 +40,10 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import APIError, NotFoundError, StorageError, UpstreamRejectedError, ValidationError
 from ..extensions import db
-from ..jobs.retry_policy import RetryPolicy
 from ..models.outbox import SYNC_FAILED, SYNC_PENDING, SYNC_SYNCED, PendingSync
 from ..resilience.classifier import classify
 from ..resilience.recovery import call_with_recovery, get_breaker
+from ..resilience.retry import RetryPolicy
 from ..timeutil import utcnow
 from .replay import Failure
 

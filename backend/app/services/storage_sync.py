@@ -5,7 +5,7 @@ its `next_attempt_at` past now; that value is also the fencing token every later
 two workers never upload or count the same row, and a worker whose lease ran out cannot mark it.
 Every attempt's real error goes into the row's history (`replay.Failure`: the code, what the bucket
 said, the classifier's verdict on the cause). After a failure the row backs off per the jobs' policy
-(`jobs.retry_policy.decide`: full jitter up to STORAGE_SYNC_MAX_DELAY, a throttled bucket's
+(`resilience.retry.decide`: full jitter up to STORAGE_SYNC_MAX_DELAY, a throttled bucket's
 Retry-After honoured, a permanent refusal retried at most once) and, out of attempts
 (STORAGE_SYNC_MAX_ATTEMPTS), ends `failed`: the failed-work inbox, whose retry makes it `pending`
 and due again. A row whose local file vanished ends `failed` at once (LOCAL_FILE_MISSING), never
@@ -24,9 +24,9 @@ from sqlalchemy import or_, select, update
 
 from ..errors import APIError, LocalFileMissingError
 from ..extensions import db
-from ..jobs.retry_policy import Decision, decide
 from ..models.outbox import SYNC_FAILED, SYNC_PENDING, SYNC_SYNCED, PendingSync
 from ..resilience.recovery import CircuitOpenError
+from ..resilience.retry import Decision, decide
 from ..timeutil import utcnow
 from .replay import Failure
 from .storage import SERVICE, peer_said
