@@ -148,6 +148,8 @@ PART_LABELS = frozenset(label for _module, _name, label in PARTS)
 
 def instrument(app: Any, timers: Timers) -> None:
     """Put timers around every hook of `app` and the parts in `PARTS` (this process only)."""
+    from backend.app.signals import error_occurred, request_finished
+
     for attr, prefix in (
         ("before_request_funcs", "before_request"),
         ("after_request_funcs", "after_request"),
@@ -158,7 +160,7 @@ def instrument(app: Any, timers: Timers) -> None:
     app.teardown_appcontext_funcs[:] = [
         timers.wrap(f"teardown_appcontext {_label(f)}", f) for f in app.teardown_appcontext_funcs
     ]
-    observers = app.extensions.get("request_observers")
+    observers = request_finished.receivers(app)
     if observers:
         observers[:] = [timers.wrap(f"request observer {_label(f)}", f) for f in observers]
     for by_code in app.error_handler_spec.values():
@@ -167,8 +169,6 @@ def instrument(app: Any, timers: Timers) -> None:
                 handlers[cls] = timers.wrap(f"error handler {_label(handler)}", handler)
     for endpoint, view in list(app.view_functions.items()):
         app.view_functions[endpoint] = timers.wrap(f"view {endpoint}", view)
-    from backend.app.signals import error_occurred
-
     for receiver in {id(r): r for r in _receivers(error_occurred, app)}.values():
         # Connected per app: only this app's sends reach the timed copy.
         error_occurred.disconnect(receiver, sender=app)

@@ -33,12 +33,11 @@ from ..redaction import register_secrets
 from .errors import APIError, AuthenticationError
 from .openapi import documented
 from .rate_limits import never_rate_limited
-from .request_context import add_request_observer
 from .resilience.breaker import BreakerListener, CircuitBreaker
 from .resilience.breaker_store import BreakerState
 from .resilience.classifier import classify
 from .resilience.state import RecoveryEvent
-from .signals import error_occurred
+from .signals import error_occurred, request_finished
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +253,7 @@ def init_metrics(app: Flask) -> Metrics | None:
     metrics = Metrics()
     app.extensions[EXTENSION] = metrics
     app.extensions["metrics_collector"] = _ScrapeTimeCollector(app)
-    add_request_observer(app, _request_recorder(metrics))
+    request_finished.connect(app, _request_recorder(metrics))
     error_occurred.connect(_on_error, sender=app, weak=False)
     app.extensions["breakers"].add_listener(_BreakerMetrics(metrics))
     app.extensions["resilience"].listeners.append(_recovery_listener(metrics))

@@ -4,10 +4,10 @@ Before every request the request ID (`request_id.py`) and the W3C trace id are c
 method, path, endpoint and client address, to the log context, so log lines carry them from any
 thread-local call path without passing them around.
 
-After every request one `after_request` hook echoes the ID and calls the request observers other
-modules add (`add_request_observer`: the performance.log line, metrics, SLO counts, error
-statistics). One hook calling a list is cheaper than a hook each: Flask looks up, checks and calls
-every hook function on every request, and each would look up the request again.
+After every request one `after_request` hook echoes the ID and calls the receivers of
+`signals.request_finished` (the performance.log line, metrics, SLO counts, error statistics). One
+hook calling a list is cheaper than a hook each: Flask looks up, checks and calls every hook
+function on every request, and each would look up the request again.
 """
 
 from __future__ import annotations
@@ -17,16 +17,12 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from flask import Flask, Request, Response, g, request
+from flask import Flask, Response, g, request
 
 from ..logging_config import bind_cleaned_log_context, clear_log_context
 from ..redaction import clean_text
 from .request_id import REQUEST_ID_HEADER, _choose_request_id, get_request_id, parse_traceparent
-
-#: What an observer is given after every request: the request, the response, and the seconds since
-#: the request started (None when the start hook did not run for it).
-RequestObserver = Callable[[Request, Response, "float | None"], None]
-OBSERVERS = "request_observers"
+from .signals import RequestObserver, request_finished
 
 request_started: ContextVar[float | None] = ContextVar("request_started", default=None)
 
@@ -60,11 +56,6 @@ def _start_request() -> None:
     bind_cleaned_log_context(fields)
 
 
-def add_request_observer(app: Flask, observer: RequestObserver) -> None:
-    """Call `observer(request, response, seconds)` after every request, from the one `after_request` hook."""
-    app.extensions.setdefault(OBSERVERS, []).append(observer)
-
-
 def _request_finisher(observers: list[RequestObserver]) -> Callable[[Response], Response]:
     """The app's `after_request` hook: echo the request ID, then call its observers in order."""
 
@@ -88,5 +79,5 @@ def _end_request(_exc: BaseException | None) -> None:
 def init_request_context(app: Flask) -> None:
     """Assign IDs before any other hook runs, echo them and call the observers after every request."""
     app.before_request_funcs.setdefault(None, []).insert(0, _start_request)
-    app.after_request(_request_finisher(app.extensions.setdefault(OBSERVERS, [])))
+    app.after_request(_request_finisher(request_finished.receivers(app)))
     app.teardown_request(_end_request)

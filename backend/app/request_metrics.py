@@ -4,7 +4,7 @@ The line carries the duration, status and endpoint (method, path, request ID com
 context); error responses also carry the query string and the request headers, redacted, because
 that is what a reader needs to reproduce a failure. `REQUEST_LOGGING_ENABLED=False` keeps only the
 slow-request warning (the benchmark's "logging off" baseline); `SLOW_REQUEST_MS` sets the threshold.
-It is a request observer (`request_context.add_request_observer`), called from the app's one
+It is a receiver of `signals.request_finished`, called from the app's one
 `after_request` hook with the request, the response and the duration.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, Request, Response, g
 
 from ..logging_config import FlatFields, log_performance_metric
-from .request_context import add_request_observer
+from .signals import request_finished
 
 # Headers worth having next to a failed request; everything else is noise in the log.
 _ERROR_HEADERS = ("Authorization", "Cookie", "User-Agent", "Content-Type", "Content-Length", "Referer", "Origin")
@@ -61,4 +61,4 @@ def init_request_metrics(app: Flask) -> None:
     app.config.setdefault("REQUEST_LOGGING_ENABLED", True)
     app.config.setdefault("SLOW_REQUEST_MS", 1000)
     # The app's own config dict: settings changed later are still read on each request.
-    add_request_observer(app, partial(_log_request, app.config))
+    request_finished.connect(app, partial(_log_request, app.config))

@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..extensions import db
 from ..models import SloMinute
 from ..monitoring.store import minute_from_epoch, upsert_add
-from ..request_context import add_request_observer
+from ..signals import request_finished
 from ..sweeper import Sweeper
 from ..timeutil import utcnow
 
@@ -183,7 +183,7 @@ def init_slo(app: Flask) -> SloCounter | None:
             outcome = NOT_CONFIGURED if g.get("error_code") == "SERVICE_NOT_CONFIGURED" else BAD
         counter.count(req.blueprint or "other", outcome)
 
-    add_request_observer(app, count_response)
+    request_finished.connect(app, count_response)
     return counter
 
 

@@ -34,6 +34,7 @@ from ...logging_config import log_context, log_performance_metric
 from .. import timeutil
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, RETRYING, RUNNING, Job, JobWorker
+from ..signals import job_failed, send
 from . import records
 from .compensation import run_compensations
 from .context import JobContext, LeaseLostError
@@ -321,7 +322,7 @@ class Worker:
             result.reason,
             exc_info=result.status != RETRYING,
         )
-        _record_error_stats(exc, claim, result)
+        _record_error_stats(self.app, exc, claim, result)
         if result.status in (FAILED, DEAD):
             run_compensations(claim.id)
         return result.status
@@ -395,12 +396,6 @@ class Worker:
         db.session.commit()
 
 
-def _record_error_stats(exc: Exception, claim: records.Claim, outcome: records.Outcome) -> None:
-    from ..monitoring import record_error
-
-    record_error(
-        exc,
-        "job",
-        endpoint=f"job:{claim.kind}",
-        context={"job_id": claim.id, "job_kind": claim.kind, "attempt": claim.attempt, "outcome": outcome.status},
-    )
+def _record_error_stats(app: Flask, exc: Exception, claim: records.Claim, outcome: records.Outcome) -> None:
+    # Monitoring listens (error statistics); the worker, a layer below it, only says what happened.
+    send(job_failed, app, error=exc, claim=claim, outcome=outcome)

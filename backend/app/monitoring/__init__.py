@@ -14,8 +14,7 @@ from typing import Any
 from flask import Flask, current_app, has_app_context
 
 from ..errors import APIError
-from ..request_context import add_request_observer
-from ..signals import error_occurred
+from ..signals import error_occurred, job_failed, request_finished
 from .events import capture_error, from_error, new_event_id
 from .recorder import RAW_PER_MINUTE, RETRY_SECONDS, ErrorRecorder, flush_all, register_recorder
 
@@ -81,6 +80,16 @@ def _on_error_occurred(sender: Flask, error: APIError, exception: BaseException 
     recorder.submit(capture_error(error, source="http", exception=exception))
 
 
+def _on_job_failed(sender: Flask, error: BaseException, claim: Any, outcome: Any, **_: Any) -> None:
+    record_error(
+        error,
+        "job",
+        endpoint=f"job:{claim.kind}",
+        context={"job_id": claim.id, "job_kind": claim.kind, "attempt": claim.attempt, "outcome": outcome.status},
+        app=sender,
+    )
+
+
 def init_error_stats(app: Flask) -> None:
     """Record the app's errors and count its requests, when ERROR_STATS_ENABLED (default on)."""
     from .cli import register_commands
@@ -100,4 +109,5 @@ def init_error_stats(app: Flask) -> None:
     register_recorder(recorder)
     # error_handlers already shields the response from listener failures (and logs them).
     error_occurred.connect(_on_error_occurred, sender=app, weak=True)
-    add_request_observer(app, lambda _req, _response, _seconds: recorder.count_request())
+    job_failed.connect(_on_job_failed, sender=app, weak=True)
+    request_finished.connect(app, lambda _req, _response, _seconds: recorder.count_request())
