@@ -28,6 +28,7 @@ from backend.app.jobs.scheduler.periodic import PeriodicScheduler
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models.job import DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCCEEDED, Job, JobStep
 from backend.app.resilience.classifier import Classification, ErrorKind, classify
+from backend.app.resilience.history import error_entry
 from backend.app.resilience.retry import RetryPolicy, backoff_ceiling, decide
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 
@@ -291,7 +292,7 @@ def test_enqueue_refuses_unknown_kinds_and_oversized_payloads(app: Flask) -> Non
 
 def test_failure_analysis_sorts_errors_like_seed_003() -> None:
     def entry(exc: Exception) -> dict[str, Any]:
-        return records.error_entry(exc, classify(exc), 1, T0, worker=None)
+        return error_entry(exc, classify(exc), 1, T0, worker=None)
 
     assert analyse([entry(ConnectionError("refused"))]) == "transient"
     assert analyse([entry(RateLimitError("slow down", retry_after=3))]) == "transient"

@@ -19,12 +19,10 @@ from config import Config, load_config
 
 from ..logging_config import configure_logging
 from ..redaction import register_secrets
-from .admin.cli import init_admin_cli
-from .auth.cli import init_users_cli
-from .cli import init_cli
 from .errors import init_error_handlers
 from .extensions import db, jwt, migrate
 from .http_edge import init_http_edge
+from .jobs import init_jobs
 from .monitoring import init_error_stats
 from .observability import init_observability
 from .rate_limits import init_rate_limits
@@ -129,13 +127,12 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     install_database_breaker(app)  # after the engines (extensions) and the breakers (resilience) exist
     init_observability(app)
     _register_blueprints(app)
+    init_jobs(app)  # after the blueprints: their modules (renders.jobs) have registered their kinds
     init_services(app)
     init_rate_limits(app)
     init_error_stats(app)
     _init_inbox(app)
-    init_admin_cli(app)
-    init_users_cli(app)
-    init_cli(app)  # last: it guards every command registered before it
+    _register_cli(app)
     return app
 
 
@@ -207,12 +204,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _init_inbox(app: Flask) -> None:
-    """The failed-work inbox: one source per kind of work that failed for good (see monitoring/inbox.py)."""
-    from .jobs.failed_work import JobInboxSource
+    """The failed-work inbox: one source per kind of work that failed for good (see monitoring/inbox/)."""
     from .monitoring.inbox import Inbox
+    from .monitoring.inbox.jobs import JobInboxSource
+    from .monitoring.inbox.services import EmailInboxSource, StorageInboxSource
     from .payments.failed_work import PaymentInboxSource
     from .services import get_storage
-    from .services.failed_work import EmailInboxSource, StorageInboxSource
 
     sources = [
         JobInboxSource(),
@@ -224,22 +221,36 @@ def _init_inbox(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
+    """Every blueprint of the app, in one place (routes resolve in this order when two could match)."""
     from .admin.dashboard import bp as dashboard_bp
     from .admin.dead_letters import bp as dead_letters_bp
     from .admin.error_monitoring import bp as monitoring_bp
     from .admin.failed_work import bp as failed_work_bp
     from .admin.request_trace import bp as request_trace_bp
     from .api import bp as api_bp
+    from .api.metrics import bp as metrics_bp
     from .auth import bp as auth_bp
-    from .jobs import init_jobs
-    from .renders import init_renders
+    from .downloads import bp as downloads_bp
+    from .payments import bp as payments_bp
+    from .renders import bp as renders_bp
 
-    app.register_blueprint(auth_bp)
-    app.register_blueprint(api_bp)
-    app.register_blueprint(monitoring_bp)
-    app.register_blueprint(dead_letters_bp)
-    app.register_blueprint(request_trace_bp)
-    app.register_blueprint(failed_work_bp)
-    app.register_blueprint(dashboard_bp)
-    init_renders(app)
-    init_jobs(app)
+    blueprints = [auth_bp, api_bp, monitoring_bp, dead_letters_bp, request_trace_bp, failed_work_bp, dashboard_bp]
+    blueprints += [renders_bp, payments_bp, downloads_bp]
+    if app.config.get("METRICS_ENABLED", True):
+        blueprints.append(metrics_bp)
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
+
+
+def _register_cli(app: Flask) -> None:
+    """Every `flask` command group of the app, in one place, then the guard that makes user errors one line."""
+    from .admin.cli import monitoring_cli
+    from .auth.cli import users
+    from .cli import error_catalog, guard_commands
+    from .jobs.cli import jobs_cli
+    from .payments.cli import credits_cli
+    from .services.cli import services_cli
+
+    for command in (error_catalog, monitoring_cli, jobs_cli, users, services_cli, credits_cli):
+        app.cli.add_command(command)
+    guard_commands(app.cli)  # last: it wraps every command registered before it

@@ -1,4 +1,4 @@
-"""`flask` commands for maintainers, and the guard that makes every app command's user errors one line."""
+"""`flask error-catalog`, and the guard that makes every app command's user errors one line (create_app applies it)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from flask import Flask, current_app
+from flask import current_app
+from flask.cli import with_appcontext
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -17,31 +18,25 @@ from config import ConfigError
 from .db_errors import is_login_refused, is_unreachable, missing_schema
 from .error_catalog import render_markdown
 from .errors import APIError
-from .payments.cli import credits_cli
 
 DOCS_ERRORS = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 _GUARDED = "__oriel_cli_guarded__"
 
 
-def init_cli(app: Flask) -> None:
-    """Register the maintainer commands on `app`, then guard every app command (call it after the others)."""
-
-    @app.cli.command("error-catalog")
-    @click.option("--check", is_flag=True, help="Fail if docs/errors.md is out of date instead of writing it.")
-    def error_catalog(check: bool) -> None:
-        """Write docs/errors.md from the error catalog."""
-        rendered = render_markdown()
-        if check:
-            if not DOCS_ERRORS.exists() or DOCS_ERRORS.read_text(encoding="utf-8") != rendered:
-                raise click.ClickException("docs/errors.md is out of date: run `make docs`")
-            click.echo("docs/errors.md is up to date")
-            return
-        DOCS_ERRORS.parent.mkdir(parents=True, exist_ok=True)
-        DOCS_ERRORS.write_text(rendered, encoding="utf-8")
-        click.echo(f"wrote {DOCS_ERRORS}")
-
-    app.cli.add_command(credits_cli)
-    guard_commands(app.cli)
+@click.command("error-catalog")
+@with_appcontext
+@click.option("--check", is_flag=True, help="Fail if docs/errors.md is out of date instead of writing it.")
+def error_catalog(check: bool) -> None:
+    """Write docs/errors.md from the error catalog."""
+    rendered = render_markdown()
+    if check:
+        if not DOCS_ERRORS.exists() or DOCS_ERRORS.read_text(encoding="utf-8") != rendered:
+            raise click.ClickException("docs/errors.md is out of date: run `make docs`")
+        click.echo("docs/errors.md is up to date")
+        return
+    DOCS_ERRORS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS_ERRORS.write_text(rendered, encoding="utf-8")
+    click.echo(f"wrote {DOCS_ERRORS}")
 
 
 def guard_commands(group: click.Group) -> None:

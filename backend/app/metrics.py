@@ -1,4 +1,4 @@
-"""Prometheus metrics at `GET /metrics`, correct under many gunicorn workers.
+"""Prometheus metrics, served at `GET /metrics` (api/metrics.py), correct under many gunicorn workers.
 
 Counters are fed by hooks that already exist: a request observer called from the app's one
 `after_request` hook (requests by method, endpoint and status, and their durations), the
@@ -20,19 +20,16 @@ directory must be emptied before the server starts (the gunicorn config does it 
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Request, Response, current_app, request
+from flask import Flask, Request, Response
 
 from ..redaction import register_secrets
-from .errors import APIError, AuthenticationError
-from .openapi import documented
-from .rate_limits import never_rate_limited
+from .errors import APIError
 from .resilience.breaker import BreakerListener, CircuitBreaker
 from .resilience.breaker_store import BreakerState
 from .resilience.classifier import classify
@@ -49,14 +46,6 @@ STATE_VALUES = {
     BreakerState.FORCED_OPEN.value: 3,
     BreakerState.DISABLED.value: 4,
 }
-
-bp = Blueprint("metrics", __name__)
-
-
-class MetricsTokenError(AuthenticationError):
-    """A valid metrics token is required to scrape /metrics."""
-
-    code = "METRICS_TOKEN_REQUIRED"
 
 
 def multiprocess_dir() -> str | None:
@@ -246,7 +235,7 @@ def _on_error(sender: Flask, error: APIError, **_: Any) -> None:
 
 
 def init_metrics(app: Flask) -> Metrics | None:
-    """Create the app's metrics, hook them to requests, errors, breakers and recovery; add /metrics."""
+    """Create the app's metrics and hook them to requests, errors, breakers and recovery (the view: api/metrics.py)."""
     if not app.config.get("METRICS_ENABLED", True):
         return None
     register_secrets([app.config.get("METRICS_TOKEN")])
@@ -257,44 +246,4 @@ def init_metrics(app: Flask) -> Metrics | None:
     error_occurred.connect(_on_error, sender=app, weak=False)
     app.extensions["breakers"].add_listener(_BreakerMetrics(metrics))
     app.extensions["resilience"].listeners.append(_recovery_listener(metrics))
-    app.register_blueprint(bp)
     return metrics
-
-
-def _check_token() -> None:
-    token = current_app.config.get("METRICS_TOKEN")
-    if not token:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), str(token).encode()):
-        raise MetricsTokenError("A valid metrics token is required.")
-
-
-@bp.get("/metrics")
-@never_rate_limited  # one scraper polls it; METRICS_TOKEN guards it
-@documented(
-    "Prometheus metrics (text format); a bearer token when METRICS_TOKEN is set",
-    tag="health",
-    responses={200: None},
-    errors=(401,),
-    headers=(("Authorization", "Bearer <METRICS_TOKEN>, when the server sets one"),),
-)
-def metrics_view() -> Response:
-    """Every process's counters (summed in multiprocess mode) and the scrape-time gauges."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-    from prometheus_client import multiprocess as mp
-
-    _check_token()
-    metrics: Metrics = current_app.extensions[EXTENSION]
-    if metrics.multiprocess:
-        registry = CollectorRegistry()
-        mp.MultiProcessCollector(registry)
-    else:
-        registry = metrics.registry
-    output = generate_latest(registry)
-    collector = current_app.extensions["metrics_collector"]
-    extra = CollectorRegistry(auto_describe=False)
-    extra.register(collector)
-    output += generate_latest(extra)
-    return Response(output, mimetype=CONTENT_TYPE_LATEST.split(";")[0], headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import click
-from flask import Flask, current_app
+from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from ...logging_config import log_security_event
 from ..errors import APIError
 from ..extensions import db
+from ..monitoring.cli import prune_errors
 from ..resilience.breaker import BreakerRegistry
 from ..routing import MAX_BIGINT
 from ..timeutil import utcnow
@@ -407,13 +408,9 @@ failed_work = click.Group(
 COMMANDS: tuple[click.Command, ...] = (health, stats, breakers, reset, reset_all, dlq, alerts, failed_work)
 
 
-def init_admin_cli(app: Flask) -> None:
-    """Add the admin commands to the `flask monitoring` group of `app` (created if missing)."""
-    group = app.cli.commands.get(GROUP)
-    if not isinstance(group, click.Group):
-        group = AppGroup(GROUP)
-        app.cli.add_command(group)
-    # Extends the stats engineer's group (prune-errors) rather than replacing it.
-    group.help = "Monitoring: health, error statistics, breakers, dead letters, alerts, failed work, maintenance."
-    for command in COMMANDS:
-        group.add_command(command)
+#: `flask monitoring`, registered by create_app: the admin's commands and the error-statistics prune.
+monitoring_cli = AppGroup(
+    GROUP,
+    help="Monitoring: health, error statistics, breakers, dead letters, alerts, failed work, maintenance.",
+    commands=[*COMMANDS, prune_errors],
+)

@@ -6,7 +6,6 @@ import logging
 import sys
 
 import click
-from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
@@ -81,8 +80,3 @@ def revoke_admin(email: str) -> None:
     db.session.commit()
     log_security_event("admin_revoked", "Admin rights revoked", level=logging.WARNING, user_id=user.id, via="cli")
     click.echo(f"revoked admin {user.email}")
-
-
-def init_users_cli(app: Flask) -> None:
-    """Register `flask users` on `app`."""
-    app.cli.add_command(users)

@@ -150,16 +150,13 @@ def import_job_modules(app: Flask) -> None:
 
 
 def init_jobs(app: Flask) -> None:
-    """Attach the job runtime, the built-in kinds, the wake-up hook and the `flask jobs` commands."""
-    from ..services import jobs as _service_jobs  # noqa: F401 - storage sync, email outbox, error pruning
-    from . import builtin  # noqa: F401 - registers maintenance kinds and schedules
-    from .cli import register_commands
+    """Attach the job runtime, the built-in kinds and the wake-up hook (create_app registers `flask jobs`)."""
+    from . import kinds  # noqa: F401 - maintenance, storage sync and email outbox kinds
 
     app.extensions[EXTENSION] = JobsRuntime(app)
     if not event.contains(Session, "after_commit", _wake_after_commit):
         event.listen(Session, "after_commit", _wake_after_commit)
         event.listen(Session, "after_rollback", _forget_after_rollback)
-    register_commands(app)
     import_job_modules(app)
 
 

@@ -21,8 +21,8 @@ from ...logging_config import log_context
 from ..extensions import db
 from ..models.job import DEAD, FAILED, Job, JobStep
 from ..resilience.classifier import classify
+from ..resilience.history import append_error, error_entry
 from ..timeutil import utcnow
-from .records import append_error, error_entry
 from .registry import REGISTRY
 
 logger = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from sqlalchemy import delete, func, select, update
 from ...redaction import redact_value
 from ..extensions import db
 from ..models.job import DEAD, FAILED, QUEUED, SUCCEEDED, Job, JobStep, JobWorker
+from ..resilience.history import append_error
 from ..timeutil import iso, utcnow
-from .records import append_error
 
 logger = logging.getLogger(__name__)
 

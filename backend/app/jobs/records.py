@@ -21,19 +21,16 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ...logging_config import log_context, peek_log_context
-from ...redaction import redact
-from ..errors import APIError
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCCEEDED, Job
 from ..resilience.classifier import Classification, ErrorKind, classify
+from ..resilience.history import append_error, error_entry
 from ..resilience.retry import RetryPolicy, decide
 from ..timeutil import iso, utcnow
 from .registry import REGISTRY, JobKind
 
 logger = logging.getLogger(__name__)
 
-MAX_ERROR_HISTORY = 50  # entries kept per job (the first attempts and the most recent ones)
-MAX_MESSAGE_CHARS = 2000
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024  # large data goes by reference (a storage key), not inline
 
 
@@ -263,51 +260,6 @@ def release(claim: Claim, *, now: datetime | None = None, commit: bool = True) -
     if commit:
         db.session.commit()
     return ok
-
-
-def error_code(exc: BaseException) -> str:
-    """The stable code of an exception: an APIError's code, otherwise its class name."""
-    return exc.code if isinstance(exc, APIError) else type(exc).__name__
-
-
-def error_entry(
-    exc: BaseException | None,
-    classification: Classification,
-    attempt: int,
-    at: datetime,
-    *,
-    worker: str | None,
-    code: str | None = None,
-    message: str | None = None,
-) -> dict[str, Any]:
-    """One entry of a job's error history, with the real (redacted) message."""
-    text = message if message is not None else (str(exc) if exc is not None else "")
-    if not text and exc is not None:
-        text = type(exc).__name__
-    entry: dict[str, Any] = {
-        "attempt": attempt,
-        "code": code or (error_code(exc) if exc is not None else "UNKNOWN"),
-        "kind": classification.kind.value,
-        "reason": classification.reason,
-        "message": redact(text)[:MAX_MESSAGE_CHARS],
-        "time": iso(at),
-        "worker": worker,
-    }
-    if exc is not None:
-        entry["exc_type"] = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    if classification.status is not None:
-        entry["status"] = classification.status
-    if classification.retry_after is not None:
-        entry["retry_after"] = classification.retry_after
-    return entry
-
-
-def append_error(history: Iterable[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """The history with `entry` added, bounded: the first 5 entries and the most recent ones."""
-    items = [*history, entry]
-    if len(items) > MAX_ERROR_HISTORY:
-        items = items[:5] + items[-(MAX_ERROR_HISTORY - 5) :]
-    return items
 
 
 def _load(session: Session, job_id: int) -> Job:

@@ -34,6 +34,7 @@ from ...logging_config import log_context, log_performance_metric
 from .. import timeutil
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, RETRYING, RUNNING, Job, JobWorker
+from ..resilience.history import error_code
 from ..signals import job_failed, send
 from . import records
 from .compensation import run_compensations
@@ -317,7 +318,7 @@ class Worker:
             claim.kind,
             claim.attempt,
             claim.max_attempts,
-            records.error_code(exc),
+            error_code(exc),
             exc,
             result.reason,
             exc_info=result.status != RETRYING,

@@ -92,9 +92,6 @@ def _on_job_failed(sender: Flask, error: BaseException, claim: Any, outcome: Any
 
 def init_error_stats(app: Flask) -> None:
     """Record the app's errors and count its requests, when ERROR_STATS_ENABLED (default on)."""
-    from .cli import register_commands
-
-    register_commands(app)
     if not app.config.get("ERROR_STATS_ENABLED", True):
         return
     recorder = ErrorRecorder(

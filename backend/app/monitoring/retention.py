@@ -1,8 +1,9 @@
 """Retention: raw events are pruned by age and by row count; rollups by a longer age.
 
 Deletes run in chunks of primary keys so a big prune never holds one long write lock (SQLite) or
-builds one huge transaction (PostgreSQL). The periodic-jobs scheduler calls `prune_error_events`;
-until then `flask monitoring prune-errors` runs it.
+builds one huge transaction (PostgreSQL). The periodic job `monitoring.prune_errors` (registered here,
+hourly) applies ERROR_EVENT_RETENTION_DAYS, ERROR_EVENT_MAX_ROWS and ERROR_ROLLUP_RETENTION_DAYS;
+`flask monitoring prune-errors` runs the same prune by hand.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import Engine, delete, select
 
+from ..extensions import db
+from ..jobs.context import JobContext
+from ..jobs.registry import register_periodic
 from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroupHour, ErrorMinute
 from ..timeutil import utcnow
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 5000
+ERROR_PRUNE_EVERY_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -82,3 +88,20 @@ def prune_error_events(
         result.as_dict(),
     )
     return result
+
+
+def prune_errors(ctx: JobContext) -> dict[str, Any]:
+    """Delete raw error events past their retention (age and row cap) and old rollups."""
+    cfg = current_app.config
+    result = prune_error_events(
+        db.engine,
+        retention_days=int(cfg.get("ERROR_EVENT_RETENTION_DAYS", 14)),
+        max_rows=cfg.get("ERROR_EVENT_MAX_ROWS"),
+        rollup_retention_days=int(cfg.get("ERROR_ROLLUP_RETENTION_DAYS", 90)),
+    )
+    if not any(result.as_dict().values()):
+        ctx.nothing_to_do()
+    return result.as_dict()
+
+
+register_periodic("monitoring.prune_errors", ERROR_PRUNE_EVERY_SECONDS, prune_errors)

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 
 from ..extensions import db
-from ..jobs.records import append_error
 from ..models.billing import ISSUE_APPLIED, ISSUE_DISCARDED, ISSUE_OPEN, UnappliedPayment
 from ..monitoring.inbox import FailedItem
+from ..resilience.history import append_error
 from ..timeutil import iso, utcnow
 from .events import reapply
 from .unapplied import clean_text

@@ -22,8 +22,8 @@ from ...redaction import clean_text as _clean
 from ..credits import insert_ignore
 from ..errors import APIError
 from ..extensions import db
-from ..jobs.records import append_error
 from ..models.billing import ISSUE_APPLIED, ISSUE_OPEN, UnappliedPayment
+from ..resilience.history import append_error
 from ..timeutil import iso, utcnow
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from flask import Blueprint
+from flask.blueprints import BlueprintSetupState
 
 bp = Blueprint("renders", __name__)
 
@@ -15,12 +16,11 @@ DEFAULTS = {
 }
 
 
-def init_renders(app: Flask) -> None:
-    """Register the uploads and renders endpoints and their setting defaults."""
+@bp.record_once
+def _setting_defaults(state: BlueprintSetupState) -> None:
+    """Give the app this blueprint's setting defaults when it is registered (config set before wins)."""
     for key, value in DEFAULTS.items():
-        app.config.setdefault(key, value)
-    app.register_blueprint(bp)
-    from . import jobs  # noqa: F401 - registers the `render` job kind (web processes enqueue it, workers run it)
+        state.app.config.setdefault(key, value)
 
 
-from . import routes  # noqa: E402, F401 - the views attach themselves to `bp`
+from . import jobs, routes  # noqa: E402, F401 - the views attach themselves to `bp`; jobs registers the `render` kind

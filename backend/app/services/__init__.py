@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-import click
 from flask import Flask, current_app
 
 if TYPE_CHECKING:
@@ -75,19 +74,11 @@ class Services:
 
 
 def init_services(app: Flask) -> Services:
-    """Register the lazy adapters, the payments and download blueprints and the `flask services` commands."""
-    from ..downloads import bp as downloads_bp
-    from ..payments import bp as payments_bp
-    from . import (
-        jobs,  # noqa: F401 - registers the periodic storage sync and email outbox jobs
-        stripe_payments,  # noqa: F401 - registers its error codes in the catalog (the SDK stays unloaded)
-    )
+    """Register the lazy adapters on `app` (built on first use)."""
+    from . import stripe_payments  # noqa: F401 - registers its error codes in the catalog (the SDK stays unloaded)
 
     services = Services(app)
     app.extensions["services"] = services
-    app.register_blueprint(payments_bp)
-    app.register_blueprint(downloads_bp)
-    app.cli.add_command(services_cli)
     return services
 
 
@@ -108,40 +99,3 @@ def get_email() -> EmailService:
 def get_payments() -> PaymentsService:
     """The current app's Stripe adapter."""
     return _services().payments
-
-
-@click.group("services")
-def services_cli() -> None:
-    """Replay work the fallbacks stood in for, and show the adapters' status."""
-
-
-@services_cli.command("sync-storage")
-@click.option("--limit", default=100, show_default=True)
-def sync_storage_command(limit: int) -> None:
-    """Upload the due files kept in local fallback storage to the bucket; say what is left."""
-    storage = get_storage()
-    uploaded = storage.sync_pending(limit)
-    click.echo(
-        f"uploaded {uploaded}; pending {storage.pending_sync_count()}; "
-        f"failed {storage.failed_sync_count()} (in the failed-work inbox)"
-    )
-
-
-@services_cli.command("resend-email")
-@click.option("--limit", default=100, show_default=True)
-def resend_email_command(limit: int) -> None:
-    """Send the queued emails of the outbox; say what is left."""
-    email = get_email()
-    sent = email.resend_outbox(limit)
-    click.echo(
-        f"sent {sent}; queued {email.outbox_count()}; failed {email.failed_count()} (in the failed-work inbox); "
-        f"possible duplicates {email.possible_duplicates()}"
-    )
-
-
-@services_cli.command("status")
-def status_command() -> None:
-    """Print every adapter's status as JSON."""
-    import json
-
-    click.echo(json.dumps(_services().status(), indent=2, default=str))

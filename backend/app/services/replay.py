@@ -4,7 +4,7 @@ The recorded error is the real one: the code of the `APIError` the adapter raise
 (SERVICE_MISCONFIGURED, UPSTREAM_REJECTED, STORAGE_UNAVAILABLE...), its message with what the peer
 said (its status and its own words), and the classifier's verdict on the cause, the SDK error the
 APIError was raised from (a 403 is permanent and misconfigured even though the APIError is ours).
-History entries have the shape of a job's error history (`jobs.records.error_entry`: attempt, code,
+History entries have the shape of a job's error history (`resilience.history.error_entry`: attempt, code,
 kind, reason, message, time, status), redacted and bounded the same way, so the failed-work inbox
 shows jobs, emails and files alike.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 from ...redaction import redact
 from ..errors import APIError
-from ..jobs.records import append_error, error_entry
 from ..resilience.classifier import Classification, classify
+from ..resilience.history import append_error, error_entry
 
 LAST_ERROR_CHARS = 500  # the `last_error` column's size
 PEER_CHARS = 300  # what the peer said, in a message: enough for its sentence, never a whole body

@@ -6,10 +6,13 @@ not reach the bucket (`storage_pending_sync`) and payments that took money but g
 (`unapplied_payments`). A source implements `InboxSource`; `Inbox` lists them together, oldest
 first, and routes an admin's retry or discard-with-reason to the source that owns the item.
 
-The sources are built in one place, `create_app`, and reach this module only through the
-protocol, so monitoring never imports a blueprint. Retry puts the work back where it came from
-(a job requeued, an email queued, a file pending, a payment applied again); discard keeps the item
-with its reason until `purge` deletes it after the retention period (FAILED_WORK_RETENTION_DAYS).
+The job, email and storage sources live beside this module (`inbox/jobs.py`, `inbox/services.py`: they
+read those layers' tables, which monitoring may import); the payment source is the payments blueprint's
+(`payments/failed_work.py`: it applies a payment again). All are built in one place, `create_app`, and
+reach this module only through the protocol, so monitoring never imports a blueprint.
+Retry puts the work back where it came from (a job requeued, an email queued, a file pending, a
+payment applied again); discard keeps the item with its reason until `purge` deletes it after the
+retention period (FAILED_WORK_RETENTION_DAYS).
 
 `Inbox` is what the admin API, the CLI, the alert rule `failed_work`, `/metrics` and the retention
 job use: it lists across kinds (oldest failure first, paginated), finds one item, and turns a
@@ -26,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ..errors import ConflictError, NotFoundError
-from ..timeutil import as_utc, iso
+from ...errors import ConflictError, NotFoundError
+from ...timeutil import as_utc, iso
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
-from ...redaction import redact, redact_value
-from ..extensions import db
-from ..models.job import DEAD, FAILED, Job, JobStep
-from ..monitoring.inbox import FailedItem
-from ..timeutil import as_utc, iso, utcnow
-from .dead_letters import ACTIONS, PERMANENT, requeue
-from .records import append_error
+from ....redaction import redact, redact_value
+from ...extensions import db
+from ...jobs.dead_letters import ACTIONS, PERMANENT, requeue
+from ...models.job import DEAD, FAILED, Job, JobStep
+from ...resilience.history import append_error
+from ...timeutil import as_utc, iso, utcnow
+from . import FailedItem
 
 logger = logging.getLogger(__name__)
 

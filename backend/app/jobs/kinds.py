@@ -1,7 +1,17 @@
-"""Built-in kinds: the no-op (benchmarks, smoke checks) and the job system's own maintenance.
+"""The job kinds of the layers below the blueprints: the job system's own maintenance and the services' replays.
 
-Other owners register their periodic work with one line each, in their own modules:
-`register_periodic("storage.sync", 300, sync_pending_uploads)`.
+- `maintenance.noop` (benchmarks, smoke checks), the dead-letter TTL, the compensation sweep and the
+  failed-work retention keep the job system itself tidy.
+- `storage.sync` uploads fallback files to the bucket and `email.outbox` sends the queued emails
+  (render emails included: they are written to the outbox first, so this job is their durable path).
+  Both are idempotent and claim each row, so two workers never replay the same one. Both stop at the
+  first sign of an outage (the breaker rejects fast), so running them every minute costs one rejected
+  call while a service is down; one bad file or one refused email never blocks the others: it backs
+  off, or ends `failed` in the failed-work inbox. Each returns what is left, failed included.
+
+Kinds are code, registered once per process when this module is imported (create_app imports it);
+how often a periodic kind runs is each app's own (`registry.schedule_for_app`). The blueprints and
+monitoring declare their kinds in their own modules (`renders/jobs.py`, `alerts/`, `monitoring/retention.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from typing import Any
 
 from flask import current_app
 
+from ..services import get_email, get_storage
 from ..timeutil import utcnow
 from .compensation import sweep_pending
 from .context import JobContext
@@ -23,6 +34,8 @@ logger = logging.getLogger(__name__)
 DEAD_LETTER_TTL_EVERY_SECONDS = 3600
 COMPENSATION_SWEEP_EVERY_SECONDS = 60
 FAILED_WORK_RETENTION_EVERY_SECONDS = 3600
+STORAGE_SYNC_EVERY_SECONDS = 60
+EMAIL_OUTBOX_EVERY_SECONDS = 60
 
 
 @job_kind("maintenance.noop", queue="default", max_attempts=1)
@@ -74,6 +87,31 @@ def failed_work_retention(ctx: JobContext) -> dict[str, Any]:
     return {"deleted": result.deleted, "retention_days": days}
 
 
+def storage_sync(ctx: JobContext) -> dict[str, Any]:
+    """Upload files kept in local fallback storage to the bucket."""
+    storage = get_storage()
+    uploaded = storage.sync_pending(int(current_app.config.get("STORAGE_SYNC_BATCH", 100)))
+    if not uploaded:  # a file that failed to upload has its own warning line
+        ctx.nothing_to_do()
+    return {"uploaded": uploaded, "pending": storage.pending_sync_count(), "failed": storage.failed_sync_count()}
+
+
+def email_outbox(ctx: JobContext) -> dict[str, Any]:
+    """Send the queued emails of the outbox."""
+    email = get_email()
+    sent = email.resend_outbox(int(current_app.config.get("EMAIL_OUTBOX_BATCH", 100)))
+    if not sent:  # an email that failed to send has its own warning line
+        ctx.nothing_to_do()
+    return {
+        "sent": sent,
+        "queued": email.outbox_count(),
+        "failed": email.failed_count(),
+        "possible_duplicates": email.possible_duplicates(),
+    }
+
+
 register_periodic("maintenance.dead_letter_ttl", DEAD_LETTER_TTL_EVERY_SECONDS, dead_letter_ttl)
 register_periodic("maintenance.compensations", COMPENSATION_SWEEP_EVERY_SECONDS, compensation_sweep)
 register_periodic("maintenance.failed_work_retention", FAILED_WORK_RETENTION_EVERY_SECONDS, failed_work_retention)
+register_periodic("storage.sync", STORAGE_SYNC_EVERY_SECONDS, storage_sync)
+register_periodic("email.outbox", EMAIL_OUTBOX_EVERY_SECONDS, email_outbox)

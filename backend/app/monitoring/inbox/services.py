@@ -30,11 +30,10 @@ from typing import Any, ClassVar
 
 from sqlalchemy import delete, func, select, update
 
-from ...redaction import redact, redact_value
-from ..errors import APIError
-from ..extensions import db
-from ..jobs.records import append_error
-from ..models.outbox import (
+from ....redaction import redact, redact_value
+from ...errors import APIError
+from ...extensions import db
+from ...models.outbox import (
     DISCARDED,
     FAILED,
     QUEUED,
@@ -46,8 +45,9 @@ from ..models.outbox import (
     EmailOutbox,
     PendingSync,
 )
-from ..monitoring.inbox import FailedItem
-from ..timeutil import as_utc, iso, utcnow
+from ...resilience.history import append_error
+from ...timeutil import as_utc, iso, utcnow
+from . import FailedItem
 
 logger = logging.getLogger(__name__)
 
