@@ -11,7 +11,9 @@ from sqlalchemy import text
 from ...logging_config import log_security_event, sink_status
 from ..alerts import DELIVER_KIND, budgets, evaluate_rules
 from ..alerts.delivery import send_test
+from ..alerts.schemas import AlertRuleRequest
 from ..alerts.views import check_rule, delete_rule, delivery_dict, rotate_secret, rule_dict, save_rule
+from ..api.schemas import BreakerListOut
 from ..auth.decorators import admin_required
 from ..errors import NotFoundError, ValidationError
 from ..extensions import db
@@ -23,16 +25,16 @@ from ..openapi import documented
 from ..resilience.breaker import BreakerRegistry, CircuitBreaker
 from ..resilience.faults import EXTENSION as FAULTS
 from ..resilience.faults import FaultInjectionDisabledError, FaultInjector, make_rule
-from ..schemas import (
+from ..timeutil import iso_seconds, utcnow
+from ..validation import parse_json, parse_query
+from .schemas import (
     AlertDeletedOut,
     AlertEvaluationOut,
     AlertRuleOut,
-    AlertRuleRequest,
     AlertRulesOut,
     AlertSecretOut,
     AlertTestOut,
     BreakerActionOut,
-    BreakerListOut,
     ErrorStatsOut,
     FaultListOut,
     FaultRuleRequest,
@@ -41,8 +43,6 @@ from ..schemas import (
     ServicesHealthOut,
     SloBudgetsOut,
 )
-from ..timeutil import iso_seconds, utcnow
-from ..validation import parse_json, parse_query
 
 bp = Blueprint("monitoring", __name__, url_prefix="/admin/api/monitoring")
 
