@@ -15,8 +15,8 @@ import pytest
 from flask import Flask
 
 from backend.app.errors import RenderingError, RenderingResourceError, RenderingTimeoutError, ValidationError
+from backend.app.renders.schemas import RenderRequest
 from backend.app.resilience.recovery import CircuitOpenError, get_breaker
-from backend.app.schemas import RenderRequest
 from backend.app.services.rendering import (
     FPS_CHOICES,
     PRESETS,

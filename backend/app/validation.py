@@ -4,6 +4,7 @@ Malformed JSON is a 400 `MALFORMED_JSON` (so is JSON nested deeper than `MAX_JSO
 would otherwise exhaust the recursion limit of the parser), a non-JSON content type a 415, and field problems a 422
 `VALIDATION_ERROR` whose `details.fields` maps each field path to its problem. A query string is checked
 the same way (422 naming each bad parameter); a parameter given twice is refused, never half-read.
+`StrictModel` is the base of the blueprints' request models (each blueprint's `schemas.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ Q = TypeVar("Q", bound=pydantic.BaseModel)
 
 #: Deepest nesting of arrays and objects a request body may have (no endpoint needs more than a few).
 MAX_JSON_DEPTH = 32
+
+
+class StrictModel(pydantic.BaseModel):
+    """Rejects unknown fields so typos are reported, not ignored."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 def deeper_than(data: Any, limit: int) -> bool:

@@ -26,9 +26,9 @@ from ..jobs.dead_letters import (
     summary,
 )
 from ..openapi import documented
-from ..schemas import DeadLetterActionOut, DeadLetterEnvelope, DeadLetterPage, DeadLetterRequeueRequest
 from ..timeutil import as_utc
 from ..validation import parse_json
+from .work_schemas import DeadLetterActionOut, DeadLetterEnvelope, DeadLetterPage, DeadLetterRequeueRequest
 
 bp = Blueprint("dead_letters", __name__, url_prefix="/admin/api/monitoring/dead-letters")
 

@@ -18,7 +18,9 @@ from ..auth.decorators import admin_required
 from ..errors import ValidationError
 from ..monitoring.inbox import MAX_MERGED_DEPTH, Inbox
 from ..openapi import documented
-from ..schemas import (
+from ..timeutil import iso, utcnow
+from ..validation import parse_json, parse_query
+from .work_schemas import (
     FailedWorkActionOut,
     FailedWorkDiscardRequest,
     FailedWorkEnvelope,
@@ -26,8 +28,6 @@ from ..schemas import (
     FailedWorkQuery,
     FailedWorkRetryAllRequest,
 )
-from ..timeutil import iso, utcnow
-from ..validation import parse_json, parse_query
 
 bp = Blueprint("failed_work", __name__, url_prefix="/admin/api/monitoring/failed-work")
 

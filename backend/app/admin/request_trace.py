@@ -18,7 +18,7 @@ from ..extensions import db
 from ..monitoring.trace import DEFAULT_MAX_LINES, DEFAULT_SCAN_BYTES, trace_request
 from ..openapi import documented
 from ..request_id import REQUEST_ID_PATTERN
-from ..schemas import RequestTraceOut
+from .schemas import RequestTraceOut
 
 bp = Blueprint("request_trace", __name__, url_prefix="/admin/api/monitoring/requests")
 

@@ -10,10 +10,10 @@ from sqlalchemy import delete, select, update
 from ..errors import ValidationError
 from ..extensions import db
 from ..models.alert import CANCELLED, PENDING, AlertDelivery, AlertRule
-from ..schemas import AlertRuleRequest
 from ..timeutil import iso, utcnow
 from .destinations import breaker_name, check_url, new_secret
 from .params import param_errors
+from .schemas import AlertRuleRequest
 
 
 def check_rule(app: Flask, body: AlertRuleRequest) -> None:

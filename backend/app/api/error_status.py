@@ -31,7 +31,9 @@ from ..monitoring.health import ProbeResult
 from ..openapi import documented
 from ..rate_limits import get_limiter, never_rate_limited
 from ..renders.runner import JOB_KIND as RENDER_JOB_KIND
-from ..schemas import (
+from ..timeutil import epoch_iso, iso_micro
+from . import bp
+from .schemas import (
     BreakerListOut,
     DegradationOut,
     LivenessOut,
@@ -40,8 +42,6 @@ from ..schemas import (
     ReadinessOut,
     SystemHealthOut,
 )
-from ..timeutil import epoch_iso, iso_micro
-from . import bp
 
 logger = logging.getLogger(__name__)
 

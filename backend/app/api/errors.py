@@ -26,7 +26,10 @@ from ..openapi import documented
 from ..rate_limits import rate_limited
 from ..request_id import get_request_id
 from ..routing import MAX_INT
-from ..schemas import (
+from ..timeutil import iso_seconds, utcnow
+from ..validation import parse_json
+from . import bp
+from .schemas import (
     CatalogOut,
     ClientErrorReport,
     ErrorGroupEnvelope,
@@ -34,9 +37,6 @@ from ..schemas import (
     ErrorSummaryOut,
     GroupStatusRequest,
 )
-from ..timeutil import iso_seconds, utcnow
-from ..validation import parse_json
-from . import bp
 
 logger = logging.getLogger(__name__)
 

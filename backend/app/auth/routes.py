@@ -22,12 +22,12 @@ from ..extensions import db
 from ..models import User
 from ..openapi import documented
 from ..rate_limits import rate_limited
-from ..schemas import AccessToken, LoginRequest, Message, RegisterRequest, TokenPair, UserEnvelope, VerifyAdminRequest
 from ..validation import load_json, parse_json
 from . import bp
 from .admins import grant_admin, is_admin, is_listed, redeem, replace_password, send_verification
 from .decorators import login_required
 from .passwords import hash_password, verify_password
+from .schemas import AccessToken, LoginRequest, Message, RegisterRequest, TokenPair, UserEnvelope, VerifyAdminRequest
 from .tokens import revoke
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ...redaction import neutralise, redact
-from ..schemas import ClientErrorReport
 from .events import from_client_report
 from .store import ErrorEventData
 
@@ -23,6 +24,25 @@ _SCHEME = re.compile(r"(?i)\b(javascript|vbscript|data)\s*:")
 # Chrome: "at fn (file:1:2)"; Firefox/Safari: "fn@file:1:2".
 _STACK_FUNCTION = re.compile(r"^\s*(?:at\s+([\w$.<>\[\] ]+?)\s+\(|([\w$.<>]+)@)", re.MULTILINE)
 MAX_FRAMES = 5
+
+ContextValue = Annotated[str, Field(max_length=500)] | int | float | bool | None
+
+
+class ClientErrorReport(BaseModel):
+    """An error a browser client reports (sanitised before it is stored)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)  # validation.StrictModel's (not imported here)
+
+    message: str = Field(min_length=1, max_length=4000)
+    error_type: str | None = Field(default=None, max_length=128, description="e.g. TypeError")
+    code: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    status: int | None = Field(default=None, ge=100, le=599, description="HTTP status of a failed API call")
+    request_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    stack: str | None = Field(default=None, max_length=8000)
+    url: str | None = Field(default=None, max_length=2048)
+    user_agent: str | None = Field(default=None, max_length=512)
+    release: str | None = Field(default=None, max_length=64)
+    context: dict[Annotated[str, Field(max_length=64)], ContextValue] = Field(default_factory=dict, max_length=20)
 
 
 def strip_markup(text: str) -> str:

@@ -15,11 +15,11 @@ from ..idempotency import HEADER_DOC as IDEMPOTENCY_HEADER_DOC
 from ..idempotency import idempotent
 from ..idempotency import read_key as read_idempotency_key
 from ..openapi import documented
-from ..schemas import CheckoutOut, CheckoutRequest, CreditsOut, WebhookAck
 from ..services import get_payments
 from ..validation import parse_json
 from . import bp
 from .events import process_event
+from .schemas import CheckoutOut, CheckoutRequest, CreditsOut, WebhookAck
 
 STRIPE_KEY_ROOM = 200  # of Stripe's 255 characters, what is left after "checkout:<user id>:"
 

@@ -22,7 +22,13 @@ from ..openapi import documented
 from ..rate_limits import rate_limited
 from ..request_id import get_request_id
 from ..routing import MAX_INT
-from ..schemas import (
+from ..services import get_storage
+from ..services.audio import inspect_audio
+from ..services.rendering import RenderSpec, ffmpeg_binary
+from ..validation import parse_json, parse_query
+from . import bp
+from .runner import queue_render
+from .schemas import (
     PAGE_QUERY_DOC,
     PageQuery,
     RenderDownloadOut,
@@ -33,12 +39,6 @@ from ..schemas import (
     UploadForm,
     UploadList,
 )
-from ..services import get_storage
-from ..services.audio import inspect_audio
-from ..services.rendering import RenderSpec, ffmpeg_binary
-from ..validation import parse_json, parse_query
-from . import bp
-from .runner import queue_render
 
 # Room for the multipart boundary and part headers around the file itself.
 MULTIPART_SLACK = 64 * 1024
