@@ -4,13 +4,14 @@ Malformed JSON is a 400 `MALFORMED_JSON` (so is JSON nested deeper than `MAX_JSO
 would otherwise exhaust the recursion limit of the parser), a non-JSON content type a 415, and field problems a 422
 `VALIDATION_ERROR` whose `details.fields` maps each field path to its problem. A query string is checked
 the same way (422 naming each bad parameter); a parameter given twice is refused, never half-read.
-`StrictModel` is the base of the blueprints' request models (each blueprint's `schemas.py`).
+`StrictModel` is the base of the blueprints' request models (each blueprint's `schemas.py`); `Flag` is
+the one boolean a query string may carry (1/true/yes or 0/false/no; anything else is a 422, never false).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pydantic
 from flask import request
@@ -22,6 +23,23 @@ Q = TypeVar("Q", bound=pydantic.BaseModel)
 
 #: Deepest nesting of arrays and objects a request body may have (no endpoint needs more than a few).
 MAX_JSON_DEPTH = 32
+
+
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"", "0", "false", "no"})  # `?archived=` (empty) reads as not given, as it always did
+
+
+def _flag(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError("must be one of 1, true, yes, 0, false, no")
+    return value
+
+
+#: A query-string boolean: `?archived=true`, `?redirect=1`; `?archived=abc` is a 422 naming the parameter.
+Flag = Annotated[bool, pydantic.BeforeValidator(_flag)]
 
 
 class StrictModel(pydantic.BaseModel):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, select
 
@@ -96,6 +96,14 @@ def page() -> Response:
     return response
 
 
+class TimeseriesQuery(BaseModel):
+    """Query of the chart: the window, 1h (per minute) or 24h (per 30 minutes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: Literal["1h", "24h"] = "1h"
+
+
 class RendersPanelQuery(BaseModel):
     """Query of the renders panel: an optional status (or `active`) and at most `limit` rows."""
 
@@ -103,13 +111,6 @@ class RendersPanelQuery(BaseModel):
 
     status: str | None = None
     limit: int = Field(default=50, ge=1, le=200)
-
-
-def _window(raw: str | None) -> str:
-    window = raw or "1h"
-    if window not in WINDOWS:
-        raise ValidationError(f"window must be one of {', '.join(WINDOWS)}", field="window")
-    return window
 
 
 def timeseries(window: str, now: datetime | None = None) -> dict[str, Any]:
@@ -160,7 +161,7 @@ def timeseries(window: str, now: datetime | None = None) -> dict[str, Any]:
 @admin_required
 def timeseries_view() -> dict[str, Any]:
     """The chart's data."""
-    return timeseries(_window(request.args.get("window")))
+    return timeseries(parse_query(TimeseriesQuery).window)
 
 
 def admin_render(render: Render) -> dict[str, Any]:

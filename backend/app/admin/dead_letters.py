@@ -8,14 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 from flask_jwt_extended import current_user
 
 from ...logging_config import log_security_event
 from ..auth.decorators import admin_required
 from ..errors import NotFoundError, ValidationError
 from ..jobs.dead_letters import (
-    ANALYSES,
     DeadLetterFilter,
     archive,
     detail,
@@ -27,15 +26,20 @@ from ..jobs.dead_letters import (
 )
 from ..openapi import documented
 from ..timeutil import as_utc
-from ..validation import parse_json
-from .work_schemas import DeadLetterActionOut, DeadLetterEnvelope, DeadLetterPage, DeadLetterRequeueRequest
+from ..validation import parse_json, parse_query
+from .work_schemas import (
+    DeadLetterActionOut,
+    DeadLetterEnvelope,
+    DeadLetterPage,
+    DeadLetterQuery,
+    DeadLetterRequeueRequest,
+)
 
 bp = Blueprint("dead_letters", __name__, url_prefix="/admin/api/monitoring/dead-letters")
 
-MAX_PER_PAGE = 100
-
 
 def _parse_since(raw: str | None) -> datetime | None:
+    """The requeue body's `since` (an ISO-8601 time), or None."""
     if not raw:
         return None
     try:
@@ -43,25 +47,6 @@ def _parse_since(raw: str | None) -> datetime | None:
     except ValueError as exc:
         raise ValidationError("since must be an ISO-8601 time", field="since") from exc
     return as_utc(parsed)
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValidationError(f"{name} must be an integer", field=name) from exc
-    if not low <= value <= high:
-        raise ValidationError(f"{name} must be between {low} and {high}", field=name)
-    return value
-
-
-def _analysis(raw: str | None) -> str | None:
-    if raw and raw not in ANALYSES:
-        raise ValidationError(f"analysis must be one of {', '.join(ANALYSES)}", field="analysis")
-    return raw or None
 
 
 def _audit(event: str, message: str, job_ids: list[int], **fields: Any) -> None:
@@ -87,16 +72,10 @@ def _audit(event: str, message: str, job_ids: list[int], **fields: Any) -> None:
 @admin_required
 def list_view() -> dict[str, Any]:
     """One page of dead letters, filtered by kind, analysis and time of death."""
-    flt = DeadLetterFilter(
-        kind=request.args.get("kind") or None,
-        analysis=_analysis(request.args.get("analysis")),
-        since=_parse_since(request.args.get("since")),
-        archived=request.args.get("archived", "").lower() in {"1", "true", "yes"},
-    )
-    page = _int_arg("page", 1, 1, 1_000_000)
-    per_page = _int_arg("per_page", 50, 1, MAX_PER_PAGE)
-    items, total = list_dead_letters(flt, page=page, per_page=per_page)
-    return {"items": [summary(job) for job in items], "total": total, "page": page, "per_page": per_page}
+    query = parse_query(DeadLetterQuery)
+    flt = DeadLetterFilter(kind=query.kind, analysis=query.analysis, since=query.since, archived=query.archived)
+    items, total = list_dead_letters(flt, page=query.page, per_page=query.per_page)
+    return {"items": [summary(job) for job in items], "total": total, "page": query.page, "per_page": query.per_page}
 
 
 @bp.get("/<int:job_id>")

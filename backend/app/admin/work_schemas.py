@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from datetime import datetime
 
-from ..validation import StrictModel
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..jobs.dead_letters import ANALYSES
+from ..timeutil import as_utc
+from ..validation import Flag, StrictModel
+
+MAX_DEAD_LETTERS_PER_PAGE = 100
+
+
+class DeadLetterQuery(BaseModel):
+    """Query of `GET /admin/api/monitoring/dead-letters`: filters and the page (an empty parameter is not given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str | None = None
+    analysis: str | None = None
+    since: datetime | None = None
+    archived: Flag = False
+    page: int = Field(1, ge=1, le=1_000_000)
+    per_page: int = Field(50, ge=1, le=MAX_DEAD_LETTERS_PER_PAGE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: object) -> object:
+        return {k: v for k, v in data.items() if v != ""} if isinstance(data, dict) else data
+
+    @field_validator("analysis")
+    @classmethod
+    def _known_analysis(cls, value: str | None) -> str | None:
+        if value is not None and value not in ANALYSES:
+            raise ValueError(f"must be one of {', '.join(ANALYSES)}")
+        return value
+
+    @field_validator("since")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return as_utc(value) if value is not None else None
 
 
 class DeadLetterOut(BaseModel):

@@ -19,7 +19,7 @@ from sqlalchemy import or_, select
 from ..auth.admins import is_admin
 from ..auth.decorators import admin_required, login_required
 from ..error_catalog import lookup
-from ..errors import ExternalServiceError, ValidationError
+from ..errors import ExternalServiceError
 from ..extensions import db
 from ..models import ErrorEvent
 from ..models.media import FAILED as RENDER_FAILED
@@ -32,12 +32,14 @@ from ..openapi import documented
 from ..rate_limits import get_limiter, never_rate_limited
 from ..renders.runner import JOB_KIND as RENDER_JOB_KIND
 from ..timeutil import epoch_iso, iso_micro
+from ..validation import parse_query
 from . import bp
 from .schemas import (
     BreakerListOut,
     DegradationOut,
     LivenessOut,
     NotificationsOut,
+    NotificationsQuery,
     RateLimitStatusOut,
     ReadinessOut,
     SystemHealthOut,
@@ -46,7 +48,6 @@ from .schemas import (
 logger = logging.getLogger(__name__)
 
 READY_DEADLINE = 1.0
-SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 #: Code prefixes of errors that hit a user's own work, and the action to take; first match wins.
 USER_ACTIONS: tuple[tuple[str, str], ...] = (
@@ -278,13 +279,8 @@ def _system_notifications(severity: str | None) -> list[dict[str, Any]]:
 @login_required
 def notifications() -> dict[str, Any]:
     """The caller's failed renders and own failed requests, newest first; an admin also sees breakers and alerts."""
-    severity = (request.args.get("severity") or "").strip().upper() or None
-    if severity is not None and severity not in SEVERITIES:
-        raise ValidationError("severity must be LOW, MEDIUM, HIGH or CRITICAL.", field="severity")
-    raw_limit = request.args.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise ValidationError("limit must be an integer from 1 to 100.", field="limit")
-    limit = int(raw_limit)
+    query = parse_query(NotificationsQuery)
+    severity, limit = query.severity, query.limit
     mine = _failed_renders(int(current_user.id), severity, limit) + _user_notifications(
         int(current_user.id), severity, limit
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..monitoring.client_reports import ClientErrorReport as ClientErrorReport  # the body of POST /api/errors/report
 from ..validation import StrictModel
@@ -195,3 +195,19 @@ class NotificationsOut(BaseModel):
     """The caller's notifications, newest first."""
 
     notifications: list[NotificationOut]
+
+
+class NotificationsQuery(BaseModel):
+    """Query of `GET /api/errors/notifications`: a severity (any case) and at most `limit` items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] | None = None
+    limit: int = Field(20, ge=1, le=100)
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().upper() or None
+        return value

@@ -30,6 +30,7 @@ from . import bp
 from .runner import queue_render
 from .schemas import (
     PAGE_QUERY_DOC,
+    DownloadQuery,
     PageQuery,
     RenderDownloadOut,
     RenderEnvelope,
@@ -216,6 +217,7 @@ def get_render(render_id: int) -> dict[str, Any]:
 @login_required
 def download_render(render_id: int) -> dict[str, Any] | Response:
     """The video's URL from storage (bucket signed URL or app-signed local URL); 409 until it succeeded."""
+    query = parse_query(DownloadQuery)
     render = _own(Render, render_id, "render")
     if render.status != SUCCEEDED or not render.video_key:
         raise ConflictError(
@@ -224,6 +226,6 @@ def download_render(render_id: int) -> dict[str, Any] | Response:
         )
     expires_in = int(current_app.config["RENDER_DOWNLOAD_URL_SECONDS"])
     url = get_storage().download_url(render.video_key, expires_in=expires_in)
-    if request.args.get("redirect", "").lower() in {"1", "true", "yes"}:
+    if query.redirect:
         return redirect(url, code=302)
     return {"url": url, "expires_in": expires_in}

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..validation import StrictModel
+from ..validation import Flag, StrictModel
 
 
 class UploadForm(BaseModel):
@@ -131,3 +131,11 @@ class RenderDownloadOut(BaseModel):
 
     url: str
     expires_in: int
+
+
+class DownloadQuery(BaseModel):
+    """Query of a render's download: `redirect=1` answers 302 to the video instead of its URL as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redirect: Flag = False
