@@ -161,3 +161,40 @@ def test_an_upward_import_is_found() -> None:
     assert LAYERS.index(layer_of("backend.app.payments.routes")) > LAYERS.index(layer_of("backend.app.services.x"))
     assert layer_of("backend.app.resilience.breaker") == "resilience"
     assert layer_of("backend.logging_config") == "log"
+
+
+def _package_of(module: str) -> str | None:
+    """The package under backend/app a module lives in (None for the app's loose modules)."""
+    parts = module.split(".")
+    if parts[:2] != ["backend", "app"] or len(parts) < 3 or not (BACKEND / "app" / parts[2]).is_dir():
+        return None
+    return parts[2]
+
+
+def package_circles() -> list[list[str]]:
+    """Every set of backend/app packages that import each other round in a circle (runtime imports)."""
+    graph: dict[str, set[str]] = {}
+    for path in BACKEND.rglob("*.py"):
+        source = _package_of(module_name(path))
+        for target, _ in imports(path):
+            imported = _package_of(target)
+            if source and imported and source != imported:
+                graph.setdefault(source, set()).add(imported)
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [start]
+        while stack:
+            for nxt in graph.get(stack.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return seen
+
+    reachable = {node: reach(node) for node in graph}
+    circles = {frozenset({n, *(m for m in r if n in reachable.get(m, ()))}) for n, r in reachable.items() if n in r}
+    return sorted(sorted(circle) for circle in circles)
+
+
+def test_no_import_circle_between_packages() -> None:
+    assert package_circles() == []
