@@ -127,7 +127,8 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     install_database_breaker(app)  # after the engines (extensions) and the breakers (resilience) exist
     init_observability(app)
     _register_blueprints(app)
-    init_jobs(app)  # after the blueprints: their modules (renders.jobs) have registered their kinds
+    _import_job_kinds()
+    init_jobs(app)
     init_services(app)
     init_rate_limits(app)
     init_error_stats(app)
@@ -240,6 +241,14 @@ def _register_blueprints(app: Flask) -> None:
         blueprints.append(metrics_bp)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
+
+
+def _import_job_kinds() -> None:
+    """Every module that declares job kinds, in one place (kinds are code: each registers once per process)."""
+    from . import alerts  # noqa: F401 - monitoring.alerts, monitoring.alerts.deliver
+    from .jobs import kinds  # noqa: F401 - maintenance, storage.sync, email.outbox
+    from .monitoring import retention  # noqa: F401 - monitoring.prune_errors
+    from .renders import jobs  # noqa: F401 - render
 
 
 def _register_cli(app: Flask) -> None:

@@ -150,9 +150,7 @@ def import_job_modules(app: Flask) -> None:
 
 
 def init_jobs(app: Flask) -> None:
-    """Attach the job runtime, the built-in kinds and the wake-up hook (create_app registers `flask jobs`)."""
-    from . import kinds  # noqa: F401 - maintenance, storage sync and email outbox kinds
-
+    """Attach the job runtime and the wake-up hook (create_app imports the kinds and registers `flask jobs`)."""
     app.extensions[EXTENSION] = JobsRuntime(app)
     if not event.contains(Session, "after_commit", _wake_after_commit):
         event.listen(Session, "after_commit", _wake_after_commit)

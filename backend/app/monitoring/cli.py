@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
-from ..extensions import db
-from .retention import prune_error_events
+from .retention import prune_configured
 
 
 @click.command("prune-errors")
@@ -21,11 +19,5 @@ from .retention import prune_error_events
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Keep at most this many raw events.")
 def prune_errors(days: int | None, max_rows: int | None) -> None:
     """Delete raw error events past their retention, and old rollups."""
-    cfg = current_app.config
-    result = prune_error_events(
-        db.engine,
-        retention_days=days if days is not None else int(cfg.get("ERROR_EVENT_RETENTION_DAYS", 14)),
-        max_rows=max_rows if max_rows is not None else cfg.get("ERROR_EVENT_MAX_ROWS"),
-        rollup_retention_days=int(cfg.get("ERROR_ROLLUP_RETENTION_DAYS", 90)),
-    )
+    result = prune_configured(days=days, max_rows=max_rows)
     click.echo(json.dumps(result.as_dict()))

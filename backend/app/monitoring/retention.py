@@ -90,18 +90,24 @@ def prune_error_events(
     return result
 
 
-def prune_errors(ctx: JobContext) -> dict[str, Any]:
-    """Delete raw error events past their retention (age and row cap) and old rollups."""
+def prune_configured(*, days: int | None = None, max_rows: int | None = None) -> PruneResult:
+    """The app's retention (ERROR_EVENT_RETENTION_DAYS, ERROR_EVENT_MAX_ROWS, ERROR_ROLLUP_RETENTION_DAYS) applied
+    now; `days` and `max_rows` override the raw-event settings (the CLI's options)."""
     cfg = current_app.config
-    result = prune_error_events(
+    return prune_error_events(
         db.engine,
-        retention_days=int(cfg.get("ERROR_EVENT_RETENTION_DAYS", 14)),
-        max_rows=cfg.get("ERROR_EVENT_MAX_ROWS"),
+        retention_days=days if days is not None else int(cfg.get("ERROR_EVENT_RETENTION_DAYS", 14)),
+        max_rows=max_rows if max_rows is not None else cfg.get("ERROR_EVENT_MAX_ROWS"),
         rollup_retention_days=int(cfg.get("ERROR_ROLLUP_RETENTION_DAYS", 90)),
     )
-    if not any(result.as_dict().values()):
+
+
+def prune_errors(ctx: JobContext) -> dict[str, Any]:
+    """Delete raw error events past their retention (age and row cap) and old rollups."""
+    result = prune_configured().as_dict()
+    if not any(result.values()):
         ctx.nothing_to_do()
-    return result.as_dict()
+    return result
 
 
 register_periodic("monitoring.prune_errors", ERROR_PRUNE_EVERY_SECONDS, prune_errors)

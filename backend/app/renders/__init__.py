@@ -23,4 +23,4 @@ def _setting_defaults(state: BlueprintSetupState) -> None:
         state.app.config.setdefault(key, value)
 
 
-from . import jobs, routes  # noqa: E402, F401 - the views attach themselves to `bp`; jobs registers the `render` kind
+from . import routes  # noqa: E402, F401 - the views attach themselves to `bp` (create_app imports the `render` kind)
