@@ -17,7 +17,7 @@ from werkzeug.routing import Map
 
 from config import Config, load_config
 
-from ..logging_config import configure_logging
+from ..log.setup import configure_logging
 from ..redaction import register_secrets
 from .errors import init_error_handlers
 from .extensions import db, jwt, migrate

@@ -36,7 +36,7 @@ from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ...logging_config import log_context
+from ...log.context import log_context
 from ...redaction import redact_value
 from .. import credits
 from ..errors import APIError, NotFoundError
