@@ -10,7 +10,7 @@ each part lives now (the design notes are in `backend/log/__init__.py`):
 - the queue and the writer thread (`ContextQueueHandler`, `LogQueue`, `BatchingListener`): `backend/log/batching.py`
 - set-up and shutdown (`configure_logging`, `flush_logs`, `sink_status`, `_state`): `backend/log/setup.py`
 - the event helpers (`log_security_event`, `log_performance_metric`): `backend/log/events.py`
-- secret redaction and neutralisation: `backend/redaction.py`
+- secret redaction and neutralisation: `backend/log/redaction.py`
 
 These are the same objects, bound once at import: to monkeypatch a name, patch it in the module that uses it.
 """

@@ -1,8 +1,9 @@
 """Structured, process-safe, non-blocking JSON logging for the app and its workers (the log layer).
 
 Modules, bottom to top; each imports only the ones before it (and the standard library, python-json-logger,
-concurrent-log-handler; the redaction of `backend/redaction.py`):
+concurrent-log-handler):
 - `fields`: constants (logger names, context fields, log files, batch sizes) and the reserved-name sets.
+- `redaction`: secret redaction and log-injection neutralisation (also used by the app's stored texts).
 - `context`: the log context bound per request or job (`bind_log_context`, `log_context`...).
 - `records`: what a queued record holds and how the writer finishes it (`FlatFields`, `StructuredEvent`).
 - `formatting`: the JSON lines of the files and the development console's lines.

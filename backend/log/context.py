@@ -8,7 +8,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
-from ..redaction import clean_text
+from .redaction import clean_text
 
 _log_context: ContextVar[dict[str, Any] | None] = ContextVar("log_context", default=None)
 _EMPTY_CONTEXT: Mapping[str, Any] = MappingProxyType({})

@@ -11,9 +11,9 @@ from typing import Any
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from ..redaction import clean_text, redact
 from .fields import _CONTEXT_SET, _FIXED_FIELDS, _NOT_EXTRA, _NULL_CONTEXT
 from .records import _LEVEL_NAMES, StructuredEvent, _redacted
+from .redaction import clean_text, redact
 
 
 class JsonFormatter(OrjsonFormatter):

@@ -7,8 +7,8 @@ import os
 import time
 from typing import Any, NamedTuple
 
-from ..redaction import MASK, clean_text, is_secret_key, redact, redact_value
 from .fields import _RESERVED, _SCALARS
+from .redaction import MASK, clean_text, is_secret_key, redact, redact_value
 
 
 class FlatFields(dict[str, Any]):

@@ -37,7 +37,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ...log.context import log_context
-from ...redaction import redact_value
+from ...log.redaction import redact_value
 from .. import credits
 from ..errors import APIError, NotFoundError
 from ..extensions import db
