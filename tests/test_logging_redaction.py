@@ -11,8 +11,8 @@ import pytest
 import stripe
 from flask import Flask
 
+from backend.log.redaction import MASK, clean_text, is_secret_key, neutralise, redact, redact_value
 from backend.logging_config import flush_logs, log_security_event
-from backend.redaction import MASK, clean_text, is_secret_key, neutralise, redact, redact_value
 from tests.conftest import login, register
 
 # Each canary carries a unique tag; a leak is any occurrence of the tag in any log file.

@@ -17,8 +17,8 @@ from werkzeug.routing import Map
 
 from config import Config, load_config
 
-from ..logging_config import configure_logging
-from ..redaction import register_secrets
+from ..log.redaction import register_secrets
+from ..log.setup import configure_logging
 from .errors import init_error_handlers
 from .extensions import db, jwt, migrate
 from .http_edge import init_http_edge

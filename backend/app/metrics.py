@@ -28,7 +28,7 @@ from typing import Any
 
 from flask import Flask, Request, Response
 
-from ..redaction import register_secrets
+from ..log.redaction import register_secrets
 from .errors import APIError
 from .resilience.breaker import BreakerListener, CircuitBreaker
 from .resilience.breaker_store import BreakerState

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..logging_config import log_security_event
+from ..log.events import log_security_event
 from .sweeper import Sweeper
 from .timeutil import epoch_iso_micro
 

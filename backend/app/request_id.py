@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import g, has_request_context, request
 
-from ..logging_config import log_security_event
+from ..log.events import log_security_event
 from .ids import uuid7_hex
 
 REQUEST_ID_HEADER = "X-Request-ID"

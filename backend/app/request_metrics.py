@@ -17,7 +17,8 @@ from typing import Any
 
 from flask import Flask, Request, Response, g
 
-from ..logging_config import FlatFields, log_performance_metric
+from ..log.events import log_performance_metric
+from ..log.records import FlatFields
 from .signals import request_finished
 
 # Headers worth having next to a failed request; everything else is noise in the log.

@@ -7,7 +7,7 @@ from typing import Any
 from flask import current_app
 from flask_jwt_extended import current_user
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..alerts import DELIVER_KIND, budgets, evaluate_rules
 from ..alerts.delivery import send_test
 from ..alerts.schemas import AlertRuleRequest

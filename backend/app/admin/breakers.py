@@ -7,7 +7,7 @@ from typing import Any
 from flask import current_app
 from flask_jwt_extended import current_user
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..api.schemas import BreakerListOut
 from ..auth.decorators import admin_required
 from ..openapi import documented

@@ -17,7 +17,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..errors import APIError
 from ..extensions import db
 from ..monitoring.cli import prune_errors

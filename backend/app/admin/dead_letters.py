@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint
 from flask_jwt_extended import current_user
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..auth.decorators import admin_required
 from ..errors import NotFoundError, ValidationError
 from ..jobs.dead_letters import (

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app
 from flask_jwt_extended import current_user
 from sqlalchemy import text
 
-from ...logging_config import sink_status
+from ...log.setup import sink_status
 from ..auth.decorators import admin_required
 from ..errors import NotFoundError, ValidationError
 from ..extensions import db

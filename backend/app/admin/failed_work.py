@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, current_app
 from flask_jwt_extended import current_user
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..auth.decorators import admin_required
 from ..errors import ValidationError
 from ..monitoring.inbox import MAX_MERGED_DEPTH, Inbox

@@ -13,7 +13,7 @@ from jwt import PyJWTError
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..auth.decorators import admin_required
 from ..error_catalog import entries
 from ..errors import ExternalServiceError, NotFoundError

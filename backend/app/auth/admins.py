@@ -21,7 +21,7 @@ import time
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..errors import AdminVerificationError
 from ..extensions import db
 from ..models import User

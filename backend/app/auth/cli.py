@@ -9,7 +9,7 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..extensions import db
 from ..models import User
 from ..timeutil import iso_offset

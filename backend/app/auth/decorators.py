@@ -9,7 +9,7 @@ from typing import Any, TypeVar, cast
 from flask import request
 from flask_jwt_extended import current_user, verify_jwt_in_request
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..errors import AuthorizationError
 from .admins import is_admin
 

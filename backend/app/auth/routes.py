@@ -16,7 +16,7 @@ from flask_jwt_extended import (
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..errors import AdminVerificationError, AuthenticationError, ConflictError
 from ..extensions import db
 from ..models import User

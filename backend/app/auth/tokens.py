@@ -12,7 +12,7 @@ from typing import Any
 from flask import Response, current_app, request
 from flask_jwt_extended import JWTManager
 
-from ...logging_config import bind_log_context
+from ...log.context import bind_log_context
 from ..error_handlers import error_response
 from ..errors import TokenError
 from ..extensions import db

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from ...logging_config import log_context
+from ...log.context import log_context
 from ..extensions import db
 from ..models.job import DEAD, FAILED, Job, JobStep
 from ..resilience.classifier import classify

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
-from ...redaction import redact_value
+from ...log.redaction import redact_value
 from ..extensions import db
 from ..models.job import DEAD, FAILED, QUEUED, SUCCEEDED, Job, JobStep, JobWorker
 from ..resilience.history import append_error

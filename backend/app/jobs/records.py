@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from ...logging_config import log_context, peek_log_context
+from ...log.context import log_context, peek_log_context
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCCEEDED, Job
 from ..resilience.classifier import Classification, ErrorKind, classify

@@ -30,7 +30,8 @@ from flask import Flask
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ...logging_config import log_context, log_performance_metric
+from ...log.context import log_context
+from ...log.events import log_performance_metric
 from .. import timeutil
 from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, RETRYING, RUNNING, Job, JobWorker

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException
 
-from ...logging_config import peek_log_context
-from ...redaction import clean_text as clean_log_text
-from ...redaction import redact_value, secrets_generation
+from ...log.context import peek_log_context
+from ...log.redaction import clean_text as clean_log_text
+from ...log.redaction import redact_value, secrets_generation
 from ..errors import APIError
 from ..ids import uuid7_hex
 from ..request_id import get_request_id

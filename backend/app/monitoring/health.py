@@ -417,7 +417,7 @@ def _backlog(app: Flask) -> ProbeResult:
 
 def service_health(app: Flask) -> dict[str, Any]:
     """The full dependency report of the admin health endpoint (see the module docstring)."""
-    from ...logging_config import sink_status
+    from ...log.setup import sink_status
 
     state = app.extensions[EXTENSION]
     history: CallHistory = state["history"]

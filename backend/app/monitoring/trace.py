@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ...redaction import redact_value
+from ...log.redaction import redact_value
 from ..models import ErrorEvent, ErrorGroup
 from ..models.job import Job
 from ..timeutil import iso_micro

@@ -8,7 +8,7 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from .. import credits
 from ..admin.cli import cli_actor
 from ..extensions import db

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from ...redaction import clean_text as _clean
+from ...log.redaction import clean_text as _clean
 from ..credits import insert_ignore
 from ..errors import APIError
 from ..extensions import db

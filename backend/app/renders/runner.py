@@ -36,8 +36,8 @@ from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ...logging_config import log_context
-from ...redaction import redact_value
+from ...log.context import log_context
+from ...log.redaction import redact_value
 from .. import credits
 from ..errors import APIError, NotFoundError
 from ..extensions import db

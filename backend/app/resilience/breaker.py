@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ...logging_config import log_security_event
+from ...log.events import log_security_event
 from ..errors import CircuitOpenError
 from .breaker_store import (
     AdminActionNotAppliedError,

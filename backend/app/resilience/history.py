@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from ...redaction import redact
+from ...log.redaction import redact
 from ..errors import APIError
 from ..timeutil import iso
 from .classifier import Classification

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
-from ...logging_config import log_performance_metric
+from ...log.events import log_performance_metric
 from ..errors import APIError, ExternalServiceError, UpstreamRejectedError
 from .breaker import (
     KNOWN_SERVICES,

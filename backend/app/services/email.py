@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ...redaction import redact
+from ...log.redaction import redact
 from ..errors import APIError, EmailError, UpstreamRejectedError
 from ..extensions import db
 from ..models.outbox import DISCARDED, FAILED, QUEUED, SENDING, SENT, EmailOutbox

@@ -46,7 +46,7 @@ from typing import Any
 
 from flask import current_app
 
-from ...redaction import redact
+from ...log.redaction import redact
 from ..errors import RenderingError, RenderingResourceError, RenderingTimeoutError, ValidationError
 from ..resilience.recovery import with_error_recovery
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ...redaction import redact
+from ...log.redaction import redact
 from ..errors import APIError
 from ..resilience.classifier import Classification, classify
 from ..resilience.history import append_error, error_entry

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
-from ....redaction import redact, redact_value
+from ....log.redaction import redact, redact_value
 from ...extensions import db
 from ...jobs.dead_letters import ACTIONS, PERMANENT, requeue
 from ...models.job import DEAD, FAILED, Job, JobStep

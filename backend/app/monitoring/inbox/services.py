@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import delete, func, select, update
 
-from ....redaction import redact, redact_value
+from ....log.redaction import redact, redact_value
 from ...errors import APIError
 from ...extensions import db
 from ...models.outbox import (
