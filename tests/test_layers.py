@@ -39,17 +39,6 @@ _APP_LAYERS = {
     "alerts": "monitoring",
     "metrics": "monitoring",
     "edge": "edge",
-    "request_context": "edge",
-    "request_metrics": "edge",
-    "rate_limits": "edge",
-    "rate_limit_storage": "edge",
-    "rejection_log": "edge",
-    "validation": "edge",
-    "idempotency": "edge",
-    "routing": "edge",
-    "openapi": "edge",
-    "http_edge": "edge",
-    "observability": "edge",
 }
 
 # Upward imports still in the code, as (importing module, imported module). Remove a line when its import goes;

@@ -17,8 +17,8 @@ from typing import Any
 
 from flask import Flask, Request, Response, g
 
-from ..logging_config import FlatFields, log_performance_metric
-from .signals import request_finished
+from ...logging_config import FlatFields, log_performance_metric
+from ..signals import request_finished
 
 # Headers worth having next to a failed request; everything else is noise in the log.
 _ERROR_HEADERS = ("Authorization", "Cookie", "User-Agent", "Content-Type", "Content-Length", "Referer", "Origin")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .errors import APIError
+from ..errors import APIError
 
 #: The app's own limits; gunicorn.conf.py sets gunicorn's a step above them.
 MAX_URL_BYTES = 4096
