@@ -20,7 +20,7 @@ from config import Config, load_config
 from ..logging_config import configure_logging
 from ..redaction import register_secrets
 from .alerts import init_alerts
-from .edge.ingress import init_http_edge
+from .edge.ingress import init_ingress
 from .edge.rate_limits import init_rate_limits
 from .edge.request_context import init_request_context
 from .edge.request_metrics import init_request_metrics
@@ -124,7 +124,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     _init_logging(app)
     _init_extensions(app)
     init_request_context(app)
-    init_http_edge(app)  # its limits run right after the request id is assigned
+    init_ingress(app)  # its limits run right after the request id is assigned
     init_request_metrics(app)
     init_error_handlers(app)
     init_resilience(app)
