@@ -116,7 +116,7 @@ class Config:
     PUBLIC_BASE_URL: str | None = None  # absolute links in emails and Checkout redirects
     RENDER_PACKS: dict[str, tuple[int, int]] | str | None = None  # {"starter": (credits, cents)}; None: defaults
     # Proxies in front of the app (a load balancer: 1). With N > 0 the client address and scheme come from the
-    # last N X-Forwarded-For / X-Forwarded-Proto hops; with 0 those headers are ignored (backend/app/http_edge.py).
+    # last N X-Forwarded-For / X-Forwarded-Proto hops; with 0 those headers are ignored (backend/app/edge/ingress.py).
     TRUSTED_PROXIES = 0
     RATELIMIT_ENABLED = True
     RATELIMIT_DEFAULT = "300 per minute"
@@ -126,7 +126,7 @@ class Config:
     RATELIMIT_REGISTER = "20 per hour"
     RATELIMIT_ERROR_REPORT = "30 per minute"
     # Repeated 429s and rejected tokens: the first of a client's at once, then one security.log line per
-    # interval with their count (backend/app/rejection_log.py).
+    # interval with their count (backend/app/edge/rejection_log.py).
     REJECTION_LOG_INTERVAL_SECONDS = 10.0
     RATELIMIT_KEY_PREFIX = "oriel"  # Redis keys of the limits start with it (several apps can share one Redis)
     # "sliding-window-counter": two counters a client and view; "moving-window" is exact but keeps an entry per

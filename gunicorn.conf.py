@@ -21,7 +21,7 @@ from typing import Any
 #: How long a worker waits for its request threads to start before it serves anyway (seconds).
 THREAD_START_TIMEOUT = 10.0
 
-# Above the app's own limits (backend/app/http_edge.py: 4,096-byte URL, 8,192-byte header, 100 headers), so
+# Above the app's own limits (backend/app/edge/ingress.py: 4,096-byte URL, 8,192-byte header, 100 headers), so
 # the app answers those in its JSON envelope; beyond these gunicorn refuses before the app sees the request.
 limit_request_line = 8190  # gunicorn's maximum
 limit_request_field_size = 16380
@@ -55,7 +55,7 @@ def _warn_about_per_process_limits(worker: Any) -> None:
         return
     from flask import Flask
 
-    from backend.app.rate_limits import logger, shared_storage_warning
+    from backend.app.edge.rate_limits import logger, shared_storage_warning
 
     app = getattr(worker, "wsgi", None)
     if isinstance(app, Flask):

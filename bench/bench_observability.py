@@ -129,7 +129,7 @@ def main() -> None:
         with on.test_request_context("/healthz"):
             from flask import Response
 
-            from backend.app.request_context import request_started
+            from backend.app.edge.request_context import request_started
 
             request_started.set(time.perf_counter())
             response = Response("{}", status=200)

@@ -128,14 +128,14 @@ def _label(func: Any) -> str:
 
 # Parts inside the hooks, by (module, global name): timed where the hook looks them up.
 PARTS = (
-    ("backend.app.request_context", "get_request_id", "request id (get_request_id)"),
+    ("backend.app.edge.request_context", "get_request_id", "request id (get_request_id)"),
     ("backend.app.request_id", "new_request_id", "request id (new_request_id)"),
-    ("backend.app.request_context", "bind_cleaned_log_context", "log context (bind_cleaned_log_context)"),
-    ("backend.app.request_context", "clean_text", "log context (clean_text)"),
-    ("backend.app.request_context", "parse_traceparent", "trace context (parse_traceparent)"),
-    ("backend.app.request_context", "bind_log_context", "log context (bind_log_context)"),
-    ("backend.app.request_context", "clear_log_context", "log context (clear_log_context)"),
-    ("backend.app.request_metrics", "log_performance_metric", "performance.log line (request thread)"),
+    ("backend.app.edge.request_context", "bind_cleaned_log_context", "log context (bind_cleaned_log_context)"),
+    ("backend.app.edge.request_context", "clean_text", "log context (clean_text)"),
+    ("backend.app.edge.request_context", "parse_traceparent", "trace context (parse_traceparent)"),
+    ("backend.app.edge.request_context", "bind_log_context", "log context (bind_log_context)"),
+    ("backend.app.edge.request_context", "clear_log_context", "log context (clear_log_context)"),
+    ("backend.app.edge.request_metrics", "log_performance_metric", "performance.log line (request thread)"),
     ("backend.app.error_handlers", "error_response", "error response (envelope + log + signal)"),
     ("backend.app.error_handlers", "envelope", "envelope body"),
     ("backend.app.error_handlers", "lookup", "catalog look-up"),

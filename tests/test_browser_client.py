@@ -27,8 +27,8 @@ from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.serving import make_server
 
 from backend.app import credits
+from backend.app.edge.idempotency import idempotent
 from backend.app.extensions import db
-from backend.app.idempotency import idempotent
 from backend.app.models import Render, Upload, User
 from tests.conftest import bearer, require_service
 from tests.peers.audio import AudioFactory

@@ -8,8 +8,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
+from backend.app.edge.openapi import undocumented_endpoints
 from backend.app.error_catalog import CODE_PATTERN, entries, render_markdown
-from backend.app.openapi import undocumented_endpoints
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 

@@ -16,11 +16,11 @@ from sqlalchemy import select
 from werkzeug.exceptions import default_exceptions
 
 from backend.app import errors
+from backend.app.edge.idempotency import IdempotencyInProgressError
 from backend.app.error_catalog import entries, lookup
 from backend.app.error_handlers import from_http_exception
 from backend.app.errors import APIError, DatabaseError, ExternalServiceError, PaymentError, StorageError
 from backend.app.extensions import db
-from backend.app.idempotency import IdempotencyInProgressError
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
 from backend.app.jobs.worker import Worker, WorkerOptions

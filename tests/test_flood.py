@@ -15,10 +15,10 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
+from backend.app.edge.rejection_log import OVERFLOW_CLIENT, RejectionLog, flush_rejections
 from backend.app.extensions import db
 from backend.app.models import ErrorCodeMinute, ErrorEvent, ErrorGroup
 from backend.app.monitoring import flush_error_stats
-from backend.app.rejection_log import OVERFLOW_CLIENT, RejectionLog, flush_rejections
 from tests.conftest import bearer, read_log, register
 from tests.contract import assert_error
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 from flask import Flask, request
 
-from backend.app.rate_limits import shared_storage_warning
-from backend.app.validation import MAX_JSON_DEPTH
+from backend.app.edge.rate_limits import shared_storage_warning
+from backend.app.edge.validation import MAX_JSON_DEPTH
 from config import ConfigError, TestingConfig
 from tests.conftest import read_log
 from tests.contract import assert_error

@@ -40,17 +40,6 @@ _APP_LAYERS = {
     "alerts": "monitoring",
     "metrics": "monitoring",
     "edge": "edge",
-    "request_context": "edge",
-    "request_metrics": "edge",
-    "rate_limits": "edge",
-    "rate_limit_storage": "edge",
-    "rejection_log": "edge",
-    "validation": "edge",
-    "idempotency": "edge",
-    "routing": "edge",
-    "openapi": "edge",
-    "http_edge": "edge",
-    "observability": "edge",
 }
 
 # backend/log/ bottom to top: each module may import only the ones before it, so the log layer has no circle inside.

@@ -121,7 +121,7 @@ def test_point9_flask_limiters_request_hooks_are_all_wrapped(make_app: Callable[
 
 def test_point9_memory_limits_start_no_timer_thread_per_hit_and_are_swept(make_app: Callable[..., Flask]) -> None:
     """The in-memory storage is swept by one shared thread, not a new Timer thread every 10 ms of traffic."""
-    from backend.app.rate_limit_storage import SweptMemoryStorage, _sweeper
+    from backend.app.edge.rate_limit_storage import SweptMemoryStorage, _sweeper
 
     app = make_app(RATELIMIT_DEFAULT="1000 per minute")
     storage = app.extensions["rate_limiter"].storage

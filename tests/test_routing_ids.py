@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from backend.app.routing import MAX_BIGINT, MAX_INT
+from backend.app.edge.routing import MAX_BIGINT, MAX_INT
 from tests.conftest import ADMIN_EMAIL, bearer, login
 from tests.contract import assert_error
 

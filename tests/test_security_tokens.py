@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
-from backend.app.rejection_log import flush_rejections
+from backend.app.edge.rejection_log import flush_rejections
 from tests.conftest import ADMIN_EMAIL, TEST_JWT_SECRET_KEY, TEST_SECRET_KEY, bearer, login, read_log
 from tests.contract import assert_error, assert_no_leak
 

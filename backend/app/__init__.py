@@ -19,18 +19,22 @@ from config import Config, load_config
 
 from ..log.redaction import register_secrets
 from ..log.setup import configure_logging
+from .alerts import init_alerts
+from .edge.ingress import init_ingress
+from .edge.rate_limits import init_rate_limits
+from .edge.request_context import init_request_context
+from .edge.request_metrics import init_request_metrics
+from .edge.routing import IdConverter
 from .errors import init_error_handlers
 from .extensions import db, jwt, migrate
-from .http_edge import init_http_edge
 from .jobs import init_jobs
+from .metrics import init_metrics
 from .monitoring import init_error_stats
-from .observability import init_observability
-from .rate_limits import init_rate_limits
-from .request_context import init_request_context
-from .request_metrics import init_request_metrics
+from .monitoring.health import init_service_health
+from .monitoring.service_faults import init_service_faults
 from .resilience.database_breaker import install_database_breaker
+from .resilience.faults import init_fault_injection
 from .resilience.state import init_resilience
-from .routing import IdConverter
 from .services import init_services
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -120,12 +124,17 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     _init_logging(app)
     _init_extensions(app)
     init_request_context(app)
-    init_http_edge(app)  # its limits run right after the request id is assigned
+    init_ingress(app)  # its limits run right after the request id is assigned
     init_request_metrics(app)
     init_error_handlers(app)
     init_resilience(app)
     install_database_breaker(app)  # after the engines (extensions) and the breakers (resilience) exist
-    init_observability(app)
+    # Health probes, configuration faults, metrics, fault injection, alerts: after init_resilience (they listen).
+    init_service_health(app)
+    init_service_faults(app)
+    init_metrics(app)
+    init_fault_injection(app)
+    init_alerts(app)
     _register_blueprints(app)
     _import_job_kinds()
     init_jobs(app)

@@ -13,11 +13,11 @@ from ..alerts.delivery import send_test
 from ..alerts.schemas import AlertRuleRequest
 from ..alerts.views import check_rule, delete_rule, delivery_dict, rotate_secret, rule_dict, save_rule
 from ..auth.decorators import admin_required
+from ..edge.openapi import documented
+from ..edge.validation import parse_json
 from ..errors import NotFoundError
 from ..extensions import db
-from ..openapi import documented
 from ..timeutil import utcnow
-from ..validation import parse_json
 from .error_monitoring import admin_actor, bp, find_breaker
 from .schemas import (
     AlertDeletedOut,

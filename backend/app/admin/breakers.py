@@ -10,11 +10,11 @@ from flask_jwt_extended import current_user
 from ...log.events import log_security_event
 from ..api.schemas import BreakerListOut
 from ..auth.decorators import admin_required
-from ..openapi import documented
+from ..edge.openapi import documented
+from ..edge.validation import parse_json
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.faults import EXTENSION as FAULTS
 from ..resilience.faults import FaultInjectionDisabledError, FaultInjector, make_rule
-from ..validation import parse_json
 from .error_monitoring import admin_actor, bp, breaker_registry, find_breaker
 from .schemas import BreakerActionOut, FaultListOut, FaultRuleRequest
 

@@ -18,11 +18,11 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from ...log.events import log_security_event
+from ..edge.routing import MAX_BIGINT
 from ..errors import APIError
 from ..extensions import db
 from ..monitoring.cli import prune_errors
 from ..resilience.breaker import BreakerRegistry
-from ..routing import MAX_BIGINT
 from ..timeutil import utcnow
 
 GROUP = "monitoring"

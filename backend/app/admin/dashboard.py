@@ -16,14 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, select
 
 from ..auth.decorators import admin_required
+from ..edge.openapi import documented
+from ..edge.validation import parse_query
 from ..errors import ValidationError
 from ..extensions import db
 from ..models import ErrorMinute, Render
 from ..models.media import QUEUED, RENDER_STATUSES, RUNNING
 from ..monitoring.store import floor_minute
-from ..openapi import documented
 from ..timeutil import as_utc, iso_micro, utcnow
-from ..validation import parse_query
 
 bp = Blueprint("dashboard", __name__)
 

@@ -13,6 +13,8 @@ from flask_jwt_extended import current_user
 
 from ...log.events import log_security_event
 from ..auth.decorators import admin_required
+from ..edge.openapi import documented
+from ..edge.validation import parse_json, parse_query
 from ..errors import NotFoundError, ValidationError
 from ..jobs.dead_letters import (
     DeadLetterFilter,
@@ -24,9 +26,7 @@ from ..jobs.dead_letters import (
     requeue_matching,
     summary,
 )
-from ..openapi import documented
 from ..timeutil import as_utc
-from ..validation import parse_json, parse_query
 from .work_schemas import (
     DeadLetterActionOut,
     DeadLetterEnvelope,

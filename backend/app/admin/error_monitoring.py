@@ -15,16 +15,16 @@ from sqlalchemy import text
 
 from ...log.setup import sink_status
 from ..auth.decorators import admin_required
+from ..edge.openapi import documented
+from ..edge.validation import parse_query
 from ..errors import NotFoundError, ValidationError
 from ..extensions import db
 from ..monitoring import get_recorder
 from ..monitoring.health import service_health
 from ..monitoring.queries import RecentErrorsQuery, StatsQuery
 from ..monitoring.stats import decode_cursor, error_stats, recent_events
-from ..openapi import documented
 from ..resilience.breaker import BreakerRegistry, CircuitBreaker
 from ..timeutil import iso_seconds
-from ..validation import parse_query
 from .schemas import ErrorStatsOut, HealthCheckOut, RecentErrorsOut, ServicesHealthOut
 
 bp = Blueprint("monitoring", __name__, url_prefix="/admin/api/monitoring")

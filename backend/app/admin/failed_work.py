@@ -15,11 +15,11 @@ from flask_jwt_extended import current_user
 
 from ...log.events import log_security_event
 from ..auth.decorators import admin_required
+from ..edge.openapi import documented
+from ..edge.validation import parse_json, parse_query
 from ..errors import ValidationError
 from ..monitoring.inbox import MAX_MERGED_DEPTH, Inbox
-from ..openapi import documented
 from ..timeutil import iso, utcnow
-from ..validation import parse_json, parse_query
 from .work_schemas import (
     FailedWorkActionOut,
     FailedWorkDiscardRequest,

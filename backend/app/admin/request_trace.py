@@ -13,10 +13,10 @@ from typing import Any
 from flask import Blueprint, current_app
 
 from ..auth.decorators import admin_required
+from ..edge.openapi import documented
 from ..errors import BadRequestError, NotFoundError
 from ..extensions import db
 from ..monitoring.trace import DEFAULT_MAX_LINES, DEFAULT_SCAN_BYTES, trace_request
-from ..openapi import documented
 from ..request_id import REQUEST_ID_PATTERN
 from .schemas import RequestTraceOut
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..api.schemas import BreakerSnapshotOut, ErrorGroupOut
-from ..validation import StrictModel
+from ..edge.validation import StrictModel
 
 
 class HealthCheckOut(BaseModel):

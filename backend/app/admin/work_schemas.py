@@ -6,9 +6,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..edge.validation import Flag, StrictModel
 from ..jobs.dead_letters import ANALYSES
 from ..timeutil import as_utc
-from ..validation import Flag, StrictModel
 
 MAX_DEAD_LETTERS_PER_PAGE = 100
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import current_app
 
-from ..openapi import build_openapi, documented
+from ..edge.openapi import build_openapi, documented
 from . import bp
 
 

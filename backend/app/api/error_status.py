@@ -18,6 +18,9 @@ from sqlalchemy import or_, select
 
 from ..auth.admins import is_admin
 from ..auth.decorators import admin_required, login_required
+from ..edge.openapi import documented
+from ..edge.rate_limits import get_limiter, never_rate_limited
+from ..edge.validation import parse_query
 from ..error_catalog import lookup
 from ..errors import ExternalServiceError
 from ..extensions import db
@@ -28,11 +31,8 @@ from ..monitoring.classify import categorise, severity_for
 from ..monitoring.degradation import degradation, public_health, system_notifications
 from ..monitoring.health import EXTENSION as HEALTH_EXTENSION
 from ..monitoring.health import ProbeResult
-from ..openapi import documented
-from ..rate_limits import get_limiter, never_rate_limited
 from ..renders.runner import JOB_KIND as RENDER_JOB_KIND
 from ..timeutil import epoch_iso, iso_micro
-from ..validation import parse_query
 from . import bp
 from .schemas import (
     BreakerListOut,

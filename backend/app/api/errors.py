@@ -15,6 +15,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ...log.events import log_security_event
 from ..auth.decorators import admin_required
+from ..edge.openapi import documented
+from ..edge.rate_limits import rate_limited
+from ..edge.routing import MAX_INT
+from ..edge.validation import parse_json
 from ..error_catalog import entries
 from ..errors import ExternalServiceError, NotFoundError
 from ..extensions import db
@@ -22,12 +26,8 @@ from ..models import ErrorEvent, ErrorGroup
 from ..monitoring import get_recorder
 from ..monitoring.client_reports import build_client_event
 from ..monitoring.stats import group_dict, summary
-from ..openapi import documented
-from ..rate_limits import rate_limited
 from ..request_id import get_request_id
-from ..routing import MAX_INT
 from ..timeutil import iso_seconds, utcnow
-from ..validation import parse_json
 from . import bp
 from .schemas import (
     CatalogOut,

@@ -6,10 +6,10 @@ import hmac
 
 from flask import Blueprint, Response, current_app, request
 
+from ..edge.openapi import documented
+from ..edge.rate_limits import never_rate_limited
 from ..errors import AuthenticationError
 from ..metrics import EXTENSION, Metrics
-from ..openapi import documented
-from ..rate_limits import never_rate_limited
 
 #: Registered by create_app when METRICS_ENABLED (its own blueprint: the scrape lives at the root, not under /api).
 bp = Blueprint("metrics", __name__)

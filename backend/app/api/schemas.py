@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..edge.validation import StrictModel
 from ..monitoring.client_reports import ClientErrorReport as ClientErrorReport  # the body of POST /api/errors/report
-from ..validation import StrictModel
 
 
 class CatalogEntryOut(BaseModel):

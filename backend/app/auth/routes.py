@@ -17,12 +17,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ...log.events import log_security_event
+from ..edge.openapi import documented
+from ..edge.rate_limits import rate_limited
+from ..edge.validation import load_json, parse_json
 from ..errors import AdminVerificationError, AuthenticationError, ConflictError
 from ..extensions import db
 from ..models import User
-from ..openapi import documented
-from ..rate_limits import rate_limited
-from ..validation import load_json, parse_json
 from . import bp
 from .admins import grant_admin, is_admin, is_listed, redeem, replace_password, send_verification
 from .decorators import login_required

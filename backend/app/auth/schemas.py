@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, EmailStr, Field
 
-from ..validation import StrictModel
+from ..edge.validation import StrictModel
 
 
 class RegisterRequest(StrictModel):

@@ -13,11 +13,11 @@ from flask import Response, current_app, request
 from flask_jwt_extended import JWTManager
 
 from ...log.context import bind_log_context
+from ..edge.rejection_log import record_rejection
 from ..error_handlers import error_response
 from ..errors import TokenError
 from ..extensions import db
 from ..models import RevokedToken, User
-from ..rejection_log import record_rejection
 from .admins import issued_before_credentials_changed
 
 

@@ -6,7 +6,7 @@ import mimetypes
 
 from flask import Blueprint, Response, send_file
 
-from ..openapi import documented
+from ..edge.openapi import documented
 
 bp = Blueprint("downloads", __name__)
 

@@ -1,4 +1,4 @@
-"""Stored responses of requests sent with an `Idempotency-Key` (the SQL store of `backend.app.idempotency`)."""
+"""Stored responses of requests sent with an `Idempotency-Key` (the SQL store of `backend.app.edge.idempotency`)."""
 
 from __future__ import annotations
 

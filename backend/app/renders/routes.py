@@ -13,19 +13,19 @@ from werkzeug.utils import secure_filename
 from werkzeug.wrappers import Response
 
 from ..auth.decorators import login_required
+from ..edge.idempotency import HEADER_DOC as IDEMPOTENCY_HEADER_DOC
+from ..edge.idempotency import idempotent
+from ..edge.openapi import documented
+from ..edge.rate_limits import rate_limited
+from ..edge.routing import MAX_INT
+from ..edge.validation import parse_json, parse_query
 from ..errors import ConflictError, FileError, FileSizeError, NotFoundError
 from ..extensions import db
-from ..idempotency import HEADER_DOC as IDEMPOTENCY_HEADER_DOC
-from ..idempotency import idempotent
 from ..models.media import SUCCEEDED, Render, Upload
-from ..openapi import documented
-from ..rate_limits import rate_limited
 from ..request_id import get_request_id
-from ..routing import MAX_INT
 from ..services import get_storage
 from ..services.audio import inspect_audio
 from ..services.rendering import RenderSpec, ffmpeg_binary
-from ..validation import parse_json, parse_query
 from . import bp
 from .runner import queue_render
 from .schemas import (

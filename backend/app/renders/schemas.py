@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..validation import Flag, StrictModel
+from ..edge.validation import Flag, StrictModel
 
 
 class UploadForm(BaseModel):

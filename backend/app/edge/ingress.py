@@ -1,4 +1,4 @@
-"""The HTTP edge: which client sent a request behind proxies, and the request-line and header limits.
+"""Ingress: which client sent a request behind proxies, and the request-line and header limits.
 
 `TRUSTED_PROXIES` (default 0) is the number of proxies in front of the app. With N > 0 werkzeug's
 `ProxyFix` takes the client address and scheme from the last N `X-Forwarded-For`/`-Proto` hops, the
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .errors import APIError
+from ..errors import APIError
 
 #: The app's own limits; gunicorn.conf.py sets gunicorn's a step above them.
 MAX_URL_BYTES = 4096
@@ -76,7 +76,7 @@ def request_size_check(url_limit: int, field_limit: int, count_limit: int) -> Ca
     return check_request_size
 
 
-def init_http_edge(app: Flask) -> None:
+def init_ingress(app: Flask) -> None:
     """Install ProxyFix (when configured) and the URL and header limits, before every other check."""
     install_proxy_fix(app)
     cfg = app.config

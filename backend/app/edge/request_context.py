@@ -19,10 +19,10 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from ..log.context import bind_cleaned_log_context, clear_log_context
-from ..log.redaction import clean_text
-from .request_id import REQUEST_ID_HEADER, _choose_request_id, get_request_id, parse_traceparent
-from .signals import RequestObserver, request_finished
+from ...log.context import bind_cleaned_log_context, clear_log_context
+from ...log.redaction import clean_text
+from ..request_id import REQUEST_ID_HEADER, _choose_request_id, get_request_id, parse_traceparent
+from ..signals import RequestObserver, request_finished
 
 request_started: ContextVar[float | None] = ContextVar("request_started", default=None)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from flask import Flask, Request, Response, g
 
-from ..log.events import log_performance_metric
-from ..log.records import FlatFields
-from .signals import request_finished
+from ...log.events import log_performance_metric
+from ...log.records import FlatFields
+from ..signals import request_finished
 
 # Headers worth having next to a failed request; everything else is noise in the log.
 _ERROR_HEADERS = ("Authorization", "Cookie", "User-Agent", "Content-Type", "Content-Length", "Referer", "Origin")

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import pydantic
 from flask import request
 
-from .errors import MalformedJSONError, UnsupportedMediaTypeError, ValidationError
+from ..errors import MalformedJSONError, UnsupportedMediaTypeError, ValidationError
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 Q = TypeVar("Q", bound=pydantic.BaseModel)

@@ -66,11 +66,11 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import ConflictError, IdempotencyKeyReusedError, ValidationError
-from .extensions import db
-from .models.idempotency import DONE, RUNNING, IdempotencyRecord
-from .request_id import get_request_id
-from .timeutil import as_utc, utcnow
+from ..errors import ConflictError, IdempotencyKeyReusedError, ValidationError
+from ..extensions import db
+from ..models.idempotency import DONE, RUNNING, IdempotencyRecord
+from ..request_id import get_request_id
+from ..timeutil import as_utc, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from limits.storage import MemoryStorage
 
-from .sweeper import Sweeper
+from ..sweeper import Sweeper
 
 #: Seconds between two sweeps of expired counters.
 SWEEP_SECONDS = 1.0

@@ -8,7 +8,7 @@ keep the first app's storage options, prefix and defaults for ever (it merges la
 first), which is wrong for tests and for any process that builds more than one app.
 
 The client address is `request.remote_addr`: the socket's peer, or with `TRUSTED_PROXIES` > 0 the
-address werkzeug's `ProxyFix` took from the last hops of `X-Forwarded-For` (see `http_edge.py`).
+address werkzeug's `ProxyFix` took from the last hops of `X-Forwarded-For` (see `ingress.py`).
 
 The default limit (every view without a limit of its own) is checked by `DefaultLimit`, not by
 Flask-Limiter's request hook: that hook resolves every limit of every request through its generic
@@ -41,10 +41,10 @@ from limits import RateLimitItem, parse_many
 from limits.errors import StorageError as LimitsStorageError
 from limits.strategies import STRATEGIES, RateLimiter
 
-from .error_handlers import error_response
-from .errors import RateLimitError
+from ..error_handlers import error_response
+from ..errors import RateLimitError
+from ..redis_client import fail_fast_options
 from .rate_limit_storage import SweptMemoryStorage
-from .redis_client import fail_fast_options
 from .rejection_log import init_rejection_log, record_rejection
 
 F = TypeVar("F", bound=Callable[..., Any])

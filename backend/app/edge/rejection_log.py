@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..log.events import log_security_event
-from .sweeper import Sweeper
-from .timeutil import epoch_iso_micro
+from ...log.events import log_security_event
+from ..sweeper import Sweeper
+from ..timeutil import epoch_iso_micro
 
 #: Seconds between the aggregated lines of one key.
 DEFAULT_INTERVAL = 10.0
