@@ -37,7 +37,6 @@ _APP_LAYERS = {
     "jobs": "jobs",
     "monitoring": "monitoring",
     "alerts": "monitoring",
-    "metrics": "monitoring",
     "edge": "edge",
     "request_context": "edge",
     "request_metrics": "edge",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Flask
 
 from .alerts import init_alerts
-from .metrics import init_metrics
 from .monitoring.health import init_service_health
+from .monitoring.metrics import init_metrics
 from .monitoring.service_faults import init_service_faults
 from .resilience.faults import init_fault_injection
 

@@ -1,4 +1,4 @@
-"""`GET /metrics`: the Prometheus scrape of the app's metrics (backend/app/metrics.py), behind METRICS_TOKEN."""
+"""`GET /metrics`: the Prometheus scrape of monitoring/metrics.py, behind METRICS_TOKEN."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hmac
 from flask import Blueprint, Response, current_app, request
 
 from ..errors import AuthenticationError
-from ..metrics import EXTENSION, Metrics
+from ..monitoring.metrics import EXTENSION, Metrics
 from ..openapi import documented
 from ..rate_limits import never_rate_limited
 
