@@ -33,7 +33,6 @@ _APP_LAYERS = {
     "resilience": "resilience",
     "utils": "resilience",  # the seed's path, re-exporting resilience.recovery
     "services": "services",
-    "credits": "services",
     "jobs": "jobs",
     "monitoring": "monitoring",
     "alerts": "monitoring",
@@ -150,7 +149,7 @@ def test_the_log_package_imports_nothing_of_the_app() -> None:
 
 def test_the_layer_map_knows_every_folder_of_the_app() -> None:
     # A new top-level module or package must be placed in a layer on purpose, not fall into "blueprints".
-    blueprints = {"auth", "api", "admin", "renders", "payments", "downloads", "cli", "static"}
+    blueprints = {"auth", "api", "admin", "renders", "payments", "downloads", "static"}
     names = {p.stem if p.suffix == ".py" else p.name for p in (BACKEND / "app").iterdir() if not p.name.startswith("_")}
     assert names - set(_APP_LAYERS) - blueprints == set()
 

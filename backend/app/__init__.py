@@ -254,8 +254,8 @@ def _import_job_kinds() -> None:
 def _register_cli(app: Flask) -> None:
     """Every `flask` command group of the app, in one place, then the guard that makes user errors one line."""
     from .admin.cli import monitoring_cli
+    from .api.cli import error_catalog, guard_commands
     from .auth.cli import users
-    from .cli import error_catalog, guard_commands
     from .jobs.cli import jobs_cli
     from .payments.cli import credits_cli
     from .services.cli import services_cli

@@ -9,13 +9,12 @@ from typing import Any
 from flask import request
 from flask_jwt_extended import current_user
 
-from .. import credits
 from ..auth.decorators import login_required
 from ..idempotency import HEADER_DOC as IDEMPOTENCY_HEADER_DOC
 from ..idempotency import idempotent
 from ..idempotency import read_key as read_idempotency_key
 from ..openapi import documented
-from ..services import get_payments
+from ..services import credits, get_payments
 from ..validation import parse_json
 from . import bp
 from .events import process_event
