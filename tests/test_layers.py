@@ -35,7 +35,6 @@ _APP_LAYERS = {
     "services": "services",
     "jobs": "jobs",
     "monitoring": "monitoring",
-    "alerts": "monitoring",
     "edge": "edge",
     "request_context": "edge",
     "request_metrics": "edge",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from .alerts import init_alerts
+from .monitoring.alerts import init_alerts
 from .monitoring.health import init_service_health
 from .monitoring.metrics import init_metrics
 from .monitoring.service_faults import init_service_faults

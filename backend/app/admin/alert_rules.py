@@ -8,13 +8,13 @@ from flask import current_app
 from flask_jwt_extended import current_user
 
 from ...logging_config import log_security_event
-from ..alerts import DELIVER_KIND, budgets, evaluate_rules
-from ..alerts.delivery import send_test
-from ..alerts.schemas import AlertRuleRequest
-from ..alerts.views import check_rule, delete_rule, delivery_dict, rotate_secret, rule_dict, save_rule
 from ..auth.decorators import admin_required
 from ..errors import NotFoundError
 from ..extensions import db
+from ..monitoring.alerts import DELIVER_KIND, budgets, evaluate_rules
+from ..monitoring.alerts.delivery import send_test
+from ..monitoring.alerts.rules import check_rule, delete_rule, delivery_dict, rotate_secret, rule_dict, save_rule
+from ..monitoring.alerts.schemas import AlertRuleRequest
 from ..openapi import documented
 from ..timeutil import utcnow
 from ..validation import parse_json

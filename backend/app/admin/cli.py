@@ -276,8 +276,8 @@ def dlq_requeue(job_id: int, as_json: bool) -> None:
 @with_appcontext
 def alerts_test(name: str, as_json: bool) -> None:
     """Evaluate one rule's condition now, without changing its state or sending anything."""
-    from ..alerts.engine import evaluate_condition
     from ..models import AlertRule
+    from ..monitoring.alerts.engine import evaluate_condition
 
     rule = db.session.scalar(select(AlertRule).where(AlertRule.name == name))
     if rule is None:
