@@ -246,10 +246,8 @@ def _register_blueprints(app: Flask) -> None:
 def _import_job_kinds() -> None:
     """Every module that declares job kinds, in one place (kinds are code: each registers once per process)."""
     from .jobs import kinds  # noqa: F401 - maintenance, storage.sync, email.outbox
-    from .monitoring import (
-        alerts,  # noqa: F401 - monitoring.alerts, monitoring.alerts.deliver
-        retention,  # noqa: F401 - monitoring.prune_errors
-    )
+    from .monitoring import alerts  # noqa: F401 - monitoring.alerts, monitoring.alerts.deliver
+    from .monitoring.errors import retention  # noqa: F401 - monitoring.prune_errors
     from .renders import jobs  # noqa: F401 - render
 
 

@@ -151,7 +151,7 @@ def _percent(ratio: float | None) -> str:
 @with_appcontext
 def stats(as_json: bool, top: int) -> None:
     """Totals, rates over 1m/5m/1h/24h and the top groups (the /errors/stats view)."""
-    from ..monitoring.stats import error_stats
+    from ..monitoring.errors.stats import error_stats
 
     data = error_stats(db.session, top=top)
     totals = data["totals"]

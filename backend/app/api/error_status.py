@@ -24,8 +24,8 @@ from ..extensions import db
 from ..models import ErrorEvent
 from ..models.media import FAILED as RENDER_FAILED
 from ..models.media import Render
-from ..monitoring.classify import categorise, severity_for
 from ..monitoring.degradation import degradation, public_health, system_notifications
+from ..monitoring.errors.severity import categorise, severity_for
 from ..monitoring.health import EXTENSION as HEALTH_EXTENSION
 from ..monitoring.health import ProbeResult
 from ..openapi import documented

@@ -20,8 +20,8 @@ from ..errors import ExternalServiceError, NotFoundError
 from ..extensions import db
 from ..models import ErrorEvent, ErrorGroup
 from ..monitoring import get_recorder
-from ..monitoring.client_reports import build_client_event
-from ..monitoring.stats import group_dict, summary
+from ..monitoring.errors.client_reports import build_client_event
+from ..monitoring.errors.stats import group_dict, summary
 from ..openapi import documented
 from ..rate_limits import rate_limited
 from ..request_id import get_request_id

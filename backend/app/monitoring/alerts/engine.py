@@ -257,7 +257,7 @@ def evaluate_rules(app: Flask, now: datetime | None = None) -> dict[str, Any]:
     counter = app.extensions.get("slo_counter")
     if counter is not None:
         counter.flush()
-    from .. import flush_error_stats
+    from ..errors import flush_error_stats
 
     flush_error_stats(app)
     events: dict[str, str] = {}

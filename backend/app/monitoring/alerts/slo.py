@@ -37,7 +37,7 @@ from ...models import SloMinute
 from ...signals import request_finished
 from ...sweeper import Sweeper
 from ...timeutil import utcnow
-from ..store import minute_from_epoch, upsert_add
+from ..errors.store import minute_from_epoch, upsert_add
 
 logger = logging.getLogger(__name__)
 
