@@ -27,7 +27,7 @@ from ..models.media import Render
 from ..monitoring.degradation import degradation, public_health, system_notifications
 from ..monitoring.errors.severity import categorise, severity_for
 from ..monitoring.health import EXTENSION as HEALTH_EXTENSION
-from ..monitoring.health import ProbeResult
+from ..monitoring.probes import ProbeResult
 from ..openapi import documented
 from ..rate_limits import get_limiter, never_rate_limited
 from ..renders.runner import JOB_KIND as RENDER_JOB_KIND
