@@ -123,7 +123,7 @@ def main() -> None:
         print(f"  metrics and SLO hooks off   {base:8.1f} us")
         print(f"  metrics and SLO hooks on    {full:8.1f} us   ratio {full / base:5.3f}  (+{full - base:.1f} us)")
 
-        ours = ("backend.app.metrics", "backend.app.alerts.slo")
+        ours = ("backend.app.monitoring.metrics", "backend.app.monitoring.alerts.slo")
         hooks = [f for f in on.after_request_funcs[None] if f.__module__ in ours]
         names = {f.__module__ + "." + f.__name__ for f in hooks}
         with on.test_request_context("/healthz"):

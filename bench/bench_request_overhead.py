@@ -141,7 +141,7 @@ PARTS = (
     ("backend.app.error_handlers", "lookup", "catalog look-up"),
     ("backend.app.error_handlers", "from_http_exception", "HTTP error to APIError"),
     ("backend.app.error_handlers", "_log_error", "error log call"),
-    ("backend.app.monitoring", "capture_error", "error capture (capture_error)"),
+    ("backend.app.monitoring.errors", "capture_error", "error capture (capture_error)"),
 )
 PART_LABELS = frozenset(label for _module, _name, label in PARTS)
 

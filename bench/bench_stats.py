@@ -40,9 +40,9 @@ from backend.app import create_app
 from backend.app.extensions import db
 from backend.app.models import ErrorEvent, ErrorGroup
 from backend.app.monitoring import flush_error_stats, record_error
-from backend.app.monitoring.classify import categorise, severity_for
-from backend.app.monitoring.fingerprint import fingerprint
-from backend.app.monitoring.store import EVENT_COLUMNS
+from backend.app.monitoring.errors.fingerprint import fingerprint
+from backend.app.monitoring.errors.severity import categorise, severity_for
+from backend.app.monitoring.errors.store import EVENT_COLUMNS
 from config import TestingConfig, normalise_database_url
 
 PG_BASE = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -28,7 +28,7 @@ def evaluate_and_deliver(app: Flask, client: Any, headers: dict[str, str]) -> di
     """POST evaluate (which only hands deliveries off), then do what the job worker does with them."""
     from datetime import UTC, datetime
 
-    from backend.app.alerts.delivery import deliver_pending
+    from backend.app.monitoring.alerts.delivery import deliver_pending
 
     result = client.post(EVALUATE, headers=headers).get_json()
     with app.app_context():
@@ -308,7 +308,7 @@ def test_concurrent_evaluators_send_one_message(
     """Eight evaluators racing on one state change write one delivery (optimistic version check)."""
     from datetime import UTC, datetime
 
-    from backend.app.alerts.engine import evaluate_rule
+    from backend.app.monitoring.alerts.engine import evaluate_rule
 
     app: Flask = request.getfixturevalue("app" if backend == "sqlite" else "pg_app")
     client = app.test_client()
@@ -362,9 +362,9 @@ def test_alert_and_slo_settings_come_from_the_environment() -> None:
 
 def test_two_apps_of_one_process_keep_their_own_evaluation_interval(make_app: Callable[..., Flask]) -> None:
     """#16: ALERTS_EVALUATE_SECONDS is one app's config: a second app built later does not reset the first's."""
-    from backend.app.alerts import JOB_KIND
     from backend.app.jobs.registry import app_schedules
     from backend.app.jobs.scheduler.periodic import PeriodicScheduler
+    from backend.app.monitoring.alerts import JOB_KIND
 
     fast = make_app(ALERTS_EVALUATE_SECONDS=1)
     slow = make_app(ALERTS_EVALUATE_SECONDS=900)

@@ -18,10 +18,10 @@ from typing import Any
 
 from flask import Flask
 
-from backend.app.alerts import evaluate_all
-from backend.app.alerts.slo import BURN_WINDOWS
 from backend.app.extensions import db
 from backend.app.models import SloMinute
+from backend.app.monitoring.alerts import evaluate_all
+from backend.app.monitoring.alerts.slo import BURN_WINDOWS
 from tests.conftest import ADMIN_EMAIL, bearer, login
 
 HOUR_ROW = 60_000  # an hourly row stands for 60 minutes of 1,000 requests

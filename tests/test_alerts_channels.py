@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from backend.app.alerts.delivery import deliver_pending
-from backend.app.alerts.destinations import (
+from backend.app.extensions import db
+from backend.app.jobs.worker import Worker, WorkerOptions
+from backend.app.models import AlertDelivery, AlertRule, SloMinute
+from backend.app.monitoring.alerts.delivery import deliver_pending
+from backend.app.monitoring.alerts.destinations import (
     WebhookDestinationError,
     WebhookHostUnresolvedError,
     breaker_name,
     check_url,
     verify_signature,
 )
-from backend.app.extensions import db
-from backend.app.jobs.worker import Worker, WorkerOptions
-from backend.app.models import AlertDelivery, AlertRule, SloMinute
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.peers.webhook_receiver import WebhookReceiver
 from tests.test_alerts_burn import traffic

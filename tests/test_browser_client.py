@@ -26,10 +26,10 @@ from sqlalchemy import func, select
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.serving import make_server
 
-from backend.app import credits
 from backend.app.edge.idempotency import idempotent
 from backend.app.extensions import db
 from backend.app.models import Render, Upload, User
+from backend.app.services import credits
 from tests.conftest import bearer, require_service
 from tests.peers.audio import AudioFactory
 

@@ -26,7 +26,6 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from backend.app import credits
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
@@ -34,6 +33,7 @@ from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import User
 from backend.app.models.billing import GRANT, CreditEntry
 from backend.app.resilience.retry import RetryPolicy
+from backend.app.services import credits
 from backend.logging_config import flush_logs
 from tests.conftest import read_log
 

@@ -9,10 +9,10 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from backend.app import credits
 from backend.app.errors import PaymentError
 from backend.app.extensions import db
 from backend.app.models import CreditAccount, CreditEntry, User
+from backend.app.services import credits
 
 
 def make_user(app: Flask, email: str = "c@example.com") -> int:

@@ -11,11 +11,11 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import update
 
-from backend.app import credits
 from backend.app.admin.dashboard import timeseries
 from backend.app.extensions import db
 from backend.app.models import ErrorMinute, Render
 from backend.app.monitoring import flush_error_stats
+from backend.app.services import credits
 from tests.conftest import ADMIN_EMAIL, bearer, login
 from tests.contract import assert_error
 from tests.peers.audio import AudioFactory

@@ -21,9 +21,9 @@ from sqlalchemy import func, select
 from backend.app.extensions import db
 from backend.app.models import ErrorEvent, ErrorGroup, ErrorMinute
 from backend.app.monitoring import flush_error_stats, get_recorder, record_error
-from backend.app.monitoring.fingerprint import fingerprint
-from backend.app.monitoring.retention import prune_error_events
-from backend.app.monitoring.store import ErrorEventData, write_batch
+from backend.app.monitoring.errors.fingerprint import fingerprint
+from backend.app.monitoring.errors.retention import prune_error_events
+from backend.app.monitoring.errors.store import ErrorEventData, write_batch
 from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
 from tests.contract import assert_error, assert_no_leak
 

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from backend.app.monitoring.classify import Category, Severity, categorise, categorise_client, severity_for
-from backend.app.monitoring.client_reports import sanitise, stack_functions, strip_markup
-from backend.app.monitoring.fingerprint import exception_frames, fingerprint, normalise_message
-from backend.app.monitoring.recorder import ErrorRecorder
-from backend.app.monitoring.stats import decode_cursor
-from backend.app.monitoring.store import ErrorEventData
+from backend.app.monitoring.errors.client_reports import sanitise, stack_functions, strip_markup
+from backend.app.monitoring.errors.fingerprint import exception_frames, fingerprint, normalise_message
+from backend.app.monitoring.errors.recorder import ErrorRecorder
+from backend.app.monitoring.errors.severity import Category, Severity, categorise, categorise_client, severity_for
+from backend.app.monitoring.errors.stats import decode_cursor
+from backend.app.monitoring.errors.store import ErrorEventData
 
 TESTS_ROOT = Path(__file__).resolve().parent
 
@@ -147,7 +147,7 @@ def test_a_full_buffer_drops_and_counts_instead_of_blocking(app: object) -> None
 
 def _refuse_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
     """The next `times` batch writes fail as they do while the database is unreachable."""
-    from backend.app.monitoring import recorder as recorder_module
+    from backend.app.monitoring.errors import recorder as recorder_module
 
     real = recorder_module.write_batch
     left = [times]

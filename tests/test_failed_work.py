@@ -24,7 +24,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from backend.app.admin.cli import cli_actor
-from backend.app.alerts.delivery import deliver_pending
 from backend.app.errors import ValidationError
 from backend.app.extensions import db
 from backend.app.jobs import REGISTRY, JobContext, enqueue
@@ -32,6 +31,7 @@ from backend.app.jobs.registry import JobKind
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import EmailOutbox, PendingSync
 from backend.app.models.job import DEAD, FAILED, QUEUED, SUCCEEDED, Job, JobStep
+from backend.app.monitoring.alerts.delivery import deliver_pending
 from backend.app.monitoring.inbox import FailedItem, FailedWorkKindUnknownError, FailedWorkNotOpenError, Inbox
 from backend.app.resilience.retry import RetryPolicy
 from backend.app.services import get_email, get_storage

@@ -20,10 +20,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from backend.app import credits
 from backend.app.edge.idempotency import fingerprint, get_store
 from backend.app.extensions import db
 from backend.app.models import IdempotencyRecord, Render, Upload
+from backend.app.services import credits
 from backend.app.services.rendering import get_renderer
 from tests.conftest import bearer, login, read_log
 from tests.contract import assert_error

@@ -22,9 +22,9 @@ import redis
 from flask import Flask
 from sqlalchemy import func, select
 
-from backend.app import credits
 from backend.app.extensions import db
 from backend.app.models import Render, Upload, User
+from backend.app.services import credits
 from bench import harness
 from bench.harness import base_env
 from tests.peers.audio import AudioFactory

@@ -34,11 +34,8 @@ _APP_LAYERS = {
     "resilience": "resilience",
     "utils": "resilience",  # the seed's path, re-exporting resilience.recovery
     "services": "services",
-    "credits": "services",
     "jobs": "jobs",
     "monitoring": "monitoring",
-    "alerts": "monitoring",
-    "metrics": "monitoring",
     "edge": "edge",
 }
 
@@ -180,7 +177,7 @@ def test_each_log_module_imports_only_the_ones_before_it() -> None:
 
 def test_the_layer_map_knows_every_folder_of_the_app() -> None:
     # A new top-level module or package must be placed in a layer on purpose, not fall into "blueprints".
-    blueprints = {"auth", "api", "admin", "renders", "payments", "downloads", "cli", "static"}
+    blueprints = {"auth", "api", "admin", "renders", "payments", "downloads", "static"}
     names = {p.stem if p.suffix == ".py" else p.name for p in (BACKEND / "app").iterdir() if not p.name.startswith("_")}
     assert names - set(_APP_LAYERS) - blueprints == set()
 

@@ -19,8 +19,6 @@ import stripe
 from flask import Flask
 from sqlalchemy import delete, func, select
 
-from backend.app import credits
-from backend.app.alerts.engine import evaluate_condition
 from backend.app.extensions import db
 from backend.app.models import (
     AlertRule,
@@ -33,8 +31,10 @@ from backend.app.models import (
     User,
 )
 from backend.app.monitoring import flush_error_stats
+from backend.app.monitoring.alerts.engine import evaluate_condition
 from backend.app.monitoring.inbox import Inbox
 from backend.app.payments.failed_work import PaymentInboxSource
+from backend.app.services import credits
 from tests.conftest import bearer, login, read_log
 from tests.contract import assert_error
 from tests.peers import stripe_peer as stripe_module

@@ -18,14 +18,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from backend.app import credits
 from backend.app.errors import RenderingError, RenderingTimeoutError
 from backend.app.extensions import db
 from backend.app.models import EmailOutbox, Upload
 from backend.app.renders.runner import run_render
 from backend.app.resilience.classifier import ErrorKind, classify, is_breaker_failure
 from backend.app.resilience.recovery import get_breaker
-from backend.app.services import get_storage
+from backend.app.services import credits, get_storage
 from backend.app.services.rendering import Renderer, RenderSettings, RenderSpec
 from tests.conftest import bearer, login, read_log
 from tests.peers.audio import AudioFactory

@@ -17,13 +17,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from backend.app import credits
 from backend.app.errors import RenderingResourceError
 from backend.app.extensions import db
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import CreditEntry, Render, Upload
 from backend.app.renders.runner import run_render
-from backend.app.services import get_storage
+from backend.app.services import credits, get_storage
 from tests.conftest import bearer, login
 from tests.contract import assert_error
 from tests.peers.audio import AudioFactory

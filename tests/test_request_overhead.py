@@ -121,7 +121,7 @@ def test_point9_error_listeners_are_called_without_blinkers_send(
 
 def test_point9_frame_labels_are_remembered_per_code_object() -> None:
     """The error capture's frame walk labels each code object once; in-app frames are found as before."""
-    from backend.app.monitoring import fingerprint
+    from backend.app.monitoring.errors import fingerprint
 
     def raise_here() -> None:
         raise ValueError("x")

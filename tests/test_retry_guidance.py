@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from backend.app import credits
 from backend.app.edge.idempotency import fingerprint, get_store
 from backend.app.error_catalog import entries, lookup
 from backend.app.resilience.state import get_breaker
+from backend.app.services import credits
 from tests.conftest import bearer, login
 from tests.contract import assert_error
 from tests.peers.audio import AudioFactory

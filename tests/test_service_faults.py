@@ -25,10 +25,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event, select
 
-from backend.app.alerts.delivery import deliver_pending
 from backend.app.errors import APIError
 from backend.app.extensions import db
 from backend.app.models import ServiceFault
+from backend.app.monitoring.alerts.delivery import deliver_pending
 from backend.app.monitoring.service_faults import get_monitor
 from backend.app.resilience.recovery import get_breaker, with_error_recovery
 from backend.app.services import get_email, get_storage

@@ -19,7 +19,6 @@ from config import Config, load_config
 
 from ..log.redaction import register_secrets
 from ..log.setup import configure_logging
-from .alerts import init_alerts
 from .edge.ingress import init_ingress
 from .edge.rate_limits import init_rate_limits
 from .edge.request_context import init_request_context
@@ -28,9 +27,10 @@ from .edge.routing import IdConverter
 from .errors import init_error_handlers
 from .extensions import db, jwt, migrate
 from .jobs import init_jobs
-from .metrics import init_metrics
 from .monitoring import init_error_stats
+from .monitoring.alerts import init_alerts
 from .monitoring.health import init_service_health
+from .monitoring.metrics import init_metrics
 from .monitoring.service_faults import init_service_faults
 from .resilience.database_breaker import install_database_breaker
 from .resilience.faults import init_fault_injection
@@ -254,17 +254,17 @@ def _register_blueprints(app: Flask) -> None:
 
 def _import_job_kinds() -> None:
     """Every module that declares job kinds, in one place (kinds are code: each registers once per process)."""
-    from . import alerts  # noqa: F401 - monitoring.alerts, monitoring.alerts.deliver
     from .jobs import kinds  # noqa: F401 - maintenance, storage.sync, email.outbox
-    from .monitoring import retention  # noqa: F401 - monitoring.prune_errors
+    from .monitoring import alerts  # noqa: F401 - monitoring.alerts, monitoring.alerts.deliver
+    from .monitoring.errors import retention  # noqa: F401 - monitoring.prune_errors
     from .renders import jobs  # noqa: F401 - render
 
 
 def _register_cli(app: Flask) -> None:
     """Every `flask` command group of the app, in one place, then the guard that makes user errors one line."""
     from .admin.cli import monitoring_cli
+    from .api.cli import error_catalog, guard_commands
     from .auth.cli import users
-    from .cli import error_catalog, guard_commands
     from .jobs.cli import jobs_cli
     from .payments.cli import credits_cli
     from .services.cli import services_cli

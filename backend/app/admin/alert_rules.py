@@ -8,15 +8,15 @@ from flask import current_app
 from flask_jwt_extended import current_user
 
 from ...log.events import log_security_event
-from ..alerts import DELIVER_KIND, budgets, evaluate_rules
-from ..alerts.delivery import send_test
-from ..alerts.schemas import AlertRuleRequest
-from ..alerts.views import check_rule, delete_rule, delivery_dict, rotate_secret, rule_dict, save_rule
 from ..auth.decorators import admin_required
 from ..edge.openapi import documented
 from ..edge.validation import parse_json
 from ..errors import NotFoundError
 from ..extensions import db
+from ..monitoring.alerts import DELIVER_KIND, budgets, evaluate_rules
+from ..monitoring.alerts.delivery import send_test
+from ..monitoring.alerts.rules import check_rule, delete_rule, delivery_dict, rotate_secret, rule_dict, save_rule
+from ..monitoring.alerts.schemas import AlertRuleRequest
 from ..timeutil import utcnow
 from .error_monitoring import admin_actor, bp, find_breaker
 from .schemas import (

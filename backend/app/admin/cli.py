@@ -151,7 +151,7 @@ def _percent(ratio: float | None) -> str:
 @with_appcontext
 def stats(as_json: bool, top: int) -> None:
     """Totals, rates over 1m/5m/1h/24h and the top groups (the /errors/stats view)."""
-    from ..monitoring.stats import error_stats
+    from ..monitoring.errors.stats import error_stats
 
     data = error_stats(db.session, top=top)
     totals = data["totals"]
@@ -276,8 +276,8 @@ def dlq_requeue(job_id: int, as_json: bool) -> None:
 @with_appcontext
 def alerts_test(name: str, as_json: bool) -> None:
     """Evaluate one rule's condition now, without changing its state or sending anything."""
-    from ..alerts.engine import evaluate_condition
     from ..models import AlertRule
+    from ..monitoring.alerts.engine import evaluate_condition
 
     rule = db.session.scalar(select(AlertRule).where(AlertRule.name == name))
     if rule is None:

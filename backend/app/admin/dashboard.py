@@ -22,7 +22,7 @@ from ..errors import ValidationError
 from ..extensions import db
 from ..models import ErrorMinute, Render
 from ..models.media import QUEUED, RENDER_STATUSES, RUNNING
-from ..monitoring.store import floor_minute
+from ..monitoring.errors.store import floor_minute
 from ..timeutil import as_utc, iso_micro, utcnow
 
 bp = Blueprint("dashboard", __name__)

@@ -20,11 +20,11 @@ from ..edge.validation import parse_query
 from ..errors import NotFoundError, ValidationError
 from ..extensions import db
 from ..monitoring import get_recorder
+from ..monitoring.errors.stats import decode_cursor, error_stats, recent_events
 from ..monitoring.health import service_health
-from ..monitoring.queries import RecentErrorsQuery, StatsQuery
-from ..monitoring.stats import decode_cursor, error_stats, recent_events
 from ..resilience.breaker import BreakerRegistry, CircuitBreaker
 from ..timeutil import iso_seconds
+from .queries import RecentErrorsQuery, StatsQuery
 from .schemas import ErrorStatsOut, HealthCheckOut, RecentErrorsOut, ServicesHealthOut
 
 bp = Blueprint("monitoring", __name__, url_prefix="/admin/api/monitoring")

@@ -27,10 +27,10 @@ from ..extensions import db
 from ..models import ErrorEvent
 from ..models.media import FAILED as RENDER_FAILED
 from ..models.media import Render
-from ..monitoring.classify import categorise, severity_for
 from ..monitoring.degradation import degradation, public_health, system_notifications
+from ..monitoring.errors.severity import categorise, severity_for
 from ..monitoring.health import EXTENSION as HEALTH_EXTENSION
-from ..monitoring.health import ProbeResult
+from ..monitoring.probes import ProbeResult
 from ..renders.runner import JOB_KIND as RENDER_JOB_KIND
 from ..timeutil import epoch_iso, iso_micro
 from . import bp

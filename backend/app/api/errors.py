@@ -24,8 +24,8 @@ from ..errors import ExternalServiceError, NotFoundError
 from ..extensions import db
 from ..models import ErrorEvent, ErrorGroup
 from ..monitoring import get_recorder
-from ..monitoring.client_reports import build_client_event
-from ..monitoring.stats import group_dict, summary
+from ..monitoring.errors.client_reports import build_client_event
+from ..monitoring.errors.stats import group_dict, summary
 from ..request_id import get_request_id
 from ..timeutil import iso_seconds, utcnow
 from . import bp

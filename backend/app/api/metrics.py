@@ -1,4 +1,4 @@
-"""`GET /metrics`: the Prometheus scrape of the app's metrics (backend/app/metrics.py), behind METRICS_TOKEN."""
+"""`GET /metrics`: the Prometheus scrape of monitoring/metrics.py, behind METRICS_TOKEN."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, request
 from ..edge.openapi import documented
 from ..edge.rate_limits import never_rate_limited
 from ..errors import AuthenticationError
-from ..metrics import EXTENSION, Metrics
+from ..monitoring.metrics import EXTENSION, Metrics
 
 #: Registered by create_app when METRICS_ENABLED (its own blueprint: the scrape lives at the root, not under /api).
 bp = Blueprint("metrics", __name__)

@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..edge.validation import StrictModel
-from ..monitoring.client_reports import ClientErrorReport as ClientErrorReport  # the body of POST /api/errors/report
+from ..monitoring.errors.client_reports import (
+    ClientErrorReport as ClientErrorReport,  # the body of POST /api/errors/report
+)
 
 
 class CatalogEntryOut(BaseModel):

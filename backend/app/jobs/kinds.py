@@ -11,7 +11,8 @@
 
 Kinds are code, registered once per process when this module is imported (create_app imports it);
 how often a periodic kind runs is each app's own (`registry.schedule_for_app`). The blueprints and
-monitoring declare their kinds in their own modules (`renders/jobs.py`, `alerts/`, `monitoring/retention.py`).
+monitoring declare their kinds in their own modules (`renders/jobs.py`, `monitoring/alerts/`,
+`monitoring/errors/retention.py`).
 """
 
 from __future__ import annotations

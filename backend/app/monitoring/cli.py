@@ -7,7 +7,7 @@ import json
 import click
 from flask.cli import with_appcontext
 
-from .retention import prune_configured
+from .errors.retention import prune_configured
 
 
 @click.command("prune-errors")

@@ -17,7 +17,7 @@ from flask import Flask
 
 from ..resilience.breaker import is_internal
 from ..timeutil import iso, utcnow
-from .health import find_adapter, is_configured
+from .probes import find_adapter, is_configured
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from ...log.redaction import redact_value
 from ..models import ErrorEvent, ErrorGroup
 from ..models.job import Job
 from ..timeutil import iso_micro
-from .stats import event_dict, group_dict
+from .errors.stats import event_dict, group_dict
 
 logger = logging.getLogger(__name__)
 

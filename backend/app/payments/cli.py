@@ -9,10 +9,10 @@ from flask.cli import AppGroup
 from sqlalchemy import func, select
 
 from ...log.events import log_security_event
-from .. import credits
 from ..admin.cli import cli_actor
 from ..extensions import db
 from ..models import User
+from ..services import credits
 
 # One grant adds at most this many credits: a typo (an extra zero or three) must not mint a fortune.
 MAX_GRANT = 1000

@@ -28,11 +28,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .. import credits
 from ..extensions import db
 from ..models import ProcessedStripeEvent, User
 from ..models.billing import DISPUTED, ISSUE_OPEN, PARTIALLY_REFUNDED, REFUNDED
-from ..services import get_email
+from ..services import credits, get_email
 from . import notices, unapplied
 from .purchases import ClawBack, PackSale, claw_back, grant_sale, refund_target
 from .unapplied import CHARGE_UNUSABLE, SESSION_METADATA_UNUSABLE, UNKNOWN_CHARGE, UNKNOWN_USER, NotAppliedError

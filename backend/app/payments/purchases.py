@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from .. import credits
 from ..extensions import db
 from ..models.billing import DISPUTED, GRANT, PAID, PARTIALLY_REFUNDED, REFUNDED, CreditPurchase
+from ..services import credits
 from ..timeutil import utcnow
 
 logger = logging.getLogger(__name__)

@@ -9,14 +9,13 @@ from typing import Any
 from flask import request
 from flask_jwt_extended import current_user
 
-from .. import credits
 from ..auth.decorators import login_required
 from ..edge.idempotency import HEADER_DOC as IDEMPOTENCY_HEADER_DOC
 from ..edge.idempotency import idempotent
 from ..edge.idempotency import read_key as read_idempotency_key
 from ..edge.openapi import documented
 from ..edge.validation import parse_json
-from ..services import get_payments
+from ..services import credits, get_payments
 from . import bp
 from .events import process_event
 from .schemas import CheckoutOut, CheckoutRequest, CreditsOut, WebhookAck

@@ -19,11 +19,11 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ...log.redaction import clean_text as _clean
-from ..credits import insert_ignore
 from ..errors import APIError
 from ..extensions import db
 from ..models.billing import ISSUE_APPLIED, ISSUE_OPEN, UnappliedPayment
 from ..resilience.history import append_error
+from ..services.credits import insert_ignore
 from ..timeutil import iso, utcnow
 
 logger = logging.getLogger(__name__)

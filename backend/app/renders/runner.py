@@ -38,7 +38,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ...log.context import log_context
 from ...log.redaction import redact_value
-from .. import credits
 from ..errors import APIError, NotFoundError
 from ..extensions import db
 from ..jobs import JobContext, LeaseLostError, enqueue
@@ -46,7 +45,7 @@ from ..jobs.records import still_held
 from ..models.media import FAILED, QUEUED, RUNNING, SUCCEEDED, Render, Upload
 from ..models.user import User
 from ..resilience.classifier import classify
-from ..services import get_email, get_storage
+from ..services import credits, get_email, get_storage
 from ..services.audio import FORMATS
 from ..services.rendering import RenderSpec, get_renderer
 from ..timeutil import utcnow

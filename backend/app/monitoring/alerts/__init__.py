@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from ..jobs import JobContext, register_periodic
-from ..jobs.registry import REGISTRY, job_kind, schedule_for_app
-from ..timeutil import utcnow
+from ...jobs import JobContext, register_periodic
+from ...jobs.registry import REGISTRY, job_kind, schedule_for_app
+from ...timeutil import utcnow
 from .delivery import deliver_pending
 from .engine import evaluate_all, evaluate_rules, firing_notifications
 from .slo import budgets, init_slo

@@ -43,7 +43,7 @@ WINDOW = Param("integer", low=60, high=90 * DAY)
 
 
 def _inbox_kinds() -> tuple[str, ...]:
-    from ..monitoring.inbox import KINDS  # at validation time: the inbox imports the job layer
+    from ..inbox import KINDS  # at validation time: the inbox imports the job layer
 
     return tuple(KINDS)
 

@@ -18,15 +18,15 @@ from typing import Any, NamedTuple
 from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException
 
-from ...log.context import peek_log_context
-from ...log.redaction import clean_text as clean_log_text
-from ...log.redaction import redact_value, secrets_generation
-from ..errors import APIError
-from ..ids import uuid7_hex
-from ..request_id import get_request_id
-from ..timeutil import utcnow
-from .classify import Category, categorise, categorise_client, severity_for
+from ....log.context import peek_log_context
+from ....log.redaction import clean_text as clean_log_text
+from ....log.redaction import redact_value, secrets_generation
+from ...errors import APIError
+from ...ids import uuid7_hex
+from ...request_id import get_request_id
+from ...timeutil import utcnow
 from .fingerprint import exception_frames, fingerprint, normalise_message
+from .severity import Category, categorise, categorise_client, severity_for
 from .store import CLIENT_SOURCE, ErrorEventData
 
 MESSAGE_LIMIT = 1000

@@ -27,10 +27,10 @@ from flask import current_app
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .errors import PaymentError
-from .extensions import db
-from .models.billing import CLAWBACK, CONSUME, DEBT, DEBT_SETTLED, GRANT, REFUND, CreditAccount, CreditEntry
-from .timeutil import utcnow
+from ..errors import PaymentError
+from ..extensions import db
+from ..models.billing import CLAWBACK, CONSUME, DEBT, DEBT_SETTLED, GRANT, REFUND, CreditAccount, CreditEntry
+from ..timeutil import utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -32,12 +32,12 @@ from flask import Flask, Request, Response, g
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..extensions import db
-from ..models import SloMinute
-from ..monitoring.store import minute_from_epoch, upsert_add
-from ..signals import request_finished
-from ..sweeper import Sweeper
-from ..timeutil import utcnow
+from ...extensions import db
+from ...models import SloMinute
+from ...signals import request_finished
+from ...sweeper import Sweeper
+from ...timeutil import utcnow
+from ..errors.store import minute_from_epoch, upsert_add
 
 logger = logging.getLogger(__name__)
 

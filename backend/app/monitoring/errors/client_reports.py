@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...log.redaction import neutralise, redact
+from ....log.redaction import neutralise, redact
 from .events import from_client_report
 from .store import ErrorEventData
 

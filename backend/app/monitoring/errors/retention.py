@@ -16,11 +16,11 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import Engine, delete, select
 
-from ..extensions import db
-from ..jobs.context import JobContext
-from ..jobs.registry import register_periodic
-from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroupHour, ErrorMinute
-from ..timeutil import utcnow
+from ...extensions import db
+from ...jobs.context import JobContext
+from ...jobs.registry import register_periodic
+from ...models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroupHour, ErrorMinute
+from ...timeutil import utcnow
 
 logger = logging.getLogger(__name__)
 

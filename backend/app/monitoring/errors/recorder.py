@@ -24,8 +24,8 @@ from flask import Flask
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..extensions import db
-from ..resilience import database_breaker
+from ...extensions import db
+from ...resilience import database_breaker
 from .events import PendingEvent
 from .store import ErrorEventData, write_batch
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics, served at `GET /metrics` (api/metrics.py), correct under many gunicorn workers.
+"""Prometheus metrics, served at `GET /metrics` (the view: api/metrics.py), correct under many gunicorn workers.
 
 Counters are fed by hooks that already exist: a request observer called from the app's one
 `after_request` hook (requests by method, endpoint and status, and their durations), the
@@ -28,13 +28,13 @@ from typing import Any
 
 from flask import Flask, Request, Response
 
-from ..log.redaction import register_secrets
-from .errors import APIError
-from .resilience.breaker import BreakerListener, CircuitBreaker
-from .resilience.breaker_store import BreakerState
-from .resilience.classifier import classify
-from .resilience.state import RecoveryEvent
-from .signals import error_occurred, request_finished
+from ...log.redaction import register_secrets
+from ..errors import APIError
+from ..resilience.breaker import BreakerListener, CircuitBreaker
+from ..resilience.breaker_store import BreakerState
+from ..resilience.classifier import classify
+from ..resilience.state import RecoveryEvent
+from ..signals import error_occurred, request_finished
 
 logger = logging.getLogger(__name__)
 
@@ -185,9 +185,9 @@ class _ScrapeTimeCollector:
         from prometheus_client.core import GaugeMetricFamily
         from sqlalchemy import func, select
 
-        from .extensions import db
-        from .jobs import queue_depth
-        from .models.job import Job
+        from ..extensions import db
+        from ..jobs import queue_depth
+        from ..models.job import Job
 
         with self.app.app_context():
             depth = queue_depth()

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import CodeType, TracebackType
 
 #: The in-app code: frames under this folder are ours, everything else is a library.
-BACKEND_ROOT = Path(__file__).resolve().parents[2]
+BACKEND_ROOT = Path(__file__).resolve().parents[3]
 #: Frames of the monitoring and error-handling machinery say nothing about where the bug is.
 _IGNORED_IN_APP = ("app/monitoring/", "app/error_handlers.py")
 MAX_FRAMES = 12

@@ -28,12 +28,12 @@ import requests
 from flask import Flask
 from sqlalchemy import select, update
 
-from ..errors import APIError
-from ..extensions import db
-from ..models.alert import CANCELLED, FAILED, PENDING, SENT, AlertDelivery, AlertRule
-from ..resilience.recovery import call_with_recovery
-from ..resilience.retry import RetryPolicy, backoff_ceiling
-from ..timeutil import iso
+from ...errors import APIError
+from ...extensions import db
+from ...models.alert import CANCELLED, FAILED, PENDING, SENT, AlertDelivery, AlertRule
+from ...resilience.recovery import call_with_recovery
+from ...resilience.retry import RetryPolicy, backoff_ceiling
+from ...timeutil import iso
 from .destinations import SIGNATURE_HEADER, WebhookDestinationError, breaker_name, check_url, signature_header
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def send(
         _send_http(app, breaker_name(channel) or SERVICE, url, body, headers, retries=retries)
         return None
     if channel["type"] == "email":
-        from ..services import get_email
+        from ...services import get_email
 
         # The email service has its own breaker, recovery and outbox; the dedup key makes a retry send once.
         result = get_email().send(channel["to"], payload["subject"], payload["text"], dedup_key=dedup)

@@ -7,10 +7,10 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import delete, select, update
 
-from ..errors import ValidationError
-from ..extensions import db
-from ..models.alert import CANCELLED, PENDING, AlertDelivery, AlertRule
-from ..timeutil import iso, utcnow
+from ...errors import ValidationError
+from ...extensions import db
+from ...models.alert import CANCELLED, PENDING, AlertDelivery, AlertRule
+from ...timeutil import iso, utcnow
 from .destinations import breaker_name, check_url, new_secret
 from .params import param_errors
 from .schemas import AlertRuleRequest

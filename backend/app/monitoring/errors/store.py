@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, and_, case, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..ids import uuid7_hex_batch
-from ..models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+from ...ids import uuid7_hex_batch
+from ...models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
 
 #: The source of events reported by browser clients; every other source is the server's own.
 CLIENT_SOURCE = "client"

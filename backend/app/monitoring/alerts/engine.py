@@ -37,11 +37,11 @@ from flask import Flask
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..extensions import db
-from ..models import ErrorCodeMinute, ErrorMinute, Job, SloMinute
-from ..models.alert import PENDING, AlertDelivery, AlertRule
-from ..monitoring.service_faults import misconfigured_condition
-from ..timeutil import as_utc, iso, utcnow
+from ...extensions import db
+from ...models import ErrorCodeMinute, ErrorMinute, Job, SloMinute
+from ...models.alert import PENDING, AlertDelivery, AlertRule
+from ...timeutil import as_utc, iso, utcnow
+from ..service_faults import misconfigured_condition
 from .delivery import build_payload, deliver_pending
 from .slo import burn_rate, objective_for, window_counts
 
@@ -257,7 +257,7 @@ def evaluate_rules(app: Flask, now: datetime | None = None) -> dict[str, Any]:
     counter = app.extensions.get("slo_counter")
     if counter is not None:
         counter.flush()
-    from ..monitoring import flush_error_stats
+    from ..errors import flush_error_stats
 
     flush_error_stats(app)
     events: dict[str, str] = {}

@@ -15,11 +15,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config import ConfigError
 
-from .db_errors import is_login_refused, is_unreachable, missing_schema
-from .error_catalog import render_markdown
-from .errors import APIError
+from ..db_errors import is_login_refused, is_unreachable, missing_schema
+from ..error_catalog import render_markdown
+from ..errors import APIError
 
-DOCS_ERRORS = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
+DOCS_ERRORS = Path(__file__).resolve().parents[3] / "docs" / "errors.md"
 _GUARDED = "__oriel_cli_guarded__"
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from ..models import ErrorCodeHour, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
-from ..timeutil import iso_micro, utcnow
+from ...models import ErrorCodeHour, ErrorEvent, ErrorGroup, ErrorGroupHour, ErrorMinute
+from ...timeutil import iso_micro, utcnow
 from .store import CLIENT_SOURCE, floor_hour, floor_minute
 
 #: Rate windows in minutes, each ending with (and including) the current minute.

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ValidationError
-from ..resilience.breaker import INTERNAL_PREFIX
+from ...errors import ValidationError
+from ...resilience.breaker import INTERNAL_PREFIX
 
 SIGNATURE_HEADER = "X-Oriel-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300
