@@ -75,6 +75,26 @@ def test_frames_use_function_names_not_line_numbers_and_only_in_app_code() -> No
         assert all(not f.startswith("/") for f in exception_frames(exc, TESTS_ROOT))
 
 
+def test_alerts_and_metrics_frames_still_group_after_their_move_under_monitoring() -> None:
+    """#16 moved alerts/ and metrics.py under monitoring/: their frames stay in-app, the capture machinery does not."""
+    from backend.app.monitoring.errors.fingerprint import BACKEND_ROOT, in_app_frames
+
+    def raised_in(relative: str) -> list[str]:
+        namespace: dict[str, Any] = {}
+        source = "def deliver():\n    raise RuntimeError('boom')\n"
+        exec(compile(source, str(BACKEND_ROOT / relative), "exec"), namespace)
+        try:
+            namespace["deliver"]()
+        except RuntimeError as exc:
+            return in_app_frames(exc.__traceback__)
+        raise AssertionError("not raised")
+
+    assert raised_in("app/monitoring/alerts/delivery.py") == ["app/monitoring/alerts/delivery.py:deliver"]
+    assert raised_in("app/monitoring/metrics.py") == ["app/monitoring/metrics.py:deliver"]
+    assert raised_in("app/monitoring/errors/recorder.py") == []
+    assert raised_in("app/error_handlers.py") == []
+
+
 def test_code_endpoint_and_type_split_groups() -> None:
     exc = _caught(_lookup_user, 1)
     assert _fp(exc, code="A") != _fp(exc, code="B")

@@ -133,8 +133,10 @@ def test_point9_frame_labels_are_remembered_per_code_object() -> None:
         tb = exc.__traceback__
     # This file is outside backend/: no in-app frame, and each code object is remembered as such.
     assert frames == []
-    assert tb is not None and fingerprint._LABELS.get(tb.tb_frame.f_code, "missing") is None
-    fingerprint._LABELS[raise_here.__code__] = "app/pretend.py:raise_here"  # a remembered label is what counts
+    code = tb.tb_frame.f_code if tb is not None else None
+    assert code is not None and fingerprint._LABELS.get((code, code.co_filename), "missing") is None
+    here = raise_here.__code__
+    fingerprint._LABELS[(here, here.co_filename)] = "app/pretend.py:raise_here"  # a remembered label is what counts
     try:
         raise_here()
     except ValueError as exc:
