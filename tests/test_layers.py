@@ -50,6 +50,7 @@ _APP_LAYERS = {
     "openapi": "edge",
     "http_edge": "edge",
     "observability": "edge",
+    "tracing": "base",
 }
 
 # Upward imports still in the code, as (importing module, imported module). Remove a line when its import goes;
