@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
+from sqlalchemy import text
 
+from backend.app.errors import ValidationError
+from backend.app.extensions import db
+from backend.app.jobs import REGISTRY, JobContext, enqueue
+from backend.app.jobs.registry import JobKind
+from backend.app.jobs.worker import Worker, WorkerOptions
+from backend.app.redis_client import make_redis_client
+from backend.app.resilience.retry import RetryPolicy
 from backend.app.tracing import tracing_of
 from tests.peers.otlp import OTLPReceiver
 
@@ -33,6 +41,25 @@ def make_traced_app(make_app: Callable[..., Flask], otlp_receiver: OTLPReceiver)
         tracing = tracing_of(app)
         if tracing is not None:
             tracing.shutdown()
+    # Redis is instrumented once per process (the class, not a client): undone so later tests run unwrapped.
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    RedisInstrumentor().uninstrument()
+
+
+@pytest.fixture
+def kinds() -> Iterator[Callable[[JobKind], JobKind]]:
+    """Register job kinds for one test; removed afterwards."""
+    added: list[str] = []
+
+    def add(kind: JobKind) -> JobKind:
+        REGISTRY.register(kind, replace=True)
+        added.append(kind.name)
+        return kind
+
+    yield add
+    for name in added:
+        REGISTRY.unregister(name)
 
 
 def _flush(app: Flask) -> None:
@@ -117,3 +144,119 @@ def test_the_sampler_variable_can_switch_every_span_off(
     app.test_client().get("/healthz")
     _flush(app)
     assert otlp_receiver.requests == 0 and otlp_receiver.spans == []
+
+
+# -- point 2: request, SQL, Redis and job spans; errors on the span ---------------------------------------------
+
+
+def _traced_routes(app: Flask) -> None:
+    """Routes that do what the assertions look for (a parameterised rule, SQL, Redis, errors, a job)."""
+
+    def item(item_id: int) -> dict[str, Any]:
+        db.session.execute(text("SELECT 1")).scalar_one()
+        return {"id": item_id}
+
+    def cached() -> dict[str, Any]:
+        make_redis_client(app.config["REDIS_URL"]).get("oriel-test-tracing")
+        return {"ok": True}
+
+    def invalid() -> None:
+        raise ValidationError("Not like that.")
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    def start_job() -> dict[str, Any]:
+        return {"job_id": enqueue(request.args["kind"]).id}
+
+    app.add_url_rule("/test/items/<int:item_id>", view_func=item)
+    app.add_url_rule("/test/cached", view_func=cached)
+    app.add_url_rule("/test/invalid", view_func=invalid)
+    app.add_url_rule("/test/broken", view_func=broken)
+    app.add_url_rule("/test/jobs", view_func=start_job, methods=["POST"])
+
+
+def _run_jobs(app: Flask) -> int:
+    options = WorkerOptions(
+        install_signals=False, schedule=False, poll_seconds=0.02, heartbeat_seconds=0.1, burst=True, max_seconds=20.0
+    )
+    return Worker(app, options).run()
+
+
+def test_the_route_is_the_request_span_name_and_each_sql_statement_its_child(
+    make_traced_app: Callable[..., Flask], otlp_receiver: OTLPReceiver
+) -> None:
+    app = make_traced_app()
+    _traced_routes(app)
+    assert app.test_client().get("/test/items/7").status_code == 200
+    _flush(app)
+    spans = otlp_receiver.wait_for(lambda spans: bool([s for s in spans if s.name == "GET /test/items/<int:item_id>"]))
+    request_span = next(s for s in spans if s.name == "GET /test/items/<int:item_id>")
+    sql = [s for s in spans if s.parent_span_id == request_span.span_id and s.kind == "CLIENT"]
+    assert any(s.attributes.get("db.statement") == "SELECT 1" for s in sql), [s.attributes for s in sql]
+    assert request_span.attributes.get("http.route") == "/test/items/<int:item_id>"
+
+
+def test_redis_commands_are_children_of_the_request(
+    make_traced_app: Callable[..., Flask], otlp_receiver: OTLPReceiver
+) -> None:
+    app = make_traced_app(REDIS_URL="redis://127.0.0.1:6379/0")
+    _traced_routes(app)
+    assert app.test_client().get("/test/cached").status_code == 200
+    _flush(app)
+    spans = otlp_receiver.wait_for(lambda spans: any(s.name == "GET /test/cached" for s in spans))
+    request_span = next(s for s in spans if s.name == "GET /test/cached")
+    redis_spans = [s for s in spans if s.attributes.get("db.system") == "redis"]
+    get = [s for s in redis_spans if s.name == "GET" and s.parent_span_id == request_span.span_id]
+    assert get and get[0].trace_id == request_span.trace_id, [(s.name, s.parent_span_id) for s in redis_spans]
+
+
+def test_a_client_error_records_our_code_and_a_server_error_also_sets_the_status(
+    make_traced_app: Callable[..., Flask], otlp_receiver: OTLPReceiver
+) -> None:
+    app = make_traced_app()
+    _traced_routes(app)
+    client = app.test_client()
+    assert client.get("/test/invalid").status_code == 422
+    assert client.get("/test/broken").status_code == 500
+    _flush(app)
+    spans = otlp_receiver.wait_for(lambda spans: {"GET /test/invalid", "GET /test/broken"} <= {s.name for s in spans})
+    invalid = next(s for s in spans if s.name == "GET /test/invalid")
+    broken = next(s for s in spans if s.name == "GET /test/broken")
+    assert invalid.attributes["oriel.error_code"] == "VALIDATION_ERROR"
+    assert invalid.status == "UNSET"  # the client's error, as OpenTelemetry's HTTP conventions say
+    assert broken.attributes["oriel.error_code"] == "INTERNAL_ERROR"
+    assert broken.status == "ERROR"
+    assert any(event["name"] == "exception" for event in broken.events)
+
+
+def test_a_job_run_is_a_child_of_the_request_that_enqueued_it(
+    make_traced_app: Callable[..., Flask], otlp_receiver: OTLPReceiver, kinds: Callable[[JobKind], JobKind]
+) -> None:
+    def handler(ctx: JobContext) -> None:
+        db.session.execute(text("SELECT 2")).scalar_one()
+
+    def failing(ctx: JobContext) -> None:
+        raise ValidationError("Recipient address is invalid.")
+
+    kinds(JobKind("test.traced", handler))
+    kinds(JobKind("test.traced_failing", failing, policy=RetryPolicy(max_attempts=1)))
+    app = make_traced_app()
+    _traced_routes(app)
+    client = app.test_client()
+    job_id = client.post("/test/jobs?kind=test.traced").get_json()["job_id"]
+    client.post("/test/jobs?kind=test.traced_failing")
+    assert _run_jobs(app) == 2
+    _flush(app)
+    spans = otlp_receiver.wait_for(lambda spans: len([s for s in spans if s.name.startswith("job ")]) == 2)
+    requests = [s for s in spans if s.name == "POST /test/jobs"]
+    job = next(s for s in spans if s.name == "job test.traced")
+    parent = next(s for s in requests if s.span_id == job.parent_span_id)
+    assert job.trace_id == parent.trace_id and job.kind == "CONSUMER"
+    assert job.attributes["oriel.job.id"] == job_id and job.attributes["oriel.job.attempt"] == 1
+    assert any(s.parent_span_id == job.span_id and s.attributes.get("db.statement") == "SELECT 2" for s in spans)
+    failed = next(s for s in spans if s.name == "job test.traced_failing")
+    assert failed.status == "ERROR" and failed.attributes["oriel.error_code"] == "VALIDATION_ERROR"
+    assert failed.parent_span_id in {s.span_id for s in requests}
+    # The worker's polling (claims, heartbeats) runs outside any request or job: it starts no trace.
+    assert all(s.parent_span_id for s in spans if s.kind == "CLIENT"), [s.name for s in spans if not s.parent_span_id]

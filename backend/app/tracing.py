@@ -1,4 +1,4 @@
-"""OpenTelemetry traces (issue #17): a span for every request, exported by OTLP/HTTP.
+"""OpenTelemetry traces (issue #17): spans for requests, SQL, Redis and job runs, exported by OTLP/HTTP.
 
 Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is configured: then
 `init_tracing` returns at once, none of the trace SDK, exporter, instrumentations or propagators is imported,
@@ -7,26 +7,35 @@ On, each app gets its own `TracerProvider` (tests build many apps in one process
 `flask jobs worker` builds one) with a `BatchSpanProcessor` and the OTLP/HTTP protobuf exporter. The SDK reads
 the other standard variables itself: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS
 and _TIMEOUT, OTEL_TRACES_SAMPLER and _ARG, OTEL_BSP_* (queue size, batch size, delay).
+
+What is traced: every request (the Flask instrumentation; the route is the span name), every SQL statement
+of the app's engines, Redis commands, and every job run, a child of the request (or job) that enqueued it:
+`current_traceparent()` is stored on the job record and `job_span` continues it. SQL and Redis calls made
+outside any request or job (a worker polling for jobs) start no trace of their own (`_NoOrphanClientSpans`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+from flask import Flask, current_app, has_app_context
+
+from .signals import error_occurred, job_failed
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Tracer
+    from opentelemetry.trace import Span, Tracer
 
 logger = logging.getLogger(__name__)
 
 EXTENSION = "tracing"
 DEFAULT_SERVICE_NAME = "oriel-signal-fx"
 TRACES_PATH = "/v1/traces"  # appended to the generic endpoint, as the OTLP exporter specification says
+ERROR_CODE_ATTRIBUTE = "oriel.error_code"
 TRACER_NAME = "backend.app"
 
 
@@ -70,6 +79,8 @@ def init_tracing(app: Flask) -> Tracing | None:
     tracing = _build(endpoint)
     app.extensions[EXTENSION] = tracing
     _instrument(app, tracing)
+    error_occurred.connect(_on_error_occurred, sender=app, weak=False)
+    job_failed.connect(_on_job_failed, sender=app, weak=False)
     logger.info("Tracing on: spans exported to %s", endpoint, extra={"event_type": "tracing_on"})
     return tracing
 
@@ -93,8 +104,52 @@ def _build(endpoint: str) -> Tracing:
 
 def _instrument(app: Flask, tracing: Tracing) -> None:
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import EngineTracer
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    from .extensions import db
 
     FlaskInstrumentor.instrument_app(app, tracer_provider=tracing.provider, enable_commenter=False)
+    # SQLAlchemyInstrumentor is one per process and instruments once; each app's engines need their own
+    # provider, so each engine gets the instrumentation's own EngineTracer directly.
+    sql_tracer = tracing.provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+    connections = NoOpMeterProvider().get_meter("sqlalchemy").create_up_down_counter("db.client.connections.usage")
+    with app.app_context():
+        for engine in db.engines.values():
+            EngineTracer(sql_tracer, engine, connections)
+    # Redis clients are built in many places (breakers, limiter, dispatch): the class is instrumented once per
+    # process, and each command's span goes to the provider of the app whose context runs it.
+    instrumentor = RedisInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=_current_app_provider())
+
+
+def _current_app_provider() -> Any:
+    """A TracerProvider whose tracers start spans with the provider of the current app (none: no span)."""
+    from opentelemetry import trace
+
+    class _AppTracer(trace.Tracer):
+        def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self._args, self._kwargs = args, kwargs
+
+        def _target(self) -> trace.Tracer:
+            tracing = tracing_of(current_app) if has_app_context() else None
+            if tracing is None:
+                return trace.NoOpTracer()
+            return tracing.provider.get_tracer(*self._args, **self._kwargs)
+
+        def start_span(self, *args: Any, **kwargs: Any) -> Span:
+            return self._target().start_span(*args, **kwargs)
+
+        def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+            return self._target().start_as_current_span(*args, **kwargs)
+
+    class _AppProvider(trace.TracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+            return _AppTracer(args, kwargs)
+
+    return _AppProvider()
 
 
 class _NoOrphanClientSpans:
@@ -117,3 +172,64 @@ class _NoOrphanClientSpans:
     def get_description(self) -> str:
         """The name trace tooling shows."""
         return f"NoOrphanClientSpans{{{self._inner.get_description()}}}"
+
+
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` of the span running now (for a job record), or None when tracing is off."""
+    if not has_app_context() or tracing_of(current_app) is None:
+        return None
+    from opentelemetry.propagate import inject
+
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier.get("traceparent")
+
+
+def job_span(app: Flask, *, kind: str, job_id: int, attempt: int, traceparent: str | None) -> Any:
+    """A context manager: the span of one job run, child of the request that enqueued it (off: nothing)."""
+    tracing = tracing_of(app)
+    if tracing is None:
+        return nullcontext()
+    return _job_span(tracing, kind=kind, job_id=job_id, attempt=attempt, traceparent=traceparent)
+
+
+@contextmanager
+def _job_span(tracing: Tracing, *, kind: str, job_id: int, attempt: int, traceparent: str | None) -> Iterator[Span]:
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind
+
+    parent = extract({"traceparent": traceparent}) if traceparent else None
+    attributes = {"oriel.job.kind": kind, "oriel.job.id": job_id, "oriel.job.attempt": attempt}
+    with tracing.tracer.start_as_current_span(
+        f"job {kind}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    ) as span:
+        yield span
+
+
+def _mark_error(code: str, exception: BaseException | None, *, failed: bool) -> None:
+    """Record our error code on the span running now; `failed` sets its status to ERROR."""
+    from opentelemetry.trace import Status, StatusCode, get_current_span
+
+    span = get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute(ERROR_CODE_ATTRIBUTE, code)
+    if exception is not None:
+        span.record_exception(exception)
+    if failed:
+        span.set_status(Status(StatusCode.ERROR, code))
+
+
+def _on_error_occurred(app: Flask, *, error: Any, exception: BaseException | None = None, **_: Any) -> None:
+    """An error answered: its code on the request span; a 5xx is the server's failure, so status ERROR.
+
+    A 4xx keeps the status unset, as OpenTelemetry's HTTP conventions say for server spans: the client erred,
+    and a trace viewer would otherwise paint every 404 and validation error red.
+    """
+    _mark_error(str(error.code), exception, failed=int(error.status_code) >= 500)
+
+
+def _on_job_failed(app: Flask, *, error: BaseException, **_: Any) -> None:
+    """A job attempt failed: the job span gets status ERROR and the error's code."""
+    code = getattr(error, "code", None)
+    _mark_error(str(code) if isinstance(code, str) else type(error).__name__, error, failed=True)
