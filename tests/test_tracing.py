@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.redis_client import make_redis_client
 from backend.app.resilience.retry import RetryPolicy
 from backend.app.tracing import tracing_of
+from tests.peers._net import free_port
 from tests.peers.otlp import OTLPReceiver
+from tests.test_metrics import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -260,3 +263,95 @@ def test_a_job_run_is_a_child_of_the_request_that_enqueued_it(
     assert failed.parent_span_id in {s.span_id for s in requests}
     # The worker's polling (claims, heartbeats) runs outside any request or job: it starts no trace.
     assert all(s.parent_span_id for s in spans if s.kind == "CLIENT"), [s.name for s in spans if not s.parent_span_id]
+
+
+# -- point 4: fork-safe, flushed at exit, a slow or dead collector costs nothing but dropped spans ---------------
+
+
+def test_a_forked_worker_exports_from_its_own_thread(
+    make_traced_app: Callable[..., Flask], otlp_receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # milliseconds: the batch thread exports soon
+    app = make_traced_app()  # built before the fork, as gunicorn's preload builds it in the master
+    pid = os.fork()
+    if pid == 0:  # the child: a request, then time for the batch thread, then exit without any flush
+        code = 1
+        try:
+            code = 0 if app.test_client().get("/healthz").status_code == 200 else 1
+            time.sleep(1.0)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    otlp_receiver.wait_for(lambda spans: any(s.name == "GET /healthz" for s in spans), timeout=5)
+
+
+_EXIT_WITHOUT_FLUSH = """
+import sys, tempfile
+from backend.app import create_app
+from config import TestingConfig
+folder = tempfile.mkdtemp()
+app = create_app(
+    TestingConfig, SQLALCHEMY_DATABASE_URI="sqlite://", LOG_DIR=folder, LOCAL_STORAGE_DIR=folder,
+    OTEL_EXPORTER_OTLP_ENDPOINT=sys.argv[1],
+)
+assert app.test_client().get("/healthz").status_code == 200
+"""
+
+
+def test_spans_still_queued_are_flushed_when_the_process_exits(otlp_receiver: OTLPReceiver) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "600000"  # ten minutes: only the exit can send the span
+    result = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITHOUT_FLUSH, otlp_receiver.url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [s.name for s in otlp_receiver.spans] == ["GET /healthz"]
+
+
+@pytest.mark.parametrize("collector", ["hanging", "down"])
+def test_a_hanging_or_dead_collector_never_slows_a_request_and_drops_are_counted(
+    make_app: Callable[..., Flask],
+    otlp_receiver: OTLPReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    collector: str,
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "8")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # seconds: how long the exporter's thread waits
+    endpoint = otlp_receiver.url if collector == "hanging" else f"http://127.0.0.1:{free_port()}"
+    if collector == "hanging":
+        otlp_receiver.hang()
+    app = make_app(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
+    client = app.test_client()
+    try:
+        slowest = 0.0
+        for _ in range(60):
+            started = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            slowest = max(slowest, time.perf_counter() - started)
+        assert slowest < 0.5, f"a request took {slowest:.3f} s"
+        if collector == "hanging":
+            assert otlp_receiver.requests >= 1  # the exporter did reach the collector, and is held there
+        tracing = tracing_of(app)
+        assert tracing is not None
+        counted = tracing.counts.dropped["queue_full"]  # before the scrape: its own span may be dropped too
+        text = client.get("/metrics").get_data(as_text=True)
+        assert sample(text, "oriel_trace_spans_dropped_total", reason="queue_full") == counted >= 40
+    finally:
+        otlp_receiver.release()
+        tracing = tracing_of(app)
+        if tracing is not None:
+            tracing.shutdown()

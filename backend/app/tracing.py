@@ -17,6 +17,7 @@ outside any request or job (a worker polling for jobs) start no trace of their o
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, has_app_context
 
-from .signals import error_occurred, job_failed
+from .signals import error_occurred, job_failed, send, spans_dropped
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -39,13 +40,40 @@ ERROR_CODE_ATTRIBUTE = "oriel.error_code"
 TRACER_NAME = "backend.app"
 
 
+class DropCounter:
+    """The batch processor's metrics hook (the SDK's `ProcessorMetricsT`): spans exported and dropped, by reason.
+
+    Each drop is also announced (`spans_dropped`), so /metrics counts it without tracing importing monitoring.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self._app = weakref.ref(app)  # the exporter thread outlives nothing: it must not keep the app alive
+        self.exported = 0
+        self.dropped: dict[str, int] = {}
+
+    def register_queue_size(self, get_queue_size: Any) -> None:
+        """The SDK offers a queue-size reader; the queue's bound is the number that matters here."""
+
+    def finish_items(self, count: int) -> None:
+        """`count` spans were handed to the exporter."""
+        self.exported += count
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        """`count` spans were dropped (runs in the thread that ended the span: no I/O, never raises)."""
+        self.dropped[error_type] = self.dropped.get(error_type, 0) + count
+        app = self._app()
+        if app is not None:
+            send(spans_dropped, app, count=count, reason=error_type)
+
+
 @dataclass
 class Tracing:
-    """One app's tracing: its provider (batch processor and exporter inside) and the tracer of its own spans."""
+    """One app's tracing: its provider (batch processor and exporter inside), its tracer, its drop counts."""
 
     provider: TracerProvider
     tracer: Tracer
     endpoint: str
+    counts: DropCounter
 
     def flush(self, timeout_millis: int = 5000) -> bool:
         """Export what the batch processor holds now; False if it did not finish in time."""
@@ -76,7 +104,7 @@ def init_tracing(app: Flask) -> Tracing | None:
     endpoint = traces_endpoint(app.config)
     if endpoint is None:
         return None  # off: opentelemetry is never imported
-    tracing = _build(endpoint)
+    tracing = _build(app, endpoint)
     app.extensions[EXTENSION] = tracing
     _instrument(app, tracing)
     error_occurred.connect(_on_error_occurred, sender=app, weak=False)
@@ -85,7 +113,7 @@ def init_tracing(app: Flask) -> Tracing | None:
     return tracing
 
 
-def _build(endpoint: str) -> Tracing:
+def _build(app: Flask, endpoint: str) -> Tracing:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -98,8 +126,29 @@ def _build(endpoint: str) -> Tracing:
     # The SDK's own reader of OTEL_TRACES_SAMPLER(_ARG), what TracerProvider() would use, wrapped.
     sampler = _NoOrphanClientSpans(_get_from_env_or_default())
     provider = TracerProvider(resource=resource, sampler=sampler)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    return Tracing(provider=provider, tracer=provider.get_tracer(TRACER_NAME), endpoint=endpoint)
+    # Bounded (OTEL_BSP_MAX_QUEUE_SIZE, 2048 by default): a slow or dead collector costs dropped spans, never a
+    # request's time; the exporter's own thread waits at most OTEL_EXPORTER_OTLP_TIMEOUT (10 s) per batch.
+    # The SDK restarts that thread in a forked child (os.register_at_fork), so a gunicorn worker forked from a
+    # preloading master exports from its own thread, and flushes at exit (the provider's atexit shutdown).
+    processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint))
+    counts = DropCounter(app)
+    _count_with(processor, counts)
+    provider.add_span_processor(processor)
+    return Tracing(provider=provider, tracer=provider.get_tracer(TRACER_NAME), endpoint=endpoint, counts=counts)
+
+
+def _count_with(processor: Any, counts: DropCounter) -> None:
+    """Give the SDK's batch processor our counter as its metrics hook.
+
+    The SDK counts drops only into an OpenTelemetry MeterProvider and only with
+    OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED; its hook object is the one place each drop is seen, so it is
+    replaced here (an SDK without it leaves drops uncounted, said once, and tracing works on).
+    """
+    inner = getattr(processor, "_batch_processor", None)
+    if inner is None or not hasattr(inner, "_metrics"):
+        logger.warning("Tracing: this OpenTelemetry SDK hides its batch processor; dropped spans are not counted")
+        return
+    inner._metrics = counts
 
 
 def _instrument(app: Flask, tracing: Tracing) -> None:
