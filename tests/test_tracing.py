@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.redis_client import make_redis_client
 from backend.app.resilience.retry import RetryPolicy
 from backend.app.tracing import tracing_of
+from bench.harness import base_env, gunicorn
 from tests.peers._net import free_port
 from tests.peers.otlp import OTLPReceiver
 from tests.test_metrics import sample
@@ -355,3 +359,32 @@ def test_a_hanging_or_dead_collector_never_slows_a_request_and_drops_are_counted
         tracing = tracing_of(app)
         if tracing is not None:
             tracing.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_preloaded_gunicorn_workers_each_export_and_flush_on_graceful_shutdown(
+    tmp_path: Path, migrated_sqlite_template: Path, otlp_receiver: OTLPReceiver
+) -> None:
+    env = base_env(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url})
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "600000"  # ten minutes: only each worker's graceful exit can send its spans
+    env["OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"] = "process"  # process.pid on each span's resource
+    shutil.copy(migrated_sqlite_template, tmp_path / "bench.db")
+    sent = 40
+    # Sync workers take one connection at a time, so concurrent clients spread over them (as in test_metrics).
+    with gunicorn(env, workers=2, threads=1, worker_class="sync", preload=True, ready_path="/healthz") as server:
+        url = server.url("/api/errors/system-health")
+
+        def hit(_: int) -> int:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return int(response.status)
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(hit, range(sent))) == [200] * sent
+        master = server.process.pid
+    spans = otlp_receiver.wait_for(
+        lambda spans: len([s for s in spans if s.name == "GET /api/errors/system-health"]) >= sent, timeout=20
+    )
+    served = [s for s in spans if s.name == "GET /api/errors/system-health"]
+    pids = {s.resource.get("process.pid") for s in served}
+    assert len(served) == sent
+    assert master not in pids and len(pids) >= 2, pids  # forked workers, each from its own batch thread

@@ -48,6 +48,7 @@ class ReceivedSpan:
     events: list[dict[str, Any]]
     service_name: str | None
     headers: dict[str, str]
+    resource: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +149,7 @@ def _spans(export: ExportTraceServiceRequest, headers: dict[str, str]) -> list[R
                         ],
                         service_name=resource.get("service.name"),
                         headers=headers,
+                        resource=resource,
                     )
                 )
     return found
