@@ -71,6 +71,9 @@ class Config:
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
     DATABASE_CONNECT_TIMEOUT = 3  # seconds (whole: libpq's unit) a PostgreSQL connect may wait; not SQLite
     REDIS_URL: str | None = None
+    # OpenTelemetry traces are off unless one of these is set (backend/app/tracing.py; the SDK reads the other OTEL_*).
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: str | None = None
     CIRCUIT_BREAKER_KEY_PREFIX = "oriel:"  # Redis keys of breakers and fault rules (several apps can share one Redis)
     LOG_DIR = str(PROJECT_ROOT / "logs")
     LOG_LEVEL = "INFO"
@@ -203,6 +206,8 @@ class Config:
             "RATELIMIT_ERROR_REPORT",
             "RATELIMIT_KEY_PREFIX",
             "RATELIMIT_STRATEGY",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "CIRCUIT_BREAKER_KEY_PREFIX",  # breakers and fault rules in Redis: every process must agree on it
         ):
             if env.get(name):

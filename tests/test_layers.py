@@ -26,6 +26,7 @@ _APP_LAYERS = {
     "ids": "base",
     "redis_client": "base",
     "sweeper": "base",
+    "tracing": "base",
     "errors": "errors",
     "error_catalog": "errors",
     "db_errors": "errors",

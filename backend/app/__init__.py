@@ -36,6 +36,7 @@ from .resilience.database_breaker import install_database_breaker
 from .resilience.faults import init_fault_injection
 from .resilience.state import init_resilience
 from .services import init_services
+from .tracing import init_tracing
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -143,6 +144,7 @@ def create_app(config: Config | type[Config] | None = None, **overrides: Any) ->
     init_error_stats(app)
     _init_inbox(app)
     _register_cli(app)
+    init_tracing(app)  # last: it wraps the final WSGI app and instruments the engines built above
     return app
 
 

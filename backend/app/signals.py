@@ -31,6 +31,10 @@ error_occurred = _signals.signal("error-occurred")
 #: Sent when a job attempt fails: kwargs `error` (the exception), `claim` (the job's claim) and `outcome`.
 job_failed = _signals.signal("job-failed")
 
+#: Sent when the tracing exporter's bounded queue drops spans: kwargs `count` and `reason` (the SDK's error type:
+#: `queue_full` while the collector is slow or down, `already_shutdown` after a graceful shutdown).
+spans_dropped = _signals.signal("spans-dropped")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

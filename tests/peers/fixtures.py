@@ -18,6 +18,7 @@ from tests.peers.audio import AudioFactory
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.gcs_emulator import GCSEmulator, signing_credentials, unique_bucket_name
 from tests.peers.localstripe_peer import LocalStripe
+from tests.peers.otlp import OTLPReceiver
 from tests.peers.sendgrid_peer import SendGridPeer
 from tests.peers.stripe_peer import StripePeer
 from tests.peers.webhook_receiver import WebhookReceiver
@@ -101,6 +102,14 @@ def gcs_signing_credentials() -> service_account.Credentials:
 def webhook_receiver() -> Iterator[WebhookReceiver]:
     """A fresh recording webhook endpoint (in-thread) for this test."""
     receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OTLPReceiver]:
+    """A fresh OTLP/HTTP traces receiver (in-thread) for this test."""
+    receiver = OTLPReceiver().start()
     yield receiver
     receiver.stop()
 

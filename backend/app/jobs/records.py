@@ -27,6 +27,7 @@ from ..resilience.classifier import Classification, ErrorKind, classify
 from ..resilience.history import append_error, error_entry
 from ..resilience.retry import RetryPolicy, decide
 from ..timeutil import iso, utcnow
+from ..tracing import current_traceparent
 from .registry import REGISTRY, JobKind
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Claim:
     owner: str
     request_id: str | None = None  # the request that enqueued the job (its log lines and errors carry it)
     user_id: int | None = None
+    traceparent: str | None = None  # the enqueuing span's (tracing on): the run continues that trace
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ def enqueue(
         "kind": kind,
         "request_id": request_id,
         "user_id": user_id,
+        "traceparent": current_traceparent(),
         "queue": queue or spec.queue,
         "idempotency_key": idempotency_key,
         "payload": json.loads(encoded),
@@ -177,7 +180,15 @@ def claim(
             updated_at=at,
         )
         .returning(
-            Job.id, Job.kind, Job.queue, Job.payload, Job.attempts, Job.max_attempts, Job.request_id, Job.user_id
+            Job.id,
+            Job.kind,
+            Job.queue,
+            Job.payload,
+            Job.attempts,
+            Job.max_attempts,
+            Job.request_id,
+            Job.user_id,
+            Job.traceparent,
         )
         .execution_options(synchronize_session=False)
     )
@@ -187,7 +198,16 @@ def claim(
         return None
     payload = dict(row.payload or {})
     return Claim(
-        row.id, row.kind, row.queue, payload, row.attempts, row.max_attempts, owner, row.request_id, row.user_id
+        row.id,
+        row.kind,
+        row.queue,
+        payload,
+        row.attempts,
+        row.max_attempts,
+        owner,
+        row.request_id,
+        row.user_id,
+        row.traceparent,
     )
 
 

@@ -37,6 +37,7 @@ from ..extensions import db
 from ..models.job import CLAIMABLE, DEAD, FAILED, RETRYING, RUNNING, Job, JobWorker
 from ..resilience.history import error_code
 from ..signals import job_failed, send
+from ..tracing import job_span
 from . import records
 from .compensation import run_compensations
 from .context import JobContext, LeaseLostError
@@ -265,7 +266,10 @@ class Worker:
         outcome = "succeeded"
         # The originating request's id and user, beside the job's own id: every line and error event of the
         # attempt (app.log, errors.log, performance.log, the error store) traces back to what the user was shown.
-        with log_context(job_id=claim.id, request_id=claim.request_id, user_id=claim.user_id):
+        with (
+            log_context(job_id=claim.id, request_id=claim.request_id, user_id=claim.user_id),
+            job_span(self.app, kind=claim.kind, job_id=claim.id, attempt=claim.attempt, traceparent=claim.traceparent),
+        ):
             try:
                 if kind is None:
                     raise records.UnknownJobKindError(f"no handler is registered for job kind {claim.kind!r}")

@@ -80,6 +80,8 @@ class Job(db.Model):  # type: ignore[name-defined]
     # Who started it: the request's id (the one its user was shown) and user, so a failure traces back to both.
     request_id: Mapped[str | None] = mapped_column(String(128), index=True)
     user_id: Mapped[int | None] = mapped_column(Integer)
+    # The W3C traceparent of the span that enqueued it (tracing on): the job's run is that span's child.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
 class JobStep(db.Model):  # type: ignore[name-defined]

@@ -34,7 +34,7 @@ from ..resilience.breaker import BreakerListener, CircuitBreaker
 from ..resilience.breaker_store import BreakerState
 from ..resilience.classifier import classify
 from ..resilience.state import RecoveryEvent
-from ..signals import error_occurred, request_finished
+from ..signals import error_occurred, request_finished, spans_dropped
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,9 @@ class Metrics:
             # the app is built, so `flask db upgrade` would need PROMETHEUS_MULTIPROC_DIR to exist already.
             ["operation"],
             registry=reg,
+        )
+        self.spans_dropped = Counter(
+            "oriel_trace_spans_dropped", "Spans the tracing exporter dropped, by reason", ["reason"], registry=reg
         )
         self.request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.error_children: dict[tuple[str, int], Any] = {}
@@ -234,6 +237,12 @@ def _on_error(sender: Flask, error: APIError, **_: Any) -> None:
         child.inc()
 
 
+def _on_spans_dropped(sender: Flask, *, count: int, reason: str, **_: Any) -> None:
+    metrics: Metrics | None = sender.extensions.get(EXTENSION)
+    if metrics is not None:
+        metrics.spans_dropped.labels(reason).inc(count)
+
+
 def init_metrics(app: Flask) -> Metrics | None:
     """Create the app's metrics and hook them to requests, errors, breakers and recovery (the view: api/metrics.py)."""
     if not app.config.get("METRICS_ENABLED", True):
@@ -244,6 +253,7 @@ def init_metrics(app: Flask) -> Metrics | None:
     app.extensions["metrics_collector"] = _ScrapeTimeCollector(app)
     request_finished.connect(app, _request_recorder(metrics))
     error_occurred.connect(_on_error, sender=app, weak=False)
+    spans_dropped.connect(_on_spans_dropped, sender=app, weak=False)
     app.extensions["breakers"].add_listener(_BreakerMetrics(metrics))
     app.extensions["resilience"].listeners.append(_recovery_listener(metrics))
     return metrics
