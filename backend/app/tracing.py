@@ -1,6 +1,6 @@
 """OpenTelemetry traces (issue #17): spans for requests, SQL, Redis and job runs, exported by OTLP/HTTP.
 
-Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is configured: then
+Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is configured; without it
 `init_tracing` returns at once, none of the trace SDK, exporter, instrumentations or propagators is imported,
 and the hooks here cost one dict lookup.
 On, each app gets its own `TracerProvider` (tests build many apps in one process; a gunicorn worker or
