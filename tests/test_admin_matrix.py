@@ -20,8 +20,8 @@ from flask_jwt_extended import create_access_token
 from backend.app.extensions import db
 from backend.app.jobs import enqueue
 from backend.app.models import User
-from tests.conftest import ADMIN_EMAIL, bearer, login
-from tests.contract import assert_error, assert_no_leak
+from tests.harness.app import ADMIN_EMAIL, bearer, login
+from tests.harness.contract import assert_error, assert_no_leak
 
 #: JSON bodies for POST endpoints that need one (endpoint name → body).
 BODIES: dict[str, dict[str, Any]] = {

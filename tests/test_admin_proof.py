@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import ADMIN_EMAIL, bearer, read_log
-from tests.contract import assert_error
-from tests.peers.sendgrid_peer import SendGridPeer
+from tests.harness.app import ADMIN_EMAIL, bearer, read_log
+from tests.harness.contract import assert_error
+from tests.harness.peers.sendgrid_peer import SendGridPeer
 
 STATS = "/admin/api/monitoring/errors/stats"
 PASSWORD = "registrant-password"

@@ -17,8 +17,8 @@ from backend.app.extensions import db
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import AlertDelivery
 from backend.app.resilience.recovery import with_error_recovery
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.peers.webhook_receiver import WebhookReceiver
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.peers.webhook_receiver import WebhookReceiver
 
 CONFIGURE = "/admin/api/monitoring/alerts/configure"
 EVALUATE = "/admin/api/monitoring/alerts/evaluate"

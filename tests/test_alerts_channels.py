@@ -1,6 +1,6 @@
 """Alerts that page when they must: isolated channels, validated rules, default burn-rate rules, signed webhooks.
 
-Issue 15 points 7-10, against real local webhook receivers on 127.0.0.1 (tests/peers/webhook_receiver.py).
+Issue 15 points 7-10, against real local webhook receivers on 127.0.0.1 (tests/harness/peers/webhook_receiver.py).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from backend.app.alerts.destinations import (
 from backend.app.extensions import db
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import AlertDelivery, AlertRule, SloMinute
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.peers.webhook_receiver import WebhookReceiver
-from tests.test_alerts_burn import traffic
+from tests.harness.alerts import traffic
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.peers.webhook_receiver import WebhookReceiver
 
 MONITORING = "/admin/api/monitoring"
 CONFIGURE = f"{MONITORING}/alerts/configure"

@@ -10,8 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_jwt_extended import create_access_token
 
-from tests.conftest import ADMIN_EMAIL, TEST_JWT_SECRET_KEY, bearer, login, read_log, register
-from tests.contract import assert_error
+from tests.harness.app import ADMIN_EMAIL, TEST_JWT_SECRET_KEY, bearer, login, read_log, register
+from tests.harness.contract import assert_error
 
 
 def test_register_login_me_refresh_logout(client: FlaskClient) -> None:

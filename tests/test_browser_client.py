@@ -11,11 +11,7 @@ browser is ever downloaded. Screenshots go to tests/artifacts/ (git-ignored).
 
 from __future__ import annotations
 
-import io
-import shutil
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,68 +19,32 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
-from werkzeug.middleware.shared_data import SharedDataMiddleware
-from werkzeug.serving import make_server
 
 from backend.app import credits
 from backend.app.extensions import db
 from backend.app.idempotency import idempotent
 from backend.app.models import Render, Upload, User
-from tests.conftest import bearer, require_service
-from tests.peers.audio import AudioFactory
+from tests.harness.app import bearer
+from tests.harness.browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    LiveServer,
+    load_playwright,
+    user_with_upload,
+)
+from tests.harness.peers.audio import AudioFactory
 
-CHROMIUM = "/usr/bin/chromium"
-PAGE_DIR = Path(__file__).parent / "browser"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PASSWORD = "correct-horse-battery"
 SMALL = {"preset": "waveform", "resolution": "320x180", "fps": 24}
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _playwright() -> Any:
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        require_service("Chromium", f"{CHROMIUM} is missing (apt-get install chromium; `make test` does it)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        require_service("Playwright", f"playwright is not installed ({exc}); see requirements-dev.txt")
-    return sync_playwright
-
-
-class LiveServer:
-    """The app on 127.0.0.1 (a real threaded HTTP server), with the test page beside it at /__tests__/."""
-
-    def __init__(self, app: Flask) -> None:
-        wsgi = SharedDataMiddleware(app.wsgi_app, {"/__tests__": str(PAGE_DIR)})
-        self.server = make_server("127.0.0.1", 0, wsgi, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.thread.join(10)
-        self.server.server_close()
-
-
 @pytest.fixture
 def browser_page(tmp_path: Path) -> Iterator[Callable[[str], Any]]:
     """Open the test page of a live server in a fresh headless Chromium profile."""
-    sync_playwright = _playwright()
+    sync_playwright = load_playwright()
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"),  # a new, empty user-data-dir
@@ -108,25 +68,6 @@ def browser_page(tmp_path: Path) -> Iterator[Callable[[str], Any]]:
 def _screenshot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
-
-
-def _user_with_upload(app: Flask, audio_files: AudioFactory, email: str) -> tuple[int, int]:
-    """An account with 5 credits and one upload, made through the API; (user id, upload id)."""
-    client = app.test_client()
-    client.post("/api/auth/register", json={"email": email, "password": PASSWORD})
-    token = client.post("/api/auth/login", json={"email": email, "password": PASSWORD}).get_json()["access_token"]
-    wav = audio_files.make("wav", seconds=0.5).read_bytes()
-    response = client.post(
-        "/api/uploads",
-        data={"file": (io.BytesIO(wav), "tone.wav")},
-        headers={"Authorization": f"Bearer {token}"},
-        content_type="multipart/form-data",
-    )
-    assert response.status_code == 201, response.get_json()
-    with app.app_context():
-        user_id = db.session.scalars(select(User.id).where(User.email == email)).one()
-        credits.grant(user_id, 5, "browser test", f"test:{uuid.uuid4().hex}")
-    return user_id, response.get_json()["upload"]["id"]
 
 
 LOGIN_JS = """async ([email, password]) => {
@@ -159,7 +100,7 @@ def test_a_429_is_retried_after_its_retry_after(
     make_app: Callable[..., Flask], audio_files: AudioFactory, browser_page: Callable[[str], Any]
 ) -> None:
     app = _app(make_app, RATELIMIT_RENDER="1 per 4 seconds")
-    _, upload_id = _user_with_upload(app, audio_files, "limited@example.com")
+    _, upload_id = user_with_upload(app, audio_files, "limited@example.com")
     with LiveServer(app) as server:
         page = browser_page(server.url)
         assert page.evaluate(LOGIN_JS, ["limited@example.com", PASSWORD]) is True
@@ -190,7 +131,7 @@ def test_a_422_is_not_retried_and_its_field_errors_reach_the_page(
     make_app: Callable[..., Flask], audio_files: AudioFactory, browser_page: Callable[[str], Any]
 ) -> None:
     app = _app(make_app)
-    _user_with_upload(app, audio_files, "fields@example.com")
+    user_with_upload(app, audio_files, "fields@example.com")
     with LiveServer(app) as server:
         page = browser_page(server.url)
         page.evaluate(LOGIN_JS, ["fields@example.com", PASSWORD])
@@ -218,7 +159,7 @@ def test_a_render_whose_response_is_lost_is_retried_with_the_same_key_and_happen
     make_app: Callable[..., Flask], audio_files: AudioFactory, browser_page: Callable[[str], Any]
 ) -> None:
     app = _app(make_app)
-    user_id, upload_id = _user_with_upload(app, audio_files, "lossy@example.com")
+    user_id, upload_id = user_with_upload(app, audio_files, "lossy@example.com")
     with app.app_context():
         before = credits.balance(user_id)
     seen: list[dict[str, Any]] = []
@@ -258,7 +199,7 @@ def test_a_render_whose_response_is_lost_is_retried_with_the_same_key_and_happen
 def test_the_retry_policy_unit_checks_pass_in_chromium(
     make_app: Callable[..., Flask], browser_page: Callable[[str], Any]
 ) -> None:
-    """tests/browser/unit.js: what is and is not retried, waits, keys, deadline (fetch, sleep and clock injected)."""
+    """tests/harness/browser/unit.js: what is and is not retried, waits, keys, deadline (fetch, sleep, clock faked)."""
     with LiveServer(make_app()) as server:
         page = browser_page(server.url)
         result = page.evaluate("async () => (await import('/__tests__/unit.js')).run()")
@@ -269,7 +210,7 @@ def test_the_retry_policy_unit_checks_pass_in_chromium(
 def test_point12_the_client_unit_checks_pass_in_chromium(
     make_app: Callable[..., Flask], browser_page: Callable[[str], Any], group: str, at_least: int
 ) -> None:
-    """tests/browser/unit.js "point12 <group>": refresh once, no repeat of a non-de-duplicated write, jitter."""
+    """tests/harness/browser/unit.js "point12 <group>": refresh once, no repeat of a non-de-duplicated write, jitter."""
     with LiveServer(make_app()) as server:
         page = browser_page(server.url)
         result = page.evaluate("async (prefix) => (await import('/__tests__/unit.js')).run(prefix)", f"point12 {group}")
@@ -292,7 +233,7 @@ def test_point12_an_expired_access_token_is_refreshed_once_for_concurrent_calls_
     make_app: Callable[..., Flask], audio_files: AudioFactory, browser_page: Callable[[str], Any]
 ) -> None:
     app = _app(make_app, **SHORT_TOKENS)
-    user_id, upload_id = _user_with_upload(app, audio_files, "expiring@example.com")
+    user_id, upload_id = user_with_upload(app, audio_files, "expiring@example.com")
     with app.app_context():
         before = credits.balance(user_id)
     with LiveServer(app) as server:

@@ -22,7 +22,7 @@ from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import SloMinute
 from backend.app.monitoring import flush_error_stats
 from backend.app.resilience.retry import RetryPolicy
-from tests.conftest import ADMIN_EMAIL, bearer, login
+from tests.harness.app import ADMIN_EMAIL, bearer, login
 
 TABLES = ("error_group_hours", "error_code_hours", "error_code_minutes", "error_minutes", "error_events", "slo_minutes")
 

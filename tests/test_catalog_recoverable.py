@@ -28,9 +28,9 @@ from backend.app.models.job import DEAD, RETRYING, Job
 from backend.app.resilience.classifier import ErrorKind, classify, is_breaker_failure
 from backend.app.resilience.recovery import get_breaker
 from backend.app.resilience.retry import RetryPolicy
-from tests.conftest import bearer, login
-from tests.contract import assert_error
-from tests.peers.stripe_peer import StripePeer
+from tests.harness.app import bearer, login
+from tests.harness.contract import assert_error
+from tests.harness.peers.stripe_peer import StripePeer
 
 
 def _subclasses(cls: type[APIError]) -> Iterator[type[APIError]]:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from backend.app.extensions import db
 from backend.app.models import ErrorCodeHour, ErrorCodeMinute, ErrorEvent, ErrorMinute
 from backend.app.monitoring import flush_error_stats
-from tests.conftest import ADMIN_EMAIL, bearer, login
+from tests.harness.app import ADMIN_EMAIL, bearer, login
 
 REPORT = "/api/errors/report"
 FORGED = {"message": "database down", "code": "DATABASE_UNAVAILABLE", "status": 503, "error_type": "Error"}

@@ -86,7 +86,7 @@ def test_email_lease_and_error_stats_retry_come_from_the_environment() -> None:
 def test_a_test_app_keeps_its_files_and_database_out_of_the_checkout(tmp_path: Path) -> None:
     """#16: with every path set (as the test settings set them), the app writes nothing into `instance/`."""
     from backend.app.services import get_storage
-    from tests.conftest import base_settings
+    from tests.harness.app import base_settings
 
     app = create_app(TestingConfig, **base_settings(tmp_path))
     with app.app_context():

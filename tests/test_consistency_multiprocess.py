@@ -31,9 +31,9 @@ import imageio_ffmpeg
 import pytest
 import redis
 
-from tests.conftest import ADMIN_EMAIL
-from tests.peers.audio import AudioFactory
-from tests.system import Answer, System, running_system
+from tests.harness.app import ADMIN_EMAIL
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.system import Answer, System, running_system
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(300)]
 

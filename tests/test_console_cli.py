@@ -35,7 +35,7 @@ from backend.app.models import User
 from backend.app.models.billing import GRANT, CreditEntry
 from backend.app.resilience.retry import RetryPolicy
 from backend.logging_config import flush_logs
-from tests.conftest import read_log
+from tests.harness.app import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

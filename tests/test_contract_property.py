@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.app.error_catalog import lookup
-from tests.conftest import TEST_JWT_SECRET_KEY, TEST_SECRET_KEY
-from tests.contract import LEAK_PATTERNS, assert_error
+from tests.harness.app import TEST_JWT_SECRET_KEY, TEST_SECRET_KEY
+from tests.harness.contract import LEAK_PATTERNS, assert_error
 
 KNOWN_PATHS = [
     "/api/auth/register",

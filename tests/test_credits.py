@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 from backend.app import credits
 from backend.app.errors import PaymentError
 from backend.app.extensions import db
-from backend.app.models import CreditAccount, CreditEntry, User
+from backend.app.models import CreditEntry, User
+from tests.harness.ledger import assert_ledger_balanced
 
 
 def make_user(app: Flask, email: str = "c@example.com") -> int:
@@ -128,7 +129,7 @@ def test_concurrent_consumes_never_overspend_on_postgresql(pg_app: Flask) -> Non
 
 
 def test_credits_endpoint_shows_the_free_credit(app: Flask) -> None:
-    from tests.conftest import bearer, login
+    from tests.harness.app import bearer, login
 
     client = app.test_client()
     token = login(client)["access_token"]
@@ -137,27 +138,6 @@ def test_credits_endpoint_shows_the_free_credit(app: Flask) -> None:
 
 
 # -- point 5: claw-backs, debts and their settlement ---------------------------------------------------------------
-
-
-def assert_ledger_balanced(app: Flask) -> None:
-    """Every account: balance == sum(amount) and debt == sum(debt_change), neither negative, never both > 0."""
-    with app.app_context():
-        sums = dict(
-            (row.user_id, (int(row.amount), int(row.debt)))
-            for row in db.session.execute(
-                select(
-                    CreditEntry.user_id,
-                    func.sum(CreditEntry.amount).label("amount"),
-                    func.sum(CreditEntry.debt_change).label("debt"),
-                ).group_by(CreditEntry.user_id)
-            )
-        )
-        accounts = db.session.scalars(select(CreditAccount)).all()
-        for account in accounts:
-            assert (account.balance, account.debt) == sums.get(account.user_id, (0, 0)), account.user_id
-            assert account.balance >= 0 and account.debt >= 0
-            assert account.balance == 0 or account.debt == 0, "a balance while owing: the debt was not settled first"
-        db.session.remove()
 
 
 def test_point5_take_back_uses_the_balance_first_and_records_the_rest_as_debt(app: Flask) -> None:

@@ -16,9 +16,9 @@ from backend.app.admin.dashboard import timeseries
 from backend.app.extensions import db
 from backend.app.models import ErrorMinute, Render
 from backend.app.monitoring import flush_error_stats
-from tests.conftest import ADMIN_EMAIL, bearer, login
-from tests.contract import assert_error
-from tests.peers.audio import AudioFactory
+from tests.harness.app import ADMIN_EMAIL, bearer, login
+from tests.harness.contract import assert_error
+from tests.harness.peers.audio import AudioFactory
 
 STATIC = Path(__file__).parents[1] / "backend" / "app" / "static" / "admin"
 TIMESERIES = "/admin/api/dashboard/timeseries"

@@ -19,102 +19,19 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from backend.app.errors import ValidationError
 from backend.app.extensions import db
-from backend.app.jobs import REGISTRY, JobContext, enqueue
-from backend.app.jobs.registry import JobKind
-from backend.app.jobs.worker import Worker, WorkerOptions
+from backend.app.jobs import REGISTRY
 from backend.app.models import EmailOutbox, PendingSync
-from backend.app.models.job import DEAD, QUEUED, Job
+from backend.app.models.job import QUEUED, Job
 from backend.app.monitoring import flush_error_stats
-from backend.app.resilience.retry import RetryPolicy
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.peers.audio import AudioFactory
-from tests.test_browser_client import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    PASSWORD,
-    LiveServer,
-    _playwright,
-    _user_with_upload,
-)
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.browser import DESKTOP, PASSWORD, WAIT_MS, LiveServer, Page, user_with_upload
+from tests.harness.failed_work import DEAD_LETTER_KIND, dead_letter
+from tests.harness.peers.audio import AudioFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 812}
-BAD_KIND = "test.dashboard_bad_data"
-WAIT_MS = 15_000
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """A headless Debian Chromium (never downloaded), closed after the test."""
-    sync_playwright = _playwright()
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS[1:])
-        try:
-            yield instance
-        finally:
-            instance.close()
-
-
-class Page:
-    """A page in its own context at a viewport, recording console errors and uncaught exceptions."""
-
-    def __init__(self, browser: Any, base_url: str, viewport: dict[str, int]) -> None:
-        self.context = browser.new_context(viewport=viewport)
-        self.page = self.context.new_page()
-        self.console_errors: list[str] = []
-        self.page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
-        self.page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
-        self.page.goto(f"{base_url}/admin")
-        self.page.wait_for_selector("body[data-ready='true']", timeout=WAIT_MS)
-
-    def sign_in(self, email: str = ADMIN_EMAIL) -> None:
-        """Sign in through the page's form (the token stays in the module's memory)."""
-        self.page.fill("#email", email)
-        self.page.fill("#password", PASSWORD)
-        self.page.click("#login-form button[type=submit]")
-        self.page.wait_for_selector("body[data-refreshed]", timeout=WAIT_MS)
-
-    def refreshed(self) -> None:
-        """Click Refresh and wait for the reload it starts to finish."""
-        before = self.page.get_attribute("body", "data-refreshed")
-        self.page.click("#refresh")
-        self.page.wait_for_function(
-            "(b) => document.body.dataset.refreshed !== b", arg=before, timeout=WAIT_MS, polling=50
-        )
-
-    def shot(self, name: str, *, full_page: bool = True) -> None:
-        """A screenshot (the whole page, or what the viewport shows) under tests/artifacts/."""
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=full_page)
-
-
-def _dead_letter(app: Flask) -> int:
-    """A real dead letter: a job whose handler rejects its data, run by a real worker, with no retry."""
-
-    def handler(ctx: JobContext) -> None:
-        raise ValidationError("Audio file has no samples", field="file")
-
-    REGISTRY.register(JobKind(BAD_KIND, handler, policy=RetryPolicy(permanent_retries=0)), replace=True)
-    with app.app_context():
-        job_id = enqueue(BAD_KIND, {"upload": 1}).id
-    options = WorkerOptions(
-        install_signals=False,
-        schedule=False,
-        poll_seconds=0.02,
-        heartbeat_seconds=0.1,
-        lease_seconds=5.0,
-        burst=True,
-        max_seconds=10.0,
-    )
-    Worker(app, options).run()
-    with app.app_context():
-        assert db.session.get(Job, job_id).status == DEAD
-    return job_id
 
 
 @pytest.fixture
@@ -132,7 +49,7 @@ def dashboard_app(
         RENDER_MIN_FREE_MEMORY_MB=0,
     )
     yield app, proxy
-    REGISTRY.unregister(BAD_KIND)
+    REGISTRY.unregister(DEAD_LETTER_KIND)
 
 
 def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
@@ -141,8 +58,8 @@ def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
     app, proxy = dashboard_app
     client = app.test_client()
     assert login(client, ADMIN_EMAIL, PASSWORD)["access_token"]  # the admin account exists
-    dead_id = _dead_letter(app)
-    _, upload_id = _user_with_upload(app, audio_files, "artist@example.com")
+    dead_id = dead_letter(app)
+    _, upload_id = user_with_upload(app, audio_files, "artist@example.com")
     user = bearer(login(client, "artist@example.com", PASSWORD)["access_token"])
     queued = client.post("/api/renders", json={"upload_id": upload_id, "preset": "waveform"}, headers=user)
     assert queued.status_code == 202, queued.get_json()
@@ -220,7 +137,11 @@ def test_admin_sees_red_service_resets_breaker_and_requeues_a_dead_letter(
         page.click(f"tr[data-dead-letter='{dead_id}'] button[data-action='inspect']")
         page.wait_for_selector("#dlq-detail:not([hidden])", timeout=WAIT_MS)
         detail = json.loads(page.inner_text("#dlq-detail"))
-        assert detail["id"] == dead_id and detail["kind"] == BAD_KIND and detail["failure_analysis"] == "data_issue"
+        assert (
+            detail["id"] == dead_id
+            and detail["kind"] == DEAD_LETTER_KIND
+            and detail["failure_analysis"] == "data_issue"
+        )
         page.click(f"tr[data-dead-letter='{dead_id}'] button[data-action='requeue']")
         page.wait_for_selector(f"tr[data-dead-letter='{dead_id}']", state="detached", timeout=WAIT_MS)
         with app.app_context():
@@ -296,15 +217,15 @@ def test_point6_failed_work_panel_lists_retries_and_discards_with_a_reason(
     make_app: Callable[..., Flask], browser: Any
 ) -> None:
     """The inbox panel: every kind with its error, age and attempts; retry; discard asks for a reason; bulk retry."""
-    from tests.test_failed_work import failed_email, failed_file
+    from tests.harness.failed_work import failed_email, failed_file
 
     app = make_app(HEALTH_PROBE_DEADLINE=0.5)
     client = app.test_client()
     assert login(client, ADMIN_EMAIL, PASSWORD)["access_token"]
     try:
-        dead_id = _dead_letter(app)
+        dead_id = dead_letter(app)
     finally:
-        REGISTRY.unregister(BAD_KIND)
+        REGISTRY.unregister(DEAD_LETTER_KIND)
     email_id = failed_email(app, "render-finished:31", minutes_ago=50)
     bulk_ids = [failed_email(app, f"receipt:{i}", minutes_ago=5) for i in range(2)]
     file_id = failed_file(app, "renders/31/video.mp4", minutes_ago=130)
@@ -322,7 +243,7 @@ def test_point6_failed_work_panel_lists_retries_and_discards_with_a_reason(
         assert "email render-finished:31" in text and "UPSTREAM_REJECTED" in text and "50 min" in text
         file_row = page.locator(f"tr[data-inbox-item='storage:{file_id}']")
         assert "2 h" in file_row.inner_text() and "storage.objects.create" in file_row.inner_text()
-        assert f"{BAD_KIND} job {dead_id}" in page.inner_text(f"tr[data-inbox-item='job:{dead_id}']")
+        assert f"{DEAD_LETTER_KIND} job {dead_id}" in page.inner_text(f"tr[data-inbox-item='job:{dead_id}']")
         # Oldest first: the file (130 min), then the email (50 min).
         first = page.locator("#inbox tr[data-inbox-item]").first.get_attribute("data-inbox-item")
         assert first == f"storage:{file_id}"

@@ -15,16 +15,15 @@ from flask import Flask
 from backend.app.extensions import db
 from backend.app.models import SloMinute
 from backend.app.monitoring import flush_error_stats
-from tests.conftest import ADMIN_EMAIL, login
-from tests.test_browser_client import PASSWORD, LiveServer
-from tests.test_dashboard_browser import DESKTOP, WAIT_MS, Page, browser  # noqa: F401 - the fixture
+from tests.harness.app import ADMIN_EMAIL, login
+from tests.harness.browser import DESKTOP, PASSWORD, WAIT_MS, LiveServer, Page
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def test_point4_and_5_exhausted_budgets_split_rates_and_features_not_set_up(
     make_app: Callable[..., Flask],
-    browser: Any,  # noqa: F811 - the fixture imported above
+    browser: Any,
 ) -> None:
     app = make_app(SLOS={"*": {"objective": 0.999, "window_days": 30}})
     client = app.test_client()

@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 
 from backend.app.monitoring import flush_error_stats
-from tests.conftest import ADMIN_EMAIL, bearer, login
-from tests.test_browser_client import ARTIFACTS, LiveServer
-from tests.test_dashboard_browser import BAD_KIND, PASSWORD, WAIT_MS, _dead_letter, browser  # noqa: F401 - fixture
+from tests.harness.app import ADMIN_EMAIL, bearer, login
+from tests.harness.browser import ARTIFACTS, PASSWORD, WAIT_MS, LiveServer
+from tests.harness.failed_work import DEAD_LETTER_KIND, dead_letter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -60,10 +60,10 @@ def busy_app(make_app: Callable[..., Flask]) -> Iterator[Flask]:
         "severity": "HIGH",
     }
     assert client.post("/admin/api/monitoring/alerts/configure", json=rule, headers=admin).status_code in (200, 201)
-    _dead_letter(app)
+    dead_letter(app)
     flush_error_stats(app)
     yield app
-    REGISTRY.unregister(BAD_KIND)
+    REGISTRY.unregister(DEAD_LETTER_KIND)
 
 
 def _sign_in(page: Any, base_url: str) -> None:
@@ -133,7 +133,7 @@ LAYOUT_JS = """(keys) => {
 
 def test_point12_one_date_format_no_code_broken_mid_word_and_every_table_fits_375px(
     busy_app: Flask,
-    browser: Any,  # noqa: F811 - the fixture imported above
+    browser: Any,
 ) -> None:
     with LiveServer(busy_app) as server:
         # A month/day locale and a zone far from UTC: the old axis (day/month, local) and tables (toLocaleString)
@@ -170,7 +170,7 @@ def test_point12_one_date_format_no_code_broken_mid_word_and_every_table_fits_37
         assert codes["pieces"] >= 6 and not codes["broken"], codes
         recent_codes = page.locator("#recent code.code").all_inner_texts()
         assert len(recent_codes) >= 3 and any("_" in c for c in recent_codes), recent_codes
-        assert page.locator("#dlq code.code", has_text=BAD_KIND).count() == 1
+        assert page.locator("#dlq code.code", has_text=DEAD_LETTER_KIND).count() == 1
 
         layout = page.evaluate(LAYOUT_JS, {k: list(v) for k, v in KEY_COLUMNS.items()})
         assert layout["page"][0] <= layout["page"][1], layout["page"]  # nothing scrolls sideways

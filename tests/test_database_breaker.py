@@ -32,9 +32,9 @@ from backend.app.models.job import SUCCEEDED, Job
 from backend.app.monitoring import flush_error_stats
 from backend.app.monitoring.health import service_health
 from backend.app.resilience.classifier import ErrorKind, classify
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log, register
-from tests.contract import assert_error
-from tests.peers.tcp_fault_proxy import TcpFaultProxy
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log, register
+from tests.harness.contract import assert_error
+from tests.harness.peers.tcp_fault_proxy import TcpFaultProxy
 
 CONNECT_TIMEOUT = 3.0  # the app's default PostgreSQL connect timeout (DATABASE_CONNECT_TIMEOUT)
 FAST = 0.5  # "fails fast": far below one connect timeout

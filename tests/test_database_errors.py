@@ -9,8 +9,8 @@ from flask import Flask
 from sqlalchemy import text
 
 from backend.app.extensions import db
-from tests.conftest import login, register
-from tests.contract import assert_error
+from tests.harness.app import login, register
+from tests.harness.contract import assert_error
 
 
 def _add_failing_routes(app: Flask) -> None:
@@ -77,7 +77,7 @@ def test_a_connection_lost_mid_request_still_answers_and_the_next_request_reconn
     # escaped Flask, so gunicorn replaced the answer with a bare, non-JSON 500.
     from urllib.parse import urlsplit, urlunsplit
 
-    from tests.peers.tcp_fault_proxy import TcpFaultProxy
+    from tests.harness.peers.tcp_fault_proxy import TcpFaultProxy
 
     parts = urlsplit(_postgres_migrated)
     proxy = TcpFaultProxy(parts.port or 5432, target_host=parts.hostname or "127.0.0.1")

@@ -17,8 +17,8 @@ from backend.app.resilience.recovery import degraded_services
 from backend.app.services import get_email
 from backend.app.services.email import DEDUP_HEADER
 from backend.app.services.email_templates import payment_receipt, render_failed, render_finished
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.peers.sendgrid_peer import SendGridPeer, sendgrid_error_body
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.peers.sendgrid_peer import SendGridPeer, sendgrid_error_body
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
 

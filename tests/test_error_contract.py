@@ -15,8 +15,8 @@ from backend.app.errors import (
     RenderingError,
     ValidationError,
 )
-from tests.conftest import read_log
-from tests.contract import assert_error, assert_no_leak
+from tests.harness.app import read_log
+from tests.harness.contract import assert_error, assert_no_leak
 
 SECRET_IN_EXCEPTION = "sk_test_CANARY0123456789 at /srv/app/secret.py password=hunter2hunter2"
 

@@ -23,8 +23,8 @@ from backend.app.utils.error_recovery import (  # the seed's path, as a develope
     get_breaker,
     with_error_recovery,
 )
-from tests.conftest import read_log
-from tests.contract import assert_error
+from tests.harness.app import read_log
+from tests.harness.contract import assert_error
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
 

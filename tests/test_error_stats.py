@@ -24,8 +24,8 @@ from backend.app.monitoring import flush_error_stats, get_recorder, record_error
 from backend.app.monitoring.fingerprint import fingerprint
 from backend.app.monitoring.retention import prune_error_events
 from backend.app.monitoring.store import ErrorEventData, write_batch
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.contract import assert_error, assert_no_leak
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.contract import assert_error, assert_no_leak
 
 STATS = "/admin/api/monitoring/errors/stats"
 RECENT = "/admin/api/monitoring/logs/recent-errors"

@@ -18,7 +18,7 @@ from backend.app.extensions import db
 from backend.app.models import ErrorEvent, ErrorGroup, ErrorMinute
 from backend.app.monitoring import flush_error_stats, record_error
 from config import TestingConfig
-from tests.conftest import base_settings
+from tests.harness.app import base_settings
 
 PER_PROCESS = 120
 PROCESSES = 2

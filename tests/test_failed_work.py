@@ -35,12 +35,13 @@ from backend.app.models.job import DEAD, FAILED, QUEUED, SUCCEEDED, Job, JobStep
 from backend.app.monitoring.inbox import FailedItem, FailedWorkKindUnknownError, FailedWorkNotOpenError, Inbox
 from backend.app.resilience.retry import RetryPolicy
 from backend.app.services import get_email, get_storage
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.contract import assert_error
-from tests.peers.gcs_emulator import GCSEmulator, storage_client
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.peers.webhook_receiver import WebhookReceiver
-from tests.test_metrics import sample
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.contract import assert_error
+from tests.harness.failed_work import failed_email, failed_file
+from tests.harness.metrics import sample
+from tests.harness.peers.gcs_emulator import GCSEmulator, storage_client
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.peers.webhook_receiver import WebhookReceiver
 
 BASE = "/admin/api/monitoring/failed-work"
 BAD_KIND = "test.inbox_bad_data"
@@ -83,69 +84,6 @@ def dead_job(app: Flask, kind: str = BAD_KIND) -> int:
     with app.app_context():
         assert db.session.get(Job, job_id).status == DEAD
     return int(job_id)
-
-
-def failed_email(
-    app: Flask, key: str, *, minutes_ago: float = 30, code: str = "UPSTREAM_REJECTED", attempts: int = 1
-) -> int:
-    """An outbox row in the state #13 point 4 leaves a permanent failure: `failed`, with its history."""
-    at = _now() - timedelta(minutes=minutes_ago)
-    message = "SendGrid refused the request: The from address does not match a verified Sender Identity"
-    with app.app_context():
-        row = EmailOutbox(
-            dedup_key=key,
-            to_address="ada@example.com",
-            subject="Your video is ready",
-            text_body="Download it here",
-            status="failed",
-            attempts=attempts,
-            last_error=f"{code}: {message}",
-            created_at=at - timedelta(minutes=5),
-            failed_at=at,
-            possible_duplicates=1,
-            errors=[
-                {
-                    "code": "EMAIL_UNAVAILABLE",
-                    "kind": "transient",
-                    "message": "timed out",
-                    "time": "2026-12-01T10:00:00Z",
-                },
-                {"code": code, "kind": "permanent", "message": message, "time": "2026-12-01T10:05:00Z"},
-            ],
-        )
-        db.session.add(row)
-        db.session.commit()
-        return int(row.id)
-
-
-def failed_file(app: Flask, key: str, *, minutes_ago: float = 30, data: bytes = b"video-bytes") -> int:
-    """A fallback file in the state #13 point 3 leaves one that used up its attempts: `failed`, kept locally."""
-    at = _now() - timedelta(minutes=minutes_ago)
-    with app.app_context():
-        path = get_storage().local_file(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        row = PendingSync(
-            key=key,
-            content_type="video/mp4",
-            size=len(data),
-            status="failed",
-            attempts=5,
-            last_error="UPSTREAM_REJECTED: 403 Forbidden: the service account lacks storage.objects.create",
-            created_at=at - timedelta(minutes=10),
-            failed_at=at,
-            errors=[
-                {
-                    "code": "UPSTREAM_REJECTED",
-                    "kind": "permanent",
-                    "message": "403 Forbidden: the service account lacks storage.objects.create",
-                    "time": "2026-12-01T10:00:00Z",
-                }
-            ],
-        )
-        db.session.add(row)
-        db.session.commit()
-        return int(row.id)
 
 
 class FakePaymentSource:

@@ -26,12 +26,12 @@ from backend.app.models import EmailOutbox
 from backend.app.resilience.classifier import ErrorKind, classify
 from backend.app.resilience.recovery import RecoveryEvent, degraded_services, get_breaker
 from backend.app.services import get_email, get_storage
-from tests.conftest import bearer, login, read_log
-from tests.contract import assert_error
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator, storage_client
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.peers.stripe_peer import StripePeer
+from tests.harness.app import bearer, login, read_log
+from tests.harness.contract import assert_error
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator, storage_client
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.peers.stripe_peer import StripePeer
 
 RECOVERY = 0.3  # breaker recovery timeout in these tests
 COMMON: dict[str, Any] = {

@@ -35,10 +35,10 @@ import pytest
 import requests
 
 from backend.app.jobs.registry import REGISTRY
-from tests.peers.audio import AudioFactory
-from tests.peers.gcs_emulator import GCSEmulator
-from tests.peers.tcp_fault_proxy import TcpFaultProxy
-from tests.production_stack import RENDER, Answer, Client, Ledger, Load, Stack, production_stack
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.gcs_emulator import GCSEmulator
+from tests.harness.peers.tcp_fault_proxy import TcpFaultProxy
+from tests.harness.production_stack import RENDER, Answer, Client, Ledger, Load, Stack, production_stack
 
 SECONDS = float(os.environ.get("FAULT_LOAD_SECONDS", "90"))
 DRAIN_SECONDS = float(os.environ.get("FAULT_LOAD_DRAIN_SECONDS", "150"))
@@ -250,7 +250,7 @@ def redeliver_webhooks(stack: Stack, ledger: Ledger) -> Counter[int]:
     """Stripe redelivers every event until it gets a 2xx: send each completed event once more (same id)."""
     statuses: Counter[int] = Counter()
     for event in ledger.events.values():
-        from tests.peers.stripe_peer import signed_webhook
+        from tests.harness.peers.stripe_peer import signed_webhook
 
         payload, headers = signed_webhook(event, stack.stripe.webhook_secret)
         answer = requests.post(

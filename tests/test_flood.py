@@ -19,8 +19,8 @@ from backend.app.extensions import db
 from backend.app.models import ErrorCodeMinute, ErrorEvent, ErrorGroup
 from backend.app.monitoring import flush_error_stats
 from backend.app.rejection_log import OVERFLOW_CLIENT, RejectionLog, flush_rejections
-from tests.conftest import bearer, read_log, register
-from tests.contract import assert_error
+from tests.harness.app import bearer, read_log, register
+from tests.harness.contract import assert_error
 
 
 class Clock:

@@ -31,9 +31,9 @@ from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.core.failures import FailureGroup
 
-from tests.conftest import ADMIN_EMAIL
-from tests.contract import LEAK_PATTERNS
-from tests.system import CANARIES, System, running_system
+from tests.harness.app import ADMIN_EMAIL
+from tests.harness.contract import LEAK_PATTERNS
+from tests.harness.system import CANARIES, System, running_system
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(900)]
 

@@ -22,8 +22,8 @@ from python_http_client import exceptions as sendgrid_errors
 from backend.app.resilience.classifier import ErrorKind, classify
 from backend.app.resilience.recovery import CircuitOpenError, degraded_services, get_breaker, with_error_recovery
 from backend.app.resilience.retry import RetryPolicy, call_with_retry
-from tests.conftest import read_log
-from tests.contract import assert_error
+from tests.harness.app import read_log
+from tests.harness.contract import assert_error
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
 

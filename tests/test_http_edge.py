@@ -13,8 +13,8 @@ from flask import Flask, request
 from backend.app.rate_limits import shared_storage_warning
 from backend.app.validation import MAX_JSON_DEPTH
 from config import ConfigError, TestingConfig
-from tests.conftest import read_log
-from tests.contract import assert_error
+from tests.harness.app import read_log
+from tests.harness.contract import assert_error
 
 
 def _edge_app(make_app: Callable[..., Flask], **settings: object) -> Flask:

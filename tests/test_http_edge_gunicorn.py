@@ -1,7 +1,7 @@
 """The HTTP edge under real gunicorn: behind a forwarding proxy (#14 points 1-3) and at its size limits (point 7).
 
 Users are played by sockets leaving from different loopback addresses (127.0.0.2, 127.0.0.3); the
-proxy in tests/peers/forwarding_proxy.py appends each one's address to X-Forwarded-For, as a load
+proxy in tests/harness/peers/forwarding_proxy.py appends each one's address to X-Forwarded-For, as a load
 balancer does.
 """
 
@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from bench.harness import Server, base_env, gunicorn, migrate
-from tests.peers.forwarding_proxy import ForwardingProxy, bound_session_address, loopback_alias_works
+from tests.harness.peers.forwarding_proxy import ForwardingProxy, bound_session_address, loopback_alias_works
 
 pytestmark = pytest.mark.slow
 

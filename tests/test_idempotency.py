@@ -7,7 +7,6 @@ tests/test_idempotency_redis_outage.py shows them holding across a Redis outage.
 from __future__ import annotations
 
 import dataclasses
-import io
 import threading
 import time
 import uuid
@@ -18,64 +17,18 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
 
 from backend.app import credits
-from backend.app.extensions import db
 from backend.app.idempotency import fingerprint, get_store
 from backend.app.models import IdempotencyRecord, Render, Upload
 from backend.app.services.rendering import get_renderer
-from tests.conftest import bearer, login, read_log
-from tests.contract import assert_error
-from tests.peers.audio import AudioFactory
-from tests.peers.stripe_peer import StripePeer
-from tests.test_stripe_payments import payments_app
-
-SMALL = {"preset": "waveform", "resolution": "320x180", "fps": 24}
-SETTINGS: dict[str, Any] = {
-    "RETRY_SLEEP_ENABLED": False,
-    "RENDER_DISPATCH": "none",  # the render itself is not under test: only what the POST did
-    "RENDER_MIN_FREE_DISK_MB": 0,
-    "RENDER_MIN_FREE_MEMORY_MB": 0,
-    "RATELIMIT_ENABLED": False,
-}
-
-
-class Caller:
-    """A logged-in user of one app, with a few credits."""
-
-    def __init__(self, app: Flask, email: str = "idem@example.com", credit: int = 5) -> None:
-        self.app = app
-        client = app.test_client()
-        self.token = login(client, email)["access_token"]
-        self.id = client.get("/api/me", headers=bearer(self.token)).get_json()["user"]["id"]
-        if credit:
-            with app.app_context():
-                credits.grant(self.id, credit, "test credits", f"test:{uuid.uuid4().hex}")
-
-    def headers(self, key: str | None) -> dict[str, str]:
-        return {**bearer(self.token), **({"Idempotency-Key": key} if key is not None else {})}
-
-    def upload(self, data: bytes, key: str | None = None, name: str = "song.wav", client: FlaskClient | None = None):
-        return (client or self.app.test_client()).post(
-            "/api/uploads",
-            data={"file": (io.BytesIO(data), name)},
-            headers=self.headers(key),
-            content_type="multipart/form-data",
-        )
-
-    def render(self, upload_id: int, key: str | None = None, client: FlaskClient | None = None, **choices: Any):
-        body = {"upload_id": upload_id, **(choices or SMALL)}
-        return (client or self.app.test_client()).post("/api/renders", json=body, headers=self.headers(key))
-
-    def balance(self) -> int:
-        with self.app.app_context():
-            return credits.balance(self.id)
-
-
-def count(app: Flask, model: type[Any]) -> int:
-    with app.app_context():
-        return db.session.scalar(select(func.count()).select_from(model)) or 0
+from tests.harness.app import bearer, login, read_log
+from tests.harness.contract import assert_error
+from tests.harness.idempotency import SETTINGS, Caller, count
+from tests.harness.payments import payments_app
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.stripe_peer import StripePeer
+from tests.harness.renders import SMALL
 
 
 @pytest.fixture

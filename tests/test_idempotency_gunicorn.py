@@ -27,9 +27,9 @@ from backend.app.extensions import db
 from backend.app.models import Render, Upload, User
 from bench import harness
 from bench.harness import base_env
-from tests.peers.audio import AudioFactory
-from tests.peers.stripe_peer import StripePeer
-from tests.peers.tcp_fault_proxy import TcpFaultProxy
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.stripe_peer import StripePeer
+from tests.harness.peers.tcp_fault_proxy import TcpFaultProxy
 
 DUPLICATES = 12
 REDIS_DB = 12  # the outage test's own Redis database number (wake-up lists and breaker keys have fixed names)

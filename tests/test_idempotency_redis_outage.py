@@ -26,11 +26,11 @@ from werkzeug.test import TestResponse
 from backend.app.jobs import runtime
 from backend.app.jobs.dispatch import RedisDispatcher
 from backend.app.models import Render, Upload
-from tests.peers.audio import AudioFactory
-from tests.peers.stripe_peer import StripePeer
-from tests.peers.tcp_fault_proxy import TcpFaultProxy
-from tests.test_idempotency import SETTINGS, Caller, count
-from tests.test_stripe_payments import PACKS
+from tests.harness.idempotency import SETTINGS, Caller, count
+from tests.harness.payments import PACKS
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.stripe_peer import StripePeer
+from tests.harness.peers.tcp_fault_proxy import TcpFaultProxy
 
 pytestmark = pytest.mark.redis
 

@@ -30,7 +30,7 @@ from backend.app.models.job import DEAD, FAILED, QUEUED, RETRYING, RUNNING, SUCC
 from backend.app.resilience.classifier import Classification, ErrorKind, classify
 from backend.app.resilience.history import error_entry
 from backend.app.resilience.retry import RetryPolicy, backoff_ceiling, decide
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
 
 # A minute boundary in the past: fake-clock jobs are due for a real-clock worker too.
 T0 = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)

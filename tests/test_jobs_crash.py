@@ -34,7 +34,7 @@ from backend.app.jobs import REGISTRY, JobContext, enqueue
 from backend.app.jobs.registry import JobKind
 from backend.app.models.job import DEAD, RUNNING, SUCCEEDED, Job
 from backend.app.resilience.retry import RetryPolicy
-from tests.forked_workers import Zygote, kill
+from tests.harness.forked_workers import Zygote, kill
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 20

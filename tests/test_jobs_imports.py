@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from backend.app import create_app
 from backend.app.jobs import REGISTRY, JobImportError
 from config import TestingConfig
-from tests.conftest import base_settings
+from tests.harness.app import base_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -45,7 +45,7 @@ def test_point11_flask_jobs_enqueue_knows_the_kinds_jobs_imports_registers(
     without = subprocess.run(command, cwd=ROOT, env=_cli_env(tmp_path, database), capture_output=True, timeout=60)
     assert without.returncode != 0 and b"Unknown job kind 'tests.extra.echo'" in without.stderr
 
-    env = _cli_env(tmp_path, database, JOBS_IMPORTS="tests.jobs_extra")
+    env = _cli_env(tmp_path, database, JOBS_IMPORTS="tests.harness.jobs_extra")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     job = json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -60,7 +60,7 @@ def test_point11_flask_jobs_enqueue_knows_the_kinds_jobs_imports_registers(
 
 
 def test_point11_the_app_registers_jobs_imports_kinds_when_it_is_built(make_app: pytest.FixtureRequest) -> None:
-    app: Flask = make_app(JOBS_IMPORTS=("tests.jobs_extra",))
+    app: Flask = make_app(JOBS_IMPORTS=("tests.harness.jobs_extra",))
     assert REGISTRY.get("tests.extra.echo") is not None
     with app.app_context():
         from backend.app.jobs import enqueue
@@ -79,7 +79,7 @@ def test_point11_flask_jobs_enqueue_with_an_unimportable_jobs_imports_module_fai
 ) -> None:
     database = tmp_path / "cli.db"
     shutil.copy(migrated_sqlite_template, database)
-    env = _cli_env(tmp_path, database, JOBS_IMPORTS="tests.jobs_extra, tests.no_such_module_here")
+    env = _cli_env(tmp_path, database, JOBS_IMPORTS="tests.harness.jobs_extra, tests.no_such_module_here")
     command = [FLASK, "jobs", "enqueue", "tests.extra.echo", "--payload", "{}"]
     failed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=60)
     assert failed.returncode != 0

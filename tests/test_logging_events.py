@@ -22,7 +22,7 @@ from backend.logging_config import (
     log_security_event,
 )
 from config import load_config
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log, register
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log, register
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SPEC_FIELDS = ("timestamp", "level", "logger", "message", *CONTEXT_FIELDS)

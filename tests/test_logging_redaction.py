@@ -13,7 +13,7 @@ from flask import Flask
 
 from backend.logging_config import flush_logs, log_security_event
 from backend.redaction import MASK, clean_text, is_secret_key, neutralise, redact, redact_value
-from tests.conftest import login, register
+from tests.harness.app import login, register
 
 # Each canary carries a unique tag; a leak is any occurrence of the tag in any log file.
 PASSWORD = "pw-CANARYpass-81f3"

@@ -16,7 +16,7 @@ from pathlib import Path
 from flask import Flask
 
 from backend.logging_config import SafeRotatingFileHandler, _state, configure_logging, flush_logs, sink_status
-from tests.conftest import ADMIN_EMAIL, bearer, login
+from tests.harness.app import ADMIN_EMAIL, bearer, login
 
 ROOT = Path(__file__).resolve().parents[1]
 

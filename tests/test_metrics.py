@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import urllib.request
 from collections.abc import Callable
@@ -14,24 +13,9 @@ from flask import Flask
 
 from backend.app.resilience.recovery import get_breaker, with_error_recovery
 from bench.harness import base_env, gunicorn
-from tests.conftest import ADMIN_EMAIL, bearer, login
-from tests.contract import assert_error
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the exposition text (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        assert match, line
-        if match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(3))
-    return total
+from tests.harness.app import ADMIN_EMAIL, bearer, login
+from tests.harness.contract import assert_error
+from tests.harness.metrics import sample
 
 
 def test_requests_errors_and_breakers_are_counted(app: Flask) -> None:

@@ -35,14 +35,14 @@ from backend.app.models import (
 from backend.app.monitoring import flush_error_stats
 from backend.app.monitoring.inbox import Inbox
 from backend.app.payments.failed_work import PaymentInboxSource
-from tests.conftest import bearer, login, read_log
-from tests.contract import assert_error
-from tests.peers import stripe_peer as stripe_module
-from tests.peers.audio import AudioFactory
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.peers.stripe_peer import StripePeer, build_event, deliver_webhook, signed_webhook
-from tests.test_credits import assert_ledger_balanced
-from tests.test_stripe_payments import payments_app
+from tests.harness.app import bearer, login, read_log
+from tests.harness.contract import assert_error
+from tests.harness.ledger import assert_ledger_balanced
+from tests.harness.payments import payments_app
+from tests.harness.peers import stripe_peer as stripe_module
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.peers.stripe_peer import StripePeer, build_event, deliver_webhook, signed_webhook
 
 RENDER = {"preset": "waveform", "resolution": "320x180", "fps": 24}
 

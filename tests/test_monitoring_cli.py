@@ -21,7 +21,7 @@ from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models.job import DEAD, QUEUED, Job
 from backend.app.monitoring import flush_error_stats
 from backend.app.resilience.retry import RetryPolicy
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
 
 KIND = "test.cli_bad_data"
 

@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 
 from backend.app.errors import APIError
 from backend.app.resilience.recovery import get_breaker, with_error_recovery
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.contract import assert_error
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.contract import assert_error
 
 FAULTS = "/admin/api/monitoring/faults"
 

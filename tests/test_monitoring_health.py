@@ -16,8 +16,8 @@ from backend.app.errors import PaymentError, RenderingError, ValidationError
 from backend.app.monitoring import flush_error_stats, record_error
 from backend.app.resilience.recovery import ErrorKind, get_breaker
 from backend.logging_config import log_context
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.contract import assert_error, assert_no_leak
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.contract import assert_error, assert_no_leak
 
 SERVICES = {"database", "redis", "storage", "email", "stripe", "rendering", "queue"}
 

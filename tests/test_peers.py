@@ -19,15 +19,15 @@ from google.api_core import exceptions as google_exceptions
 from google.auth import exceptions as google_auth_exceptions
 from sendgrid.helpers.mail import CustomArg, Header, Mail
 
-from tests.peers import sendgrid_peer as sendgrid_module
-from tests.peers import stripe_peer as stripe_module
-from tests.peers.audio import AudioFactory, decodes, ffmpeg_exe
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator, signed_download_url
-from tests.peers.localstripe_peer import LocalStripe
-from tests.peers.sendgrid_peer import SendGridPeer, sendgrid_error_body
-from tests.peers.stripe_peer import StripePeer, deliver_webhook, signed_webhook, stripe_error_body
-from tests.peers.webhook_receiver import WebhookReceiver
+from tests.harness.peers import sendgrid_peer as sendgrid_module
+from tests.harness.peers import stripe_peer as stripe_module
+from tests.harness.peers.audio import AudioFactory, decodes, ffmpeg_exe
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator, signed_download_url
+from tests.harness.peers.localstripe_peer import LocalStripe
+from tests.harness.peers.sendgrid_peer import SendGridPeer, sendgrid_error_body
+from tests.harness.peers.stripe_peer import StripePeer, deliver_webhook, signed_webhook, stripe_error_body
+from tests.harness.peers.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from tests.conftest import ADMIN_EMAIL, bearer, login
+from tests.harness.app import ADMIN_EMAIL, bearer, login
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 

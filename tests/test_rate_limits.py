@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from tests.conftest import read_log
-from tests.contract import assert_error
+from tests.harness.app import read_log
+from tests.harness.contract import assert_error
 
 BAD_LOGIN = {"email": "nobody@example.com", "password": "wrong-password"}
 

@@ -32,13 +32,13 @@ from sqlalchemy import select
 from backend.app.extensions import db
 from backend.app.models import CreditEntry, Render
 from backend.app.models.job import DEAD, RUNNING, SUCCEEDED, Job
-from tests.forked_workers import Zygote, kill
-from tests.peers.audio import AudioFactory
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.test_render_jobs_e2e import peer_settings, pg_redis_app  # noqa: F401 - pg_redis_app is a fixture
-from tests.test_renders import DEDUP_HEADER, SMALL, User
+from tests.harness.forked_workers import Zygote, kill
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.render_jobs import peer_settings
+from tests.harness.renders import DEDUP_HEADER, SMALL, User
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 20
@@ -246,7 +246,7 @@ def test_render_workers_sigkilled_mid_render_20_times_on_the_embedded_default_lo
 
 @pytest.mark.postgres
 def test_render_workers_sigkilled_mid_render_20_times_on_redis_and_postgres_lose_and_duplicate_nothing(
-    pg_redis_app: Callable[..., Flask],  # noqa: F811 - the fixture imported above
+    pg_redis_app: Callable[..., Flask],
     gcs_emulator: GCSEmulator,
     gcs_bucket: str,
     sendgrid_peer: SendGridPeer,

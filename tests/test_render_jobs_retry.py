@@ -14,7 +14,7 @@ the job's next attempt time, so the delays are read from the job record, not mea
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +23,21 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from backend.app.extensions import db
-from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import CreditEntry, Upload
 from backend.app.models.error_event import ErrorEvent
 from backend.app.models.job import Job
 from backend.app.monitoring import flush_error_stats
 from backend.app.resilience.state import get_breaker
 from backend.app.services import get_storage
-from backend.app.timeutil import as_utc, utcnow
-from tests.peers.audio import AudioFactory
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.test_render_jobs_e2e import peer_settings
-from tests.test_renders import DEDUP_HEADER, User
+from backend.app.timeutil import as_utc
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.render_jobs import peer_settings
+from tests.harness.renders import DEDUP_HEADER, Clock, User, attempt
 
 BASE_DELAY = 5.0  # the render kind's base delay: backoff ceilings are 5, 10, 20... seconds
-
-
-class Clock:
-    """A clock the test moves; the worker reads it for claims, leases, failures and retry times."""
-
-    def __init__(self) -> None:
-        self.now = utcnow() + timedelta(seconds=1)  # after the job's enqueue time, so it is due
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def attempt(app: Flask, clock: Clock) -> int:
-    """One burst of a real worker at the clock's time (top of the jitter range: rng returns the ceiling)."""
-    options = WorkerOptions(burst=True, schedule=False, install_signals=False, poll_seconds=0.05, lease_seconds=60)
-    return Worker(app, options, clock=clock, rng=lambda low, high: high).run()
 
 
 def job_for(app: Flask, render_id: int) -> Job:

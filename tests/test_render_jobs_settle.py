@@ -23,9 +23,9 @@ from backend.app.jobs.compensation import run_compensations, sweep_pending
 from backend.app.models import CreditEntry, Render
 from backend.app.models.job import Job
 from backend.app.renders import runner
-from tests.peers.audio import AudioFactory
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.test_renders import DEDUP_HEADER, User, balance, render_app
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.renders import DEDUP_HEADER, User, balance, render_app
 
 
 def ledger(app: Flask, kind: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,8 @@ from backend.app.services.rendering import (
     ffmpeg_binary,
     sanitise_output,
 )
-from tests.peers.audio import AudioFactory, ffmpeg_exe
+from tests.harness.peers.audio import AudioFactory, ffmpeg_exe
+from tests.harness.renders import video_facts
 
 
 @pytest.fixture
@@ -44,17 +44,6 @@ def renderer(**overrides: object) -> Renderer:
     settings = {"ffmpeg": ffmpeg_exe(), "min_free_disk_mb": 0, "min_free_memory_mb": 0, "timeout_seconds": 60.0}
     settings.update(overrides)
     return Renderer(RenderSettings(**settings))  # type: ignore[arg-type]
-
-
-def video_facts(path: Path) -> dict[str, str]:
-    """Codec and size of a rendered file, read back by FFmpeg itself."""
-    stderr = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, check=False).stderr
-    text = stderr.decode("utf-8", "replace")
-    video = re.search(r"Video: (\w+).*?, (\d+x\d+)", text)
-    audio = re.search(r"Audio: (\w+)", text)
-    duration = re.search(r"Duration: ([\d:.]+)", text)
-    assert video and audio and duration, text
-    return {"video": video[1], "size": video[2], "audio": audio[1], "duration": duration[1]}
 
 
 def ffmpeg_processes_under(folder: Path) -> list[int]:

@@ -27,8 +27,8 @@ from backend.app.resilience.classifier import ErrorKind, classify, is_breaker_fa
 from backend.app.resilience.recovery import get_breaker
 from backend.app.services import get_storage
 from backend.app.services.rendering import Renderer, RenderSettings, RenderSpec
-from tests.conftest import bearer, login, read_log
-from tests.peers.audio import AudioFactory
+from tests.harness.app import bearer, login, read_log
+from tests.harness.peers.audio import AudioFactory
 
 
 def script(folder: Path, name: str, body: str) -> Path:

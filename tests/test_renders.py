@@ -4,7 +4,6 @@ credits consumed once and refunded once on failure, 402/404/409/422/503, and `ru
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable
@@ -14,67 +13,20 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from backend.app import credits
 from backend.app.errors import RenderingResourceError
 from backend.app.extensions import db
 from backend.app.jobs.worker import Worker, WorkerOptions
 from backend.app.models import CreditEntry, Render, Upload
 from backend.app.renders.runner import run_render
 from backend.app.services import get_storage
-from tests.conftest import bearer, login
-from tests.contract import assert_error
-from tests.peers.audio import AudioFactory
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.test_rendering import video_facts
+from tests.harness.contract import assert_error
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.renders import DEDUP_HEADER, User, balance, render_app, video_facts
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
-DEDUP_HEADER = "X-Oriel-Dedup-Key"
-SMALL = {"preset": "waveform", "resolution": "320x180", "fps": 24}
-
-
-def render_app(make_app: Callable[..., Flask], sendgrid_peer: SendGridPeer | None = None, **extra: Any) -> Flask:
-    """An app with local storage and, when given, SendGrid pointed at the peer."""
-    settings: dict[str, Any] = {**FAST, "RENDER_MIN_FREE_DISK_MB": 0, "RENDER_MIN_FREE_MEMORY_MB": 0}
-    if sendgrid_peer is not None:
-        settings.update(SENDGRID_API_KEY=sendgrid_peer.api_key, SENDGRID_API_HOST=sendgrid_peer.url, SENDGRID_TIMEOUT=2)
-    settings.update(extra)
-    return make_app(**settings)
-
-
-class User:
-    """A logged-in test user."""
-
-    def __init__(self, client: FlaskClient, email: str) -> None:
-        self.client = client
-        self.token = login(client, email)["access_token"]
-        self.id = client.get("/api/me", headers=self.headers).get_json()["user"]["id"]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return bearer(self.token)
-
-    def upload(self, data: bytes, name: str = "song.mp3") -> int:
-        response = self.client.post(
-            "/api/uploads",
-            data={"file": (io.BytesIO(data), name)},
-            headers=self.headers,
-            content_type="multipart/form-data",
-        )
-        assert response.status_code == 201, response.get_json()
-        return response.get_json()["upload"]["id"]
-
-    def start(self, upload_id: int, **choices: Any) -> Any:
-        return self.client.post(
-            "/api/renders", json={"upload_id": upload_id, **(choices or SMALL)}, headers=self.headers
-        )
-
-    def get(self, render_id: int) -> dict[str, Any]:
-        response = self.client.get(f"/api/renders/{render_id}", headers=self.headers)
-        assert response.status_code == 200, response.get_json()
-        return response.get_json()["render"]
 
 
 def run_jobs(app: Flask, *, concurrency: int = 1, seconds: float = 60.0) -> int:
@@ -95,12 +47,6 @@ def finish(app: Flask, user: User, render_id: int) -> dict[str, Any]:
     """Let a worker run the render's job (and its settling), then read the render back."""
     run_jobs(app)
     return user.get(render_id)
-
-
-def balance(app: Flask, user_id: int) -> int:
-    """The user's render credits."""
-    with app.app_context():
-        return credits.balance(user_id)
 
 
 def test_upload_render_store_download_and_email_end_to_end(

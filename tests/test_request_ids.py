@@ -6,8 +6,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import read_log
-from tests.contract import assert_error
+from tests.harness.app import read_log
+from tests.harness.contract import assert_error
 
 
 def test_valid_incoming_request_id_is_reused(client: FlaskClient) -> None:

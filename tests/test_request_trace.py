@@ -27,17 +27,13 @@ from backend.app.monitoring import flush_error_stats
 from backend.app.services import get_storage
 from backend.app.timeutil import as_utc
 from backend.logging_config import flush_logs
-from tests import test_dashboard_browser
-from tests.conftest import ADMIN_EMAIL, bearer, login, read_log
-from tests.contract import assert_error
-from tests.peers.audio import AudioFactory
-from tests.test_browser_client import PASSWORD, LiveServer
-from tests.test_dashboard_browser import DESKTOP, WAIT_MS, Page
-from tests.test_render_jobs_retry import Clock, attempt
-from tests.test_renders import User, render_app
+from tests.harness.app import ADMIN_EMAIL, bearer, login, read_log
+from tests.harness.browser import DESKTOP, PASSWORD, WAIT_MS, LiveServer, Page
+from tests.harness.contract import assert_error
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.renders import Clock, User, attempt, render_app
 
 TRACE = "/admin/api/monitoring/requests"
-browser = test_dashboard_browser.browser  # the headless Chromium fixture, shared
 
 
 def failed_render(app: Flask, audio_files: AudioFactory, email: str = "traced@example.com") -> dict[str, Any]:

@@ -14,11 +14,11 @@ from backend.app import credits
 from backend.app.error_catalog import entries, lookup
 from backend.app.idempotency import fingerprint, get_store
 from backend.app.resilience.state import get_breaker
-from tests.conftest import bearer, login
-from tests.contract import assert_error
-from tests.peers.audio import AudioFactory
-from tests.peers.stripe_peer import StripePeer
-from tests.test_stripe_payments import payments_app
+from tests.harness.app import bearer, login
+from tests.harness.contract import assert_error
+from tests.harness.payments import payments_app
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.stripe_peer import StripePeer
 
 RENDER = {"preset": "waveform", "resolution": "320x180", "fps": 24}
 KNOWN_WHEN = ("RATE_LIMITED", "CIRCUIT_OPEN", "IDEMPOTENCY_REQUEST_IN_PROGRESS", "RENDERING_RESOURCES_EXHAUSTED")

@@ -7,8 +7,8 @@ import pytest
 from flask import Flask
 
 from backend.app.routing import MAX_BIGINT, MAX_INT
-from tests.conftest import ADMIN_EMAIL, bearer, login
-from tests.contract import assert_error
+from tests.harness.app import ADMIN_EMAIL, bearer, login
+from tests.harness.contract import assert_error
 
 
 @pytest.mark.postgres

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ADMIN_EMAIL
-from tests.system import CANARIES, Answer, System, running_system
+from tests.harness.app import ADMIN_EMAIL
+from tests.harness.system import CANARIES, Answer, System, running_system
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(300)]
 

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
 from backend.app.rejection_log import flush_rejections
-from tests.conftest import ADMIN_EMAIL, TEST_JWT_SECRET_KEY, TEST_SECRET_KEY, bearer, login, read_log
-from tests.contract import assert_error, assert_no_leak
+from tests.harness.app import ADMIN_EMAIL, TEST_JWT_SECRET_KEY, TEST_SECRET_KEY, bearer, login, read_log
+from tests.harness.contract import assert_error, assert_no_leak
 
 TARGETS = ("/api/me", "/admin/api/monitoring/errors/stats")
 _RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)

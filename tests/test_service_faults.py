@@ -32,13 +32,13 @@ from backend.app.models import ServiceFault
 from backend.app.monitoring.service_faults import get_monitor
 from backend.app.resilience.recovery import get_breaker, with_error_recovery
 from backend.app.services import get_email, get_storage
-from tests.conftest import ADMIN_EMAIL, TEST_JWT_SECRET_KEY, TEST_SECRET_KEY, bearer, login, read_log
-from tests.contract import assert_error
-from tests.peers.audio import AudioFactory
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.peers.webhook_receiver import WebhookReceiver
+from tests.harness.app import ADMIN_EMAIL, TEST_JWT_SECRET_KEY, TEST_SECRET_KEY, bearer, login, read_log
+from tests.harness.contract import assert_error
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.peers.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTH = "/admin/api/monitoring/health/services"
@@ -429,7 +429,7 @@ def test_point2_the_database_down_never_fails_nor_holds_up_the_call_and_loses_no
 ) -> None:
     from urllib.parse import urlsplit, urlunsplit
 
-    from tests.peers.tcp_fault_proxy import TcpFaultProxy
+    from tests.harness.peers.tcp_fault_proxy import TcpFaultProxy
 
     parts = urlsplit(pg_app.config["SQLALCHEMY_DATABASE_URI"])  # pg_app empties the tables afterwards
     database = TcpFaultProxy(parts.port or 5432, target_host=parts.hostname or "127.0.0.1")

@@ -27,13 +27,13 @@ from backend.app.errors import CircuitOpenError
 from backend.app.extensions import db
 from bench.harness import BENCH_SECRETS, Server, gunicorn
 from config import TestingConfig
-from tests.conftest import ADMIN_EMAIL, base_settings, bearer, login, read_log
-from tests.contract import assert_error
-from tests.peers.audio import AudioFactory
-from tests.peers.gcs_emulator import GCSEmulator
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.test_render_jobs_e2e import finished, flask_worker, job_of, peer_settings, worker_env
-from tests.test_renders import User
+from tests.harness.app import ADMIN_EMAIL, base_settings, bearer, login, read_log
+from tests.harness.contract import assert_error
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.gcs_emulator import GCSEmulator
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.render_jobs import finished, flask_worker, job_of, peer_settings, worker_env
+from tests.harness.renders import User
 
 ROOT = Path(__file__).resolve().parents[1]
 FLASK = str(Path(sys.executable).with_name("flask"))

@@ -16,10 +16,10 @@ from flask import Flask
 from backend.app.resilience.recovery import get_breaker
 from backend.app.resilience.state import adapter_timeouts
 from backend.app.services import get_email, get_storage
-from tests.conftest import read_log
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator
-from tests.peers.sendgrid_peer import SendGridPeer
+from tests.harness.app import read_log
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator
+from tests.harness.peers.sendgrid_peer import SendGridPeer
 
 
 def _thresholds(app: Flask) -> dict[str, tuple[float, float]]:

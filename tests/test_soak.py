@@ -1,6 +1,6 @@
 """Soak: web and job workers under steady mixed load neither grow in memory nor leak descriptors or threads.
 
-The production shape of tests/production_stack.py (gunicorn with 3 gthread workers, 2 `flask jobs worker`
+The production shape of tests/harness/production_stack.py (gunicorn with 3 gthread workers, 2 `flask jobs worker`
 processes, PostgreSQL + Redis, the peers) takes the client mix of the fault suite (logins, uploads of real
 audio, renders, checkouts with webhooks, polls) for SOAK_SECONDS (default 75; longer locally, e.g.
 SOAK_SECONDS=600 make soak), no faults. After a warm-up (a quarter of the run, at least 15 s) each process is
@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.peers.audio import AudioFactory
-from tests.peers.gcs_emulator import GCSEmulator
-from tests.production_stack import Client, Ledger, Load, Stack, production_stack, rss_kib, thread_count
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.gcs_emulator import GCSEmulator
+from tests.harness.production_stack import Client, Ledger, Load, Stack, production_stack, rss_kib, thread_count
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -17,8 +17,8 @@ from backend.app.resilience.recovery import degraded_services, get_breaker
 from backend.app.services import get_storage
 from backend.app.services.storage import StorageService, StoredObject
 from backend.app.timeutil import as_utc, utcnow
-from tests.conftest import read_log
-from tests.peers.gcs_emulator import GCSEmulator, storage_client
+from tests.harness.app import read_log
+from tests.harness.peers.gcs_emulator import GCSEmulator, storage_client
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
 

@@ -15,27 +15,13 @@ from backend.app.errors import APIError
 from backend.app.extensions import db
 from backend.app.models import ProcessedStripeEvent
 from backend.app.services.stripe_payments import parse_packs, translate_stripe_error
-from tests.conftest import bearer, login, read_log
-from tests.contract import assert_error
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.peers.stripe_peer import StripePeer, build_event, deliver_webhook, signed_webhook
+from tests.harness.app import bearer, login, read_log
+from tests.harness.contract import assert_error
+from tests.harness.payments import payments_app
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.peers.stripe_peer import StripePeer, build_event, deliver_webhook, signed_webhook
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
-PACKS = {"starter": (5, 500), "studio": (100, 6000)}
-
-
-def payments_app(make_app: Callable[..., Flask], api_base: str, **extra: Any) -> Flask:
-    """An app whose Stripe is `api_base` (the peer, or a fault proxy in front of it)."""
-    settings: dict[str, Any] = {
-        **FAST,
-        "STRIPE_API_KEY": StripePeer.api_key,
-        "STRIPE_WEBHOOK_SECRET": StripePeer.webhook_secret,
-        "STRIPE_API_BASE": api_base,
-        "STRIPE_TIMEOUT": 0.5,
-        "RENDER_PACKS": PACKS,
-    }
-    settings.update(extra)
-    return make_app(**settings)
 
 
 def credits_of(client: Any, token: str) -> int:

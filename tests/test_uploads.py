@@ -16,11 +16,11 @@ from backend.app.extensions import db
 from backend.app.models import Upload
 from backend.app.services import get_storage
 from backend.app.services.audio import sniff
-from tests.conftest import bearer, login
-from tests.contract import assert_error
-from tests.peers.audio import PNG_1X1, AudioFactory
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator
+from tests.harness.app import bearer, login
+from tests.harness.contract import assert_error
+from tests.harness.peers.audio import PNG_1X1, AudioFactory
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator
 
 FAST = {"RETRY_SLEEP_ENABLED": False}
 

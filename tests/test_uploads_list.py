@@ -17,9 +17,9 @@ from flask.testing import FlaskClient
 
 from backend.app.extensions import db
 from backend.app.models import Render, Upload
-from tests.conftest import bearer, login
-from tests.contract import assert_error
-from tests.peers.audio import AudioFactory
+from tests.harness.app import bearer, login
+from tests.harness.contract import assert_error
+from tests.harness.peers.audio import AudioFactory
 
 LISTS = ("/api/uploads", "/api/renders")
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from flask import Flask
 
 from backend.app.jobs.worker import Worker, WorkerOptions
-from tests.conftest import ADMIN_EMAIL, bearer, login
-from tests.peers.audio import AudioFactory
+from tests.harness.app import ADMIN_EMAIL, bearer, login
+from tests.harness.peers.audio import AudioFactory
 
 BREAKERS = "/admin/api/monitoring/circuit-breakers"
 

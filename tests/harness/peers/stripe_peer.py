@@ -31,7 +31,7 @@ import stripe
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
-from tests.peers._net import LocalWSGIServer
+from tests.harness.peers._net import LocalWSGIServer
 
 DEFAULT_API_KEY = "sk_test_peer_0123456789abcdefghij"
 DEFAULT_WEBHOOK_SECRET = "whsec_peer_0123456789abcdefghijklmnop"

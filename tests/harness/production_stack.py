@@ -33,14 +33,14 @@ import redis
 import requests
 
 from bench.harness import Server, base_env, gunicorn, migrate
-from tests.conftest import ADMIN_EMAIL, require_service
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator, fake_service_account_info
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.peers.stripe_peer import StripePeer, signed_webhook
-from tests.peers.tcp_fault_proxy import TcpFaultProxy
+from tests.harness.app import ADMIN_EMAIL, require_service
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator, fake_service_account_info
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.peers.stripe_peer import StripePeer, signed_webhook
+from tests.harness.peers.tcp_fault_proxy import TcpFaultProxy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLASK = str(Path(sys.executable).with_name("flask"))
 PASSWORD = "correct-horse-battery"
 RENDER = {"preset": "waveform", "resolution": "320x180", "fps": 24}

@@ -14,13 +14,13 @@ import pytest
 from google.api_core import exceptions as google_exceptions
 from google.oauth2 import service_account
 
-from tests.peers.audio import AudioFactory
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.gcs_emulator import GCSEmulator, signing_credentials, unique_bucket_name
-from tests.peers.localstripe_peer import LocalStripe
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.peers.stripe_peer import StripePeer
-from tests.peers.webhook_receiver import WebhookReceiver
+from tests.harness.peers.audio import AudioFactory
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.gcs_emulator import GCSEmulator, signing_credentials, unique_bucket_name
+from tests.harness.peers.localstripe_peer import LocalStripe
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.peers.stripe_peer import StripePeer
+from tests.harness.peers.webhook_receiver import WebhookReceiver
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from typing import Any
 from sendgrid import SendGridAPIClient
 from werkzeug.wrappers import Request, Response
 
-from tests.peers._net import LocalWSGIServer
+from tests.harness.peers._net import LocalWSGIServer
 
 DEFAULT_API_KEY = "SG.peer-test-key.0123456789abcdefghijklmnopqrstuvwxyz"
 HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"

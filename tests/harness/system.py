@@ -26,11 +26,11 @@ import psycopg
 import redis
 
 from bench.harness import VENV_BIN, Server, base_env, free_port, migrate, stop
-from tests.conftest import ADMIN_EMAIL, require_service
-from tests.peers.sendgrid_peer import SendGridPeer
-from tests.peers.stripe_peer import StripePeer
+from tests.harness.app import ADMIN_EMAIL, require_service
+from tests.harness.peers.sendgrid_peer import SendGridPeer
+from tests.harness.peers.stripe_peer import StripePeer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLASK = str(Path(sys.executable).with_name("flask"))
 PASSWORD = "correct-horse-battery"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from tests.peers._net import LocalWSGIServer
+from tests.harness.peers._net import LocalWSGIServer
 
 
 @dataclass(frozen=True)

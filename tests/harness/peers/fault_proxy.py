@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.peers._net import LOOPBACK
+from tests.harness.peers._net import LOOPBACK
 
 logger = logging.getLogger(__name__)
 

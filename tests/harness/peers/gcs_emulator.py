@@ -24,7 +24,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.oauth2 import service_account
 
-from tests.peers._net import LOOPBACK, free_port
+from tests.harness.peers._net import LOOPBACK, free_port
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 
 import requests
 
-from tests.peers._net import LOOPBACK, free_port, wait_for_port
+from tests.harness.peers._net import LOOPBACK, free_port, wait_for_port
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.peers._net import LOOPBACK
+from tests.harness.peers._net import LOOPBACK
 
 # Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
 _HOP_BY_HOP = frozenset(
