@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 from backend.app.error_catalog import CODE_PATTERN, entries, render_markdown
 from backend.app.openapi import undocumented_endpoints
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
 
 def test_catalog_lists_every_code_with_status_meaning_and_recoverable(client: FlaskClient) -> None:

@@ -20,7 +20,7 @@ from tests.harness.app import ADMIN_EMAIL, bearer, login
 from tests.harness.contract import assert_error
 from tests.harness.peers.audio import AudioFactory
 
-STATIC = Path(__file__).parents[1] / "backend" / "app" / "static" / "admin"
+STATIC = Path(__file__).parents[2] / "backend" / "app" / "static" / "admin"
 TIMESERIES = "/admin/api/dashboard/timeseries"
 RENDERS = "/admin/api/dashboard/renders"
 
@@ -34,7 +34,7 @@ def test_dashboard_page_is_html_with_a_strict_csp_and_its_errors_stay_json(app: 
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
         html = response.get_data(as_text=True)
         assert "<script>" not in html and "access_token" not in html  # no inline script, no token
-    assert Path(__file__).parents[1].joinpath("backend/app/static/admin/dashboard.js").exists()
+    assert Path(__file__).parents[2].joinpath("backend/app/static/admin/dashboard.js").exists()
     assert client.get("/static/admin/dashboard.js").status_code == 200
     response = client.post("/admin")
     assert response.status_code == 405 and response.mimetype == "application/json"

@@ -10,7 +10,7 @@ from flask import Flask
 
 from tests.harness.app import ADMIN_EMAIL, bearer, login
 
-BACKEND = Path(__file__).resolve().parents[1] / "backend"
+BACKEND = Path(__file__).resolve().parents[2] / "backend"
 
 
 def _admin(app: Flask) -> dict[str, str]:

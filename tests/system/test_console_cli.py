@@ -37,7 +37,7 @@ from backend.app.resilience.retry import RetryPolicy
 from backend.logging_config import flush_logs
 from tests.harness.app import read_log
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 README = ROOT / "README.md"
 EMAIL = "support-test@example.com"

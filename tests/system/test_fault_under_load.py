@@ -46,7 +46,7 @@ DRAIN_SECONDS = float(os.environ.get("FAULT_LOAD_DRAIN_SECONDS", "150"))
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(int(SECONDS + DRAIN_SECONDS + 240))]
 RECOVERY = 3.0  # breaker recovery_timeout in this run: a healed dependency is tried again within 3 s
 DEDUP_HEADER = "X-Oriel-Dedup-Key"
-ARTIFACT = Path(__file__).parent / "artifacts" / "fault_under_load.json"
+ARTIFACT = Path(__file__).resolve().parents[1] / "artifacts" / "fault_under_load.json"
 
 #: (dependency, mode) in the order they are injected; "kill" SIGKILLs a gunicorn worker and a job worker.
 FAULTS = [

@@ -6,7 +6,7 @@ Each job has three steps with side effects that can be counted afterwards:
   that honours idempotency keys would; every call is also appended to `attempts.log`, so the
   test sees the at-least-once calls that the key turned into exactly one delivery;
 - `record` (atomic): a second row, exactly once per succeeded job.
-Worker processes run this file as a module (`python -m tests.test_jobs_crash SPEC`); the killed
+Worker processes run this file as a module (`python -m tests.system.test_jobs_crash SPEC`); the killed
 ones are forked from a process that imported the app once, so each costs milliseconds to start.
 SIGTERM tests: a running job finishes within the grace period, or is handed back unharmed.
 """
@@ -36,7 +36,7 @@ from backend.app.models.job import DEAD, RUNNING, SUCCEEDED, Job
 from backend.app.resilience.retry import RetryPolicy
 from tests.harness.forked_workers import Zygote, kill
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
 JOBS = 40
 POOL = 3
@@ -103,7 +103,7 @@ def worker_settings(app: Flask) -> dict[str, Any]:
 def start_worker(app: Flask, **options: Any) -> subprocess.Popen[bytes]:
     """A fresh worker process (`python -m`) on the same database (and Redis) as `app`."""
     spec = json.dumps({"settings": worker_settings(app), "options": options})
-    return subprocess.Popen([sys.executable, "-m", "tests.test_jobs_crash", spec], cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "tests.system.test_jobs_crash", spec], cwd=ROOT)
 
 
 def running_owners(app: Flask) -> list[str]:
@@ -162,7 +162,7 @@ def kill_repeatedly(app: Flask, out: Path, ids: list[int]) -> int:
     The queue is topped up so there is always a job to be killed in the middle of.
     """
     rng = random.Random(20261122)
-    zygote = Zygote("tests.test_jobs_crash", worker_settings(app))
+    zygote = Zygote("tests.system.test_jobs_crash", worker_settings(app))
     live = [zygote.spawn(concurrency=2) for _ in range(POOL)]
     mid_job = 0
     try:

@@ -18,7 +18,7 @@ from backend.app.jobs import REGISTRY, JobImportError
 from config import TestingConfig
 from tests.harness.app import base_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLASK = str(Path(sys.executable).with_name("flask"))
 
 

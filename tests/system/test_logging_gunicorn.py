@@ -14,7 +14,7 @@ from bench.harness import base_env, gunicorn, migrate
 
 @pytest.mark.slow
 def test_preloaded_gunicorn_workers_write_every_request_line(tmp_path: Path) -> None:
-    if shutil.which("gunicorn") is None and not (Path(__file__).parents[1] / ".venv/bin/gunicorn").exists():
+    if shutil.which("gunicorn") is None and not (Path(__file__).parents[2] / ".venv/bin/gunicorn").exists():
         pytest.skip("gunicorn is not installed")
     env = base_env(tmp_path, {"LOG_LEVEL": "INFO"})
     migrate(env)

@@ -18,7 +18,7 @@ from flask import Flask
 from backend.logging_config import SafeRotatingFileHandler, _state, configure_logging, flush_logs, sink_status
 from tests.harness.app import ADMIN_EMAIL, bearer, login
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fast_retry(seconds: float = 0.05) -> None:

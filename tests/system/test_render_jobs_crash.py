@@ -7,7 +7,7 @@ every kill lands mid-render. FFmpeg runs through a `-re` wrapper (reads the clip
 a 2 s clip takes about 2 s and there is time to kill it. Afterwards, per render: the job ended succeeded
 or dead, one credit consumed (and one refund if it failed), one video object, one email at the peer.
 
-Worker processes run this file as a module (`python -m tests.test_render_jobs_crash SPEC`); the killed
+Worker processes run this file as a module (`python -m tests.system.test_render_jobs_crash SPEC`); the killed
 ones are forked from a process that imported the app once (as in tests/test_jobs_crash.py).
 """
 
@@ -40,7 +40,7 @@ from tests.harness.peers.sendgrid_peer import SendGridPeer
 from tests.harness.render_jobs import peer_settings
 from tests.harness.renders import DEDUP_HEADER, SMALL, User
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
 LIVE_WORKERS = 2
 WAITING = 2  # renders kept queued so a worker always has one to be killed in the middle of
@@ -122,7 +122,7 @@ def kill_mid_render_repeatedly(app: Flask, settings: dict[str, Any], user: User,
     """Keep LIVE_WORKERS workers alive and SIGKILL one in the middle of a render, KILLS times; the render ids."""
     rng = random.Random(20261122)
     renders: list[int] = []
-    zygote = Zygote("tests.test_render_jobs_crash", worker_settings(app, settings))
+    zygote = Zygote("tests.system.test_render_jobs_crash", worker_settings(app, settings))
     live = [zygote.spawn() for _ in range(LIVE_WORKERS)]
     kills = 0
     try:
@@ -149,7 +149,7 @@ def kill_mid_render_repeatedly(app: Flask, settings: dict[str, Any], user: User,
 def drain(app: Flask, settings: dict[str, Any]) -> None:
     """A fresh worker process runs everything left (including lost jobs, once their leases expire)."""
     spec = json.dumps({"settings": worker_settings(app, settings), "options": {"concurrency": 2, "drain": True}})
-    proc = subprocess.Popen([sys.executable, "-m", "tests.test_render_jobs_crash", spec], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.system.test_render_jobs_crash", spec], cwd=ROOT)
     assert proc.wait(90) == 0
 
 

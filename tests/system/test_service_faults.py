@@ -40,7 +40,7 @@ from tests.harness.peers.gcs_emulator import GCSEmulator
 from tests.harness.peers.sendgrid_peer import SendGridPeer
 from tests.harness.peers.webhook_receiver import WebhookReceiver
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEALTH = "/admin/api/monitoring/health/services"
 FAST: dict[str, Any] = {"RETRY_SLEEP_ENABLED": False, "HEALTH_PROBE_DEADLINE": 3.0}
 

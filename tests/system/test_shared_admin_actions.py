@@ -35,7 +35,7 @@ from tests.harness.peers.sendgrid_peer import SendGridPeer
 from tests.harness.render_jobs import finished, flask_worker, job_of, peer_settings, worker_env
 from tests.harness.renders import User
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLASK = str(Path(sys.executable).with_name("flask"))
 PASSWORD = "correct-horse-battery"
 BREAKERS = "/admin/api/monitoring/circuit-breakers"

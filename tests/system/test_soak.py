@@ -50,7 +50,7 @@ RSS_GROWTH = 0.10
 #: Pooled connections (SQLAlchemy, redis-py, urllib3) are opened on demand up to the concurrency a process
 #: reaches; a leak would pass any bound, a pool stays under it (SQLAlchemy's default 5 + 10 overflow).
 POOL_BOUND = 15
-ARTIFACT = Path(__file__).parent / "artifacts" / "soak.json"
+ARTIFACT = Path(__file__).resolve().parents[1] / "artifacts" / "soak.json"
 
 
 def _tcp_connections() -> dict[str, tuple[int, int]]:
