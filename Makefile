@@ -39,7 +39,7 @@ run: $(VENV)/.installed
 	trap 'kill $$banner 2>/dev/null; kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(BIN)/flask run --host $(HOST) --port $(PORT)
 
-## chromium: Debian's Chromium for the browser tests (tests/test_browser_client.py; CI runs as root)
+## chromium: Debian's Chromium for the browser tests (tests/system/test_browser_client.py; CI runs as root)
 .PHONY: chromium
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
@@ -48,6 +48,15 @@ chromium:
 test: $(VENV)/.installed-dev chromium
 	$(BIN)/ruff check backend tests config.py wsgi.py bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit test-fast
+## test-unit: the unit tests only (no app, database, peer or other process; seconds)
+test-unit: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+## test-fast: unit and integration tests (the app in-process with real databases and peers; no other process)
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q tests/unit tests/integration $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check backend tests config.py wsgi.py bench
@@ -127,21 +136,21 @@ bench-hung: $(VENV)/.installed-dev
 .PHONY: fault-load soak
 ## fault-load: storage, email, Stripe and PostgreSQL fail in turn under load, workers SIGKILLed (FAULT_LOAD_SECONDS, default 90)
 fault-load: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -s tests/test_fault_under_load.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -s tests/system/test_fault_under_load.py $(PYTEST_ARGS)
 
 ## soak: RSS, descriptors and threads of web and job workers under steady load (SOAK_SECONDS, default 75)
 soak: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -s tests/test_soak.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -s tests/system/test_soak.py $(PYTEST_ARGS)
 
 .PHONY: fuzz security consistency
 ## fuzz: schemathesis against /api/openapi.json of gunicorn on PostgreSQL + Redis (FUZZ_EXAMPLES per operation, identity and mode; default 20, >= 5,000 requests)
 fuzz: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -s tests/test_fuzz_api.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -s tests/system/test_fuzz_api.py $(PYTEST_ARGS)
 
 ## security: forged/expired JWTs, admin matrix, brute force, error-report abuse, header injection, canary secrets
 security: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q tests/test_security_tokens.py tests/test_security_system.py tests/test_admin_matrix.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests/integration/test_security_tokens.py tests/system/test_security_system.py tests/integration/test_admin_matrix.py $(PYTEST_ARGS)
 
 ## consistency: breakers, rate limits, error stats and metrics agree across 4 gunicorn workers + 2 job workers
 consistency: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q tests/test_consistency_multiprocess.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests/system/test_consistency_multiprocess.py $(PYTEST_ARGS)

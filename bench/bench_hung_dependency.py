@@ -37,8 +37,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import Server, base_env, gunicorn, median, migrate, workdir, wrk_available
-from tests.peers.fault_proxy import FaultProxy
-from tests.peers.stripe_peer import StripePeer
+from tests.harness.peers.fault_proxy import FaultProxy
+from tests.harness.peers.stripe_peer import StripePeer
 
 HEALTHY_PATH = "/api/errors/catalog"
 BREAKERS_OFF = json.dumps({"stripe": {"min_calls": 1_000_000_000}})

@@ -28,7 +28,7 @@ from backend.app import create_app
 from backend.app.services.audio import inspect_audio
 from backend.app.services.rendering import PRESETS, Renderer, RenderSettings, RenderSpec, build_command
 from config import TestingConfig
-from tests.peers.audio import AudioFactory, ffmpeg_exe
+from tests.harness.peers.audio import AudioFactory, ffmpeg_exe
 
 
 def median_seconds(fn: object, repeat: int) -> float:

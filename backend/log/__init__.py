@@ -13,7 +13,7 @@ concurrent-log-handler):
 - `events`: `log_security_event` and `log_performance_metric`, the per-request fast path.
 
 Nothing here imports `backend.app`: importing `backend.app.x` runs `backend/app/__init__.py`, which imports
-the logging set-up, so any such import is a circle at start-up (tests/test_layers.py checks it).
+the logging set-up, so any such import is a circle at start-up (tests/unit/test_layers.py checks it).
 `backend/logging_config.py` is the seed's path and re-exports the public names; the app imports the modules.
 
 Design, and why not simpler:

@@ -7,7 +7,7 @@ request (bench_error_stack, rate limits on in memory). Reads never depend on the
 `incr` check a key's expiry themselves), so this subclass leaves the counting to `limits` unchanged
 and only replaces the scheduling: one daemon thread per process sweeps every live storage once a
 second. The hook it overrides is `MemoryStorage`'s private `__schedule_expiry`; a test fails if the
-override stops being called (tests/test_rate_limits.py).
+override stops being called (tests/integration/test_rate_limits.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,0 @@
-"""Real local peers for integration and fault tests: Stripe, Cloud Storage, SendGrid, webhooks, audio, faults.
-
-See tests/peers/README.md. Importing this package starts nothing; the fixtures in `tests.peers.fixtures` do.
-"""
