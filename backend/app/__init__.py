@@ -1,4 +1,7 @@
-"""The application factory: `create_app(config)` builds and wires everything."""
+"""The application factory: `create_app(config)` builds and wires everything.
+
+Layer: factory, the top one: it may import every layer (tests/unit/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -33,4 +33,6 @@ Design, and why not simpler:
 - Each file sink survives a missing, read-only or full `LOG_DIR`: it records the failure (shown by
   the health endpoint through `sink_status()`), drops and counts lines, and retries every few
   seconds; a line torn by a full disk is terminated before the next one is written.
+
+Layer: log, the bottom one: it imports nothing of backend.app (tests/unit/test_layers.py).
 """

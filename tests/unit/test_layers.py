@@ -225,3 +225,39 @@ def package_circles() -> list[list[str]]:
 
 def test_no_import_circle_between_packages() -> None:
     assert package_circles() == []
+
+
+def test_each_package_says_its_layer() -> None:
+    """Each package's docstring names the layer this file puts it in, so a reader knows what it may import."""
+    wrong = []
+    for path in sorted(BACKEND.rglob("__init__.py")):
+        if path.parent == BACKEND:
+            continue  # `backend` itself is only the root of the two trees
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if f"Layer: {layer_of(module_name(path))}" not in doc:
+            wrong.append(f"{path.relative_to(ROOT)}: no 'Layer: {layer_of(module_name(path))}'")
+    assert wrong == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test helpers live in tests/harness/; a test module importing another runs its module-level set-up."""
+    tests = ROOT / "tests"
+    found = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert found == []
+
+
+def test_the_edge_imports_no_monitoring_and_no_blueprint() -> None:
+    """edge/ says it hears nothing from monitoring and knows no blueprint: held here, stricter than its place."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} {target}"
+        for path in sorted((BACKEND / "app" / "edge").glob("*.py"))
+        for target, line in imports(path)
+        if layer_of(target) in ("monitoring", "blueprints", "factory")
+    ]
+    assert found == []

@@ -1,4 +1,7 @@
-"""Public API blueprints that are not about one resource: the error API and the OpenAPI document."""
+"""Public API blueprints that are not about one resource: the error API and the OpenAPI document.
+
+Layer: blueprints; may import every layer but the factory (tests/unit/test_layers.py).
+"""
 
 from flask import Blueprint
 

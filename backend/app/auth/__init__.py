@@ -1,4 +1,7 @@
-"""Accounts and JSON Web Tokens: register, login, refresh, logout, /api/me."""
+"""Accounts and JSON Web Tokens: register, login, refresh, logout, /api/me.
+
+Layer: blueprints; may import every layer but the factory (tests/unit/test_layers.py).
+"""
 
 from flask import Blueprint
 

@@ -1,4 +1,7 @@
-"""Downloads of locally stored files through app-signed, expiring links (`StorageService.download_url`)."""
+"""Downloads of locally stored files through app-signed, expiring links (`StorageService.download_url`).
+
+Layer: blueprints; may import every layer but the factory (tests/unit/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -7,4 +7,6 @@ rate_limits (+ rate_limit_storage, rejection_log: 429s and rejected tokens logge
 openapi (`@documented` and the document built from the URL map).
 It imports only base, log, errors, resilience and signals below it, never monitoring or a blueprint: monitoring
 hears about requests through `signals.request_finished`. Blueprints import it; the factory wires it.
+
+Layer: edge (tests/unit/test_layers.py); it imports only what is said above, all from layers below.
 """

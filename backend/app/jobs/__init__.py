@@ -19,6 +19,8 @@ Settings (app.config, all optional; config.py reads them from the environment): 
 JOBS_SHUTDOWN_GRACE_SECONDS (30), DEAD_LETTER_TTL_DAYS (7), JOBS_SUCCEEDED_RETENTION_DAYS (14),
 JOBS_IMPORTS (modules that register kinds, imported when the app is built, so every process that
 can enqueue a job (a view, `flask jobs enqueue`) knows the same kinds as the workers), REDIS_URL.
+
+Layer: jobs; may import log, base, errors, resilience, services (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations

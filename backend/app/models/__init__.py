@@ -1,4 +1,7 @@
-"""Database models; importing this package registers every table with the metadata."""
+"""Database models; importing this package registers every table with the metadata.
+
+Layer: base; may import log (tests/unit/test_layers.py).
+"""
 
 from .alert import AlertDelivery, AlertRule, SloMinute
 from .billing import CreditAccount, CreditEntry, CreditPurchase, ProcessedStripeEvent, UnappliedPayment

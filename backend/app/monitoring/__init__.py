@@ -6,6 +6,8 @@ degradation (what users see), service_faults (configuration faults), metrics (Pr
 request id's story). May import every layer up to jobs; never the HTTP edge or a blueprint.
 
 The package face keeps the error-statistics names its callers import from `backend.app.monitoring`.
+
+Layer: monitoring; may import log, base, errors, resilience, services, jobs (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations

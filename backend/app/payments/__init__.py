@@ -1,4 +1,7 @@
-"""Payments: buy render-credit packs through Stripe Checkout, the Stripe webhook, the credit balance."""
+"""Payments: buy render-credit packs through Stripe Checkout, the Stripe webhook, the credit balance.
+
+Layer: blueprints; may import every layer but the factory (tests/unit/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Uploads and renders: `POST /api/uploads`, `POST/GET /api/renders`, downloads; the `render` job kind."""
+"""Uploads and renders: `POST /api/uploads`, `POST/GET /api/renders`, downloads; the `render` job kind.
+
+Layer: blueprints; may import every layer but the factory (tests/unit/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ connects anywhere or builds an SDK client. Views and jobs use the accessors:
     get_storage().save("renders/42.mp4", data, "video/mp4")
     get_email().send(user.email, subject, text, dedup_key=f"render-finished:{render_id}")
     get_payments().create_checkout_session(user, "starter", idempotency_key=key)
+
+Layer: services; may import log, base, errors, resilience (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations

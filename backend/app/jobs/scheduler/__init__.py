@@ -1,1 +1,4 @@
-"""Periodic scheduling of job kinds."""
+"""Periodic scheduling of job kinds.
+
+Layer: jobs; may import log, base, errors, resilience, services (tests/unit/test_layers.py).
+"""

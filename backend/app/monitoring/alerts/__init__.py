@@ -3,6 +3,8 @@
 `init_alerts(app)` counts request outcomes for the SLOs, schedules the `monitoring.alerts` job
 every `ALERTS_EVALUATE_SECONDS` (default 60; tests set 1) and lets the error API list firing
 alerts as admin notifications. See `engine` (rules), `delivery` (channels) and `slo` (budgets).
+
+Layer: monitoring; may import log, base, errors, resilience, services, jobs (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations

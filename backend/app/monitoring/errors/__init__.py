@@ -8,6 +8,8 @@ exception), counts requests per minute (a request observer, `request_context`) a
 events (an error becomes an event), fingerprint (its group), severity (seed 004 category and severity),
 recorder (the per-process buffer and writer), store (the batch write), stats (the read side), retention
 (the prune job), client_reports (errors the browser reports).
+
+Layer: monitoring; may import log, base, errors, resilience, services, jobs (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations

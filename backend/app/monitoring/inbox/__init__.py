@@ -19,6 +19,8 @@ job use: it lists across kinds (oldest failure first, paginated), finds one item
 missing kind or item into typed errors (404 `FAILED_WORK_KIND_UNKNOWN`, 404 `FAILED_WORK_NOT_FOUND`,
 409 `FAILED_WORK_NOT_OPEN` for an item that left the inbox). Reads for monitoring (`sizes`) and the
 purge keep going when one source fails: that source is skipped and logged, the others answer.
+
+Layer: monitoring; may import log, base, errors, resilience, services, jobs (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
